@@ -1,0 +1,70 @@
+#pragma once
+// Var: a tensor in the autograd graph. Copies share one node (value + gradient). Gradients
+// ACCUMULATE into a node, so a value used twice (a skip connection) gets the sum of both uses.
+#include <memory>
+
+#include "dd/autograd/tape.hpp"
+#include "dd/core/tensor.hpp"
+
+namespace dd {
+
+class Var {
+ public:
+  struct Node {
+    Tensor value;
+    Tensor grad;  // undefined until the first gradient arrives (or a view given at creation)
+    bool requires_grad = false;
+  };
+
+  Var() = default;
+  explicit Var(Tensor value, bool requires_grad = false)
+      : node_(std::make_shared<Node>(Node{std::move(value), Tensor{}, requires_grad})) {}
+
+  // A parameter: its value and gradient are views into a model's flat buffers.
+  static Var parameter(Tensor value, Tensor grad) {
+    Var v(std::move(value), grad.defined());
+    v.node_->grad = std::move(grad);
+    return v;
+  }
+
+  bool defined() const { return node_ != nullptr; }
+  const Tensor& value() const { return node_->value; }
+  const Shape& shape() const { return node_->value.shape(); }
+  bool requires_grad() const { return node_ && node_->requires_grad; }
+  // dL/d(this); undefined if no gradient reached this Var.
+  const Tensor& grad() const { return node_->grad; }
+  Node* node() const { return node_.get(); }
+  const std::shared_ptr<Node>& node_ptr() const { return node_; }
+
+  // grad += g (g must have this Var's shape). Takes g over when nothing has accumulated yet.
+  void accumulate_grad(Tensor g) const {
+    DD_CHECK(g.shape() == shape(), "dd::Var: gradient of shape {} for a value of shape {}", g.shape(), shape());
+    if (!node_->grad.defined()) {
+      node_->grad = g.is_contiguous() ? std::move(g) : g.clone();
+    } else {
+      node_->grad.add_(g.contiguous());
+    }
+  }
+  void zero_grad() const {
+    if (node_->grad.defined()) node_->grad.fill(0.0f);
+  }
+
+  // Reverse pass over the current tape from this Var: seeds dL/dL = 1 (this must be a single
+  // value) or the given output gradient, then replays and clears the tape.
+  void backward() const {
+    DD_CHECK(value().numel() == 1, "dd::Var::backward: output of shape {} is not a scalar; pass its gradient",
+             shape());
+    backward(Tensor::full(shape(), 1.0f));
+  }
+  void backward(const Tensor& output_grad) const {
+    DD_CHECK(requires_grad(), "dd::Var::backward: this value does not require a gradient (was it computed "
+                              "under NoGrad, or from inputs without gradients?)");
+    accumulate_grad(output_grad.clone());
+    Tape::current().backward();
+  }
+
+ private:
+  std::shared_ptr<Node> node_;
+};
+
+}  // namespace dd

@@ -1,0 +1,69 @@
+#pragma once
+// Aligned host storage with a process-wide byte counter (current and peak), which the memory
+// benchmarks read. Counting happens at allocation granularity, so it is exact and cheap.
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+
+#include "dd/core/error.hpp"
+
+namespace dd {
+
+enum class Device { cpu, cuda };
+
+inline const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
+
+class MemoryStats {
+ public:
+  static std::int64_t current() { return current_.load(std::memory_order_relaxed); }
+  static std::int64_t peak() { return peak_.load(std::memory_order_relaxed); }
+  // Starts a new peak measurement from the current level.
+  static void reset_peak() { peak_.store(current(), std::memory_order_relaxed); }
+
+  static void add(std::int64_t bytes) {
+    const std::int64_t now = current_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    std::int64_t p = peak_.load(std::memory_order_relaxed);
+    while (now > p && !peak_.compare_exchange_weak(p, now, std::memory_order_relaxed)) {
+    }
+  }
+  static void sub(std::int64_t bytes) { current_.fetch_sub(bytes, std::memory_order_relaxed); }
+
+ private:
+  static inline std::atomic<std::int64_t> current_{0};
+  static inline std::atomic<std::int64_t> peak_{0};
+};
+
+// One contiguous float buffer. Tensors share it through shared_ptr; views keep it alive.
+class Storage {
+ public:
+  static constexpr std::size_t alignment = 64;  // a cache line; also enough for AVX-512 loads
+
+  explicit Storage(std::size_t count, Device device = Device::cpu) : count_(count), device_(device) {
+    DD_CHECK(device == Device::cpu, "dd::Storage: device {} has no host allocator", device_name(device));
+    const std::size_t bytes = ((count * sizeof(float) + alignment - 1) / alignment) * alignment;
+    data_ = static_cast<float*>(std::aligned_alloc(alignment, bytes == 0 ? alignment : bytes));
+    if (!data_) throw std::bad_alloc();
+    bytes_ = static_cast<std::int64_t>(bytes);
+    MemoryStats::add(bytes_);
+  }
+  ~Storage() {
+    std::free(data_);
+    MemoryStats::sub(bytes_);
+  }
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  float* data() const { return data_; }
+  std::size_t size() const { return count_; }
+  Device device() const { return device_; }
+
+ private:
+  float* data_ = nullptr;
+  std::size_t count_ = 0;
+  std::int64_t bytes_ = 0;
+  Device device_;
+};
+
+}  // namespace dd

@@ -1,0 +1,173 @@
+#pragma once
+// float32 NCHW tensor: shared aligned storage + offset + shape + strides. Slices along N, C, H, W
+// are views (no copy); kernels ask for contiguous() memory, which copies only when needed.
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
+#include <vector>
+
+#include "dd/core/error.hpp"
+#include "dd/core/memory.hpp"
+#include "dd/core/rng.hpp"
+#include "dd/core/shape.hpp"
+
+namespace dd {
+
+class Tensor {
+ public:
+  using Strides = std::array<std::int64_t, 4>;
+
+  Tensor() = default;
+
+  static Tensor empty(Shape s, Device d = Device::cpu) {
+    DD_CHECK(s.n >= 0 && s.c >= 0 && s.h >= 0 && s.w >= 0, "dd::Tensor: negative extent in shape {}", s);
+    Tensor t;
+    t.storage_ = std::make_shared<Storage>(static_cast<std::size_t>(s.numel()), d);
+    t.shape_ = s;
+    t.strides_ = contiguous_strides(s);
+    return t;
+  }
+  static Tensor zeros(Shape s) { return full(s, 0.0f); }
+  static Tensor full(Shape s, float v) {
+    Tensor t = empty(s);
+    std::fill_n(t.data(), t.numel(), v);
+    return t;
+  }
+  static Tensor randn(Shape s, std::uint64_t seed, float stddev = 1.0f) {
+    Rng rng(seed);
+    return randn(s, rng, stddev);
+  }
+  static Tensor randn(Shape s, Rng& rng, float stddev = 1.0f) {
+    Tensor t = empty(s);
+    for (std::int64_t i = 0; i < t.numel(); ++i) t.data()[i] = stddev * rng.normal();
+    return t;
+  }
+  static Tensor from(Shape s, const std::vector<float>& values) {
+    DD_CHECK(static_cast<std::int64_t>(values.size()) == s.numel(),
+             "dd::Tensor::from: {} values given for shape {} ({} elements)", values.size(), s, s.numel());
+    Tensor t = empty(s);
+    std::copy(values.begin(), values.end(), t.data());
+    return t;
+  }
+
+  bool defined() const { return storage_ != nullptr; }
+  const Shape& shape() const { return shape_; }
+  const Strides& strides() const { return strides_; }
+  std::int64_t numel() const { return shape_.numel(); }
+  bool empty_extent() const { return numel() == 0; }
+  Device device() const { return storage_ ? storage_->device() : Device::cpu; }
+  bool is_contiguous() const { return strides_ == contiguous_strides(shape_); }
+  // Two tensors alias when they view the same storage.
+  bool shares_storage(const Tensor& o) const { return storage_ == o.storage_; }
+
+  // Raw pointer to element (0,0,0,0). Use with strides(), or after checking is_contiguous().
+  float* data() const { return storage_ ? storage_->data() + offset_ : nullptr; }
+
+  float& at(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w) const {
+    return data()[n * strides_[0] + c * strides_[1] + h * strides_[2] + w * strides_[3]];
+  }
+  float item() const {
+    DD_CHECK(numel() == 1, "dd::Tensor::item: tensor of shape {} is not a single value", shape_);
+    return *data();
+  }
+
+  // View of [start, start+len) along dim (0=N, 1=C, 2=H, 3=W).
+  Tensor slice(int dim, std::int64_t start, std::int64_t len) const {
+    DD_CHECK(dim >= 0 && dim < 4, "dd::Tensor::slice: dimension {} is not one of 0..3 (N, C, H, W)", dim);
+    const std::int64_t extent = extent_of(dim);
+    DD_CHECK(start >= 0 && len >= 0 && start + len <= extent,
+             "dd::Tensor::slice: range [{}, {}) is outside dimension {} of size {} (shape {})", start,
+             start + len, "NCHW"[dim], extent, shape_);
+    Tensor t = *this;
+    t.offset_ += start * strides_[dim];
+    t.extent_ref(dim) = len;
+    return t;
+  }
+  Tensor batch(std::int64_t start, std::int64_t len = 1) const { return slice(0, start, len); }
+  Tensor channels(std::int64_t start, std::int64_t len) const { return slice(1, start, len); }
+  // A rectangular spatial tile (subimage) as a view.
+  Tensor tile(std::int64_t h0, std::int64_t hlen, std::int64_t w0, std::int64_t wlen) const {
+    return slice(2, h0, hlen).slice(3, w0, wlen);
+  }
+  // Same storage, new shape; only for contiguous tensors with the same element count.
+  Tensor reshape(Shape s) const {
+    DD_CHECK(is_contiguous(), "dd::Tensor::reshape: tensor of shape {} is a strided view", shape_);
+    DD_CHECK(s.numel() == numel(), "dd::Tensor::reshape: cannot view {} elements as shape {}", numel(), s);
+    Tensor t = *this;
+    t.shape_ = s;
+    t.strides_ = contiguous_strides(s);
+    return t;
+  }
+
+  Tensor clone() const {
+    Tensor t = empty(shape_);
+    t.copy_from(*this);
+    return t;
+  }
+  Tensor contiguous() const { return is_contiguous() ? *this : clone(); }
+
+  // Element-wise copy between tensors of equal shape; either may be a strided view.
+  void copy_from(const Tensor& src) const {
+    DD_CHECK(src.shape_ == shape_, "dd::Tensor::copy_from: source shape {} differs from destination {}",
+             src.shape_, shape_);
+    if (is_contiguous() && src.is_contiguous()) {
+      std::memcpy(data(), src.data(), sizeof(float) * static_cast<std::size_t>(numel()));
+      return;
+    }
+    for (std::int64_t n = 0; n < shape_.n; ++n)
+      for (std::int64_t c = 0; c < shape_.c; ++c)
+        for (std::int64_t h = 0; h < shape_.h; ++h) {
+          const float* s = &src.at(n, c, h, 0);
+          float* d = &at(n, c, h, 0);
+          if (strides_[3] == 1 && src.strides_[3] == 1) {
+            std::memcpy(d, s, sizeof(float) * static_cast<std::size_t>(shape_.w));
+          } else {
+            for (std::int64_t w = 0; w < shape_.w; ++w) d[w * strides_[3]] = s[w * src.strides_[3]];
+          }
+        }
+  }
+  void fill(float v) const {
+    if (is_contiguous()) {
+      std::fill_n(data(), numel(), v);
+      return;
+    }
+    for (std::int64_t n = 0; n < shape_.n; ++n)
+      for (std::int64_t c = 0; c < shape_.c; ++c)
+        for (std::int64_t h = 0; h < shape_.h; ++h)
+          for (std::int64_t w = 0; w < shape_.w; ++w) at(n, c, h, w) = v;
+  }
+  // this += other (same shape, both contiguous).
+  void add_(const Tensor& other) const {
+    DD_CHECK(other.shape_ == shape_, "dd::Tensor::add_: shape {} differs from {}", other.shape_, shape_);
+    DD_CHECK(is_contiguous() && other.is_contiguous(), "dd::Tensor::add_: needs contiguous tensors");
+    float* d = data();
+    const float* s = other.data();
+    const std::int64_t n = numel();
+#pragma omp simd
+    for (std::int64_t i = 0; i < n; ++i) d[i] += s[i];
+  }
+
+  std::vector<float> to_vector() const {
+    const Tensor c = contiguous();
+    return std::vector<float>(c.data(), c.data() + c.numel());
+  }
+
+  static Strides contiguous_strides(Shape s) { return {s.c * s.h * s.w, s.h * s.w, s.w, 1}; }
+
+ private:
+  std::int64_t extent_of(int dim) const {
+    return dim == 0 ? shape_.n : dim == 1 ? shape_.c : dim == 2 ? shape_.h : shape_.w;
+  }
+  std::int64_t& extent_ref(int dim) {
+    return dim == 0 ? shape_.n : dim == 1 ? shape_.c : dim == 2 ? shape_.h : shape_.w;
+  }
+
+  std::shared_ptr<Storage> storage_;
+  std::int64_t offset_ = 0;
+  Shape shape_{};
+  Strides strides_{};
+};
+
+}  // namespace dd

@@ -1,0 +1,42 @@
+#pragma once
+// The U-Net's named building blocks (PAPER_NOTES section 1).
+#include "dd/layers/activation.hpp"
+#include "dd/layers/batchnorm.hpp"
+#include "dd/layers/conv.hpp"
+#include "dd/layers/dropout.hpp"
+#include "dd/layers/pooling.hpp"
+#include "dd/layers/seq.hpp"
+#include "dd/layers/upconv.hpp"
+#include "dd/ops/concat.hpp"
+
+namespace dd {
+
+// (Conv3x3 without bias -> BatchNorm -> ReLU -> Dropout2d) twice.
+template <int In, int Out, float P = 0.1f>
+struct DoubleConv : Seq<Conv<In, Out, 3, false>, BatchNorm<Out>, ReLU, Dropout<P>,  //
+                        Conv<Out, Out, 3, false>, BatchNorm<Out>, ReLU, Dropout<P>> {};
+
+// Encoder step: halve the size, then a DoubleConv.
+template <int In, int Out, float P = 0.1f>
+struct Down : Seq<MaxPool2, DoubleConv<In, Out, P>> {};
+
+// Decoder step with two inputs: up-sample the coarser map, concatenate [skip, up] and fuse.
+template <int In, int Out, float P = 0.1f>
+struct Up {
+  using Upsample = UpConv<In, Out>;
+  using Fuse = DoubleConv<2 * Out, Out, P>;
+  static constexpr int in_channels = In, out_channels = Out, skip_channels = Out;
+  static constexpr std::size_t param_count = Upsample::param_count + Fuse::param_count;
+  static constexpr std::size_t buffer_count = Upsample::buffer_count + Fuse::buffer_count;
+
+  static void init(Rng& rng, float* p, float* b) {
+    Upsample::init(rng, p, b);
+    Fuse::init(rng, p + Upsample::param_count, b + Upsample::buffer_count);
+  }
+  static Var forward(Context& ctx, const Var& below, const Var& skip, std::size_t po, std::size_t bo) {
+    const Var up = Upsample::forward(ctx, below, po, bo);
+    return Fuse::forward(ctx, concat({skip, up}, 1), po + Upsample::param_count, bo + Upsample::buffer_count);
+  }
+};
+
+}  // namespace dd

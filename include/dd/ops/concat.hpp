@@ -1,0 +1,69 @@
+#pragma once
+// Concatenation and slicing along any NCHW dimension: channel concat for skip connections,
+// spatial concat/slice for stitching subimages. Both are copies through tensor views.
+#include <vector>
+
+#include "dd/ops/recording.hpp"
+
+namespace dd {
+
+namespace detail {
+inline std::int64_t& extent(Shape& s, int dim) { return dim == 0 ? s.n : dim == 1 ? s.c : dim == 2 ? s.h : s.w; }
+inline std::int64_t extent(const Shape& s, int dim) { return extent(const_cast<Shape&>(s), dim); }
+}  // namespace detail
+
+// Joins parts along dim (0=N, 1=C, 2=H, 3=W); all other extents must agree.
+inline Var concat(const std::vector<Var>& parts, int dim) {
+  DD_CHECK(!parts.empty(), "dd::concat: nothing to concatenate");
+  DD_CHECK(dim >= 0 && dim < 4, "dd::concat: dimension {} is not one of 0..3", dim);
+  Shape ref = parts[0].shape(), out = ref;
+  detail::extent(ref, dim) = 0;
+  detail::extent(out, dim) = 0;
+  for (const Var& p : parts) {
+    Shape s = p.shape();
+    detail::extent(s, dim) = 0;
+    DD_CHECK(s == ref, "dd::concat: part of shape {} does not match {} outside dimension {}", p.shape(),
+             parts[0].shape(), "NCHW"[dim]);
+    detail::extent(out, dim) += detail::extent(p.shape(), dim);
+  }
+  Tensor Y = Tensor::empty(out);
+  std::int64_t at = 0;
+  for (const Var& p : parts) {
+    const std::int64_t len = detail::extent(p.shape(), dim);
+    Y.slice(dim, at, len).copy_from(p.value());
+    at += len;
+  }
+  bool rec = false;
+  for (const Var& p : parts) rec = rec || detail::should_record({&p});
+  Var y(std::move(Y), rec);
+  if (rec)
+    Tape::current().record([parts, y, dim] {
+      const Tensor& dy = y.grad();
+      if (!dy.defined()) return;
+      std::int64_t at = 0;
+      for (const Var& p : parts) {
+        const std::int64_t len = detail::extent(p.shape(), dim);
+        if (p.requires_grad()) p.accumulate_grad(dy.slice(dim, at, len).clone());
+        at += len;
+      }
+    });
+  return y;
+}
+
+// [start, start+len) of x along dim, as a new (contiguous) value.
+inline Var slice(const Var& x, int dim, std::int64_t start, std::int64_t len) {
+  Tensor Y = x.value().slice(dim, start, len).clone();
+  const bool rec = detail::should_record({&x});
+  Var y(std::move(Y), rec);
+  if (rec)
+    Tape::current().record([x, y, dim, start, len] {
+      const Tensor& dy = y.grad();
+      if (!dy.defined()) return;
+      Tensor dx = Tensor::zeros(x.shape());
+      dx.slice(dim, start, len).copy_from(dy);
+      x.accumulate_grad(std::move(dx));
+    });
+  return y;
+}
+
+}  // namespace dd
