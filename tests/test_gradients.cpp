@@ -1,0 +1,176 @@
+// Every op's backward against central finite differences (relative error < 1e-3).
+#include <doctest/doctest.h>
+
+#include "gradcheck.hpp"
+#include "reference_unet.hpp"
+
+using ddtest::check_op;
+using dd::Shape;
+using dd::Tensor;
+using dd::Var;
+
+namespace {
+constexpr double tol = 1e-3;
+
+// Values kept at least `gap` away from zero, so +-eps never crosses relu's kink.
+Tensor away_from_zero(Shape s, std::uint64_t seed, float gap = 0.1f) {
+  Tensor t = Tensor::randn(s, seed);
+  for (std::int64_t i = 0; i < t.numel(); ++i) t.data()[i] += t.data()[i] >= 0 ? gap : -gap;
+  return t;
+}
+}  // namespace
+
+TEST_CASE("conv2d backward matches finite differences") {
+  struct Case {
+    Shape x;
+    std::int64_t cout, k, pad, stride, dilation;
+    bool bias;
+  };
+  const Case cases[] = {
+      {{1, 2, 7, 6}, 3, 3, 1, 1, 1, true},    // one image: threaded GEMM path
+      {{3, 2, 6, 5}, 4, 3, 1, 1, 1, false},   // several images: split over threads
+      {{2, 3, 9, 8}, 2, 5, 2, 1, 1, true},    // 5x5, the comm-net kernel
+      {{2, 2, 9, 7}, 3, 3, 1, 2, 1, true},    // stride 2
+      {{2, 2, 9, 9}, 2, 3, 2, 1, 2, false},   // dilation 2
+      {{2, 3, 5, 4}, 4, 1, 0, 1, 1, true},    // 1x1 head: no im2col
+      {{1, 3, 6, 6}, 2, 3, 0, 1, 1, true},    // no padding
+      {{1, 64, 12, 256}, 2, 3, 1, 1, 1, true},  // wide image: several im2col row blocks
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.x);
+    CAPTURE(c.k);
+    CAPTURE(c.stride);
+    CAPTURE(c.dilation);
+    std::vector<Tensor> in{Tensor::randn(c.x, 1), Tensor::randn({c.cout, c.x.c, c.k, c.k}, 2, 0.3f)};
+    if (c.bias) in.push_back(Tensor::randn({c.cout, 1, 1, 1}, 3));
+    const auto op = [&](const std::vector<Var>& v) {
+      return dd::conv2d(v[0], v[1], c.bias ? v[2] : Var{}, {c.pad, c.stride, c.dilation});
+    };
+    CHECK(check_op(op, in) < tol);
+  }
+}
+
+TEST_CASE("batch_norm backward matches finite differences (train and eval)") {
+  for (bool training : {true, false}) {
+    CAPTURE(training);
+    const Tensor rm = Tensor::randn({3, 1, 1, 1}, 4, 0.5f);
+    Tensor rv = Tensor::randn({3, 1, 1, 1}, 5);
+    for (std::int64_t i = 0; i < 3; ++i) rv.data()[i] = 0.5f + std::abs(rv.data()[i]);
+    const auto op = [&](const std::vector<Var>& v) {
+      // Copies of the running statistics, so repeated evaluations see the same ones.
+      return dd::batch_norm(v[0], v[1], v[2], rm.clone(), rv.clone(), {training, 0.1f, 1e-5f});
+    };
+    Tensor gamma = Tensor::randn({3, 1, 1, 1}, 6);
+    const std::vector<Tensor> in{Tensor::randn({2, 3, 5, 4}, 7, 2.0f), gamma, Tensor::randn({3, 1, 1, 1}, 8)};
+    CHECK(check_op(op, in, 3e-3f) < tol);
+  }
+}
+
+TEST_CASE("relu, max_pool, upconv, concat, slice, dropout backward match finite differences") {
+  SUBCASE("relu") {
+    CHECK(check_op([](const std::vector<Var>& v) { return dd::relu(v[0]); }, {away_from_zero({2, 3, 4, 5}, 9)}) < tol);
+  }
+  SUBCASE("max_pool2x2") {
+    // Distinct values 0.1 apart: +-eps never changes a window's winner.
+    Tensor x = Tensor::empty({2, 2, 6, 8});
+    dd::Rng rng(10);
+    for (std::int64_t i = 0; i < x.numel(); ++i) x.data()[i] = 0.1f * static_cast<float>(i);
+    for (std::int64_t i = x.numel() - 1; i > 0; --i) std::swap(x.data()[i], x.data()[rng.uniform_int(0, i)]);
+    CHECK(check_op([](const std::vector<Var>& v) { return dd::max_pool2x2(v[0]); }, {x}) < tol);
+  }
+  SUBCASE("upconv2x2") {
+    const std::vector<Tensor> in{Tensor::randn({2, 4, 3, 5}, 11), Tensor::randn({4, 3, 2, 2}, 12),
+                                 Tensor::randn({3, 1, 1, 1}, 13)};
+    CHECK(check_op([](const std::vector<Var>& v) { return dd::upconv2x2(v[0], v[1], v[2]); }, in) < tol);
+  }
+  SUBCASE("concat and slice along every dimension") {
+    for (int dim = 0; dim < 4; ++dim) {
+      CAPTURE(dim);
+      const std::vector<Tensor> in{Tensor::randn({2, 3, 4, 5}, 14), Tensor::randn({2, 3, 4, 5}, 15)};
+      const auto op = [dim](const std::vector<Var>& v) {
+        return dd::slice(dd::concat({v[0], v[1], v[0]}, dim), dim, 1, 4);
+      };
+      CHECK(check_op(op, in) < tol);
+    }
+  }
+  SUBCASE("dropout2d") {
+    const auto op = [](const std::vector<Var>& v) {
+      dd::Rng rng(16);  // same mask at every evaluation
+      return dd::dropout2d(v[0], 0.3f, rng, true);
+    };
+    CHECK(check_op(op, {Tensor::randn({3, 4, 3, 3}, 17)}) < tol);
+  }
+  SUBCASE("softmax and cross_entropy") {
+    CHECK(check_op([](const std::vector<Var>& v) { return dd::softmax(v[0]); }, {Tensor::randn({2, 3, 3, 4}, 18)}) <
+          tol);
+    Tensor labels = Tensor::empty({2, 1, 3, 4});
+    dd::Rng rng(19);
+    for (std::int64_t i = 0; i < labels.numel(); ++i) labels.data()[i] = static_cast<float>(rng.uniform_int(0, 2));
+    const auto ce = [&](const std::vector<Var>& v) { return dd::cross_entropy(v[0], labels); };
+    CHECK(check_op(ce, {Tensor::randn({2, 3, 3, 4}, 20)}, 1e-2f) < tol);
+  }
+}
+
+TEST_CASE("whole U-Net(2): forward and loss gradient match a double-precision reference") {
+  // Finite differences of a ReLU network in float32 cross activation kinks at any usable step,
+  // so the differences are taken in double on an independent loop implementation, and the
+  // framework's float forward and tape gradient are compared with it.
+  using Net = dd::UNet<2, 1, 3, 4>;
+  dd::Model<Net> model(21);
+  model.train();
+  const Tensor x = Tensor::randn({2, 1, 16, 16}, 22);
+  Tensor labels = Tensor::empty({2, 1, 16, 16});
+  std::vector<int> label_ints;
+  dd::Rng rng(23);
+  for (std::int64_t i = 0; i < labels.numel(); ++i) {
+    label_ints.push_back(static_cast<int>(rng.uniform_int(0, 2)));
+    labels.data()[i] = static_cast<float>(label_ints.back());
+  }
+  const std::uint64_t dropout_seed = 24;
+  model.reseed_dropout(dropout_seed);
+  const Var logits = model.forward(Var(x));
+  const Var loss = dd::cross_entropy(logits, labels);
+  loss.backward();
+
+  ddtest::ReferenceUNet ref(2, 4, 3, 0.1f);
+  ddtest::Map xm(2, 1, 16, 16);
+  for (std::int64_t i = 0; i < x.numel(); ++i) xm.v[std::size_t(i)] = x.data()[i];
+  std::vector<double> theta(model.parameters().data(), model.parameters().data() + model.parameters().numel());
+  const double ref_loss = ref.loss(theta, xm, label_ints, dropout_seed);
+
+  // Same forward: logits and loss.
+  double max_diff = 0, max_abs = 0;
+  for (std::size_t i = 0; i < ref.logits().v.size(); ++i) {
+    max_diff = std::max(max_diff, std::abs(ref.logits().v[i] - logits.value().data()[i]));
+    max_abs = std::max(max_abs, std::abs(ref.logits().v[i]));
+  }
+  CHECK(max_diff < 1e-4 * max_abs);
+  CHECK(std::abs(ref_loss - loss.value().item()) < 1e-5 * ref_loss);
+
+  // Same gradient: central differences in double, coordinates spread over every parameter block.
+  double diff = 0, nf = 0, na = 0;
+  int kinks = 0, compared = 0;
+  const double eps = 1e-6;
+  for (auto i : ddtest::spread(model.parameters().numel(), 400)) {
+    const auto k = std::size_t(i);
+    const double saved = theta[k];
+    theta[k] = saved + eps;
+    const double up = ref.loss(theta, xm, label_ints, dropout_seed);
+    theta[k] = saved - eps;
+    const double down = ref.loss(theta, xm, label_ints, dropout_seed);
+    theta[k] = saved;
+    const double fwd = (up - ref_loss) / eps, bwd = (ref_loss - down) / eps;
+    if (std::abs(fwd - bwd) > 1e-4 * std::max(std::abs(fwd), 1e-6) + 1e-8) {  // a ReLU/max-pool kink
+      ++kinks;
+      continue;
+    }
+    const double fd = 0.5 * (fwd + bwd), an = model.gradients().data()[i];
+    diff += (fd - an) * (fd - an);
+    nf += fd * fd;
+    na += an * an;
+    ++compared;
+  }
+  CAPTURE(kinks);
+  CHECK(compared >= 390);
+  CHECK(std::sqrt(diff) / std::max(std::sqrt(nf), std::sqrt(na)) < tol);
+}
