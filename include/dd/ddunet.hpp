@@ -32,3 +32,17 @@
 #include "dd/models/blocks.hpp"
 #include "dd/models/model.hpp"
 #include "dd/models/unet.hpp"
+
+#include "dd/models/comm_net.hpp"
+#include "dd/decomposition/domain_decomposed.hpp"
+#include "dd/decomposition/exchange.hpp"
+#include "dd/decomposition/grid.hpp"
+#include "dd/decomposition/stitch.hpp"
+#include "dd/decomposition/workers.hpp"
+
+#include "dd/data/circles.hpp"
+#include "dd/ops/dice_loss.hpp"
+#include "dd/training/adam.hpp"
+#include "dd/training/metrics.hpp"
+#include "dd/training/schedule.hpp"
+#include "dd/training/trainer.hpp"

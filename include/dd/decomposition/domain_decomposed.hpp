@@ -1,0 +1,184 @@
+#pragma once
+// DomainDecomposed<Net, Comm>: the DDU-Net. An image batch is cut into a grid of subimages; one
+// clone of Net per subimage (all clones share ONE parameter set) encodes its tile, the bottlenecks
+// meet in the exchange, and each clone decodes its own tile; the logits are stitched back.
+//
+// Clones run concurrently on the worker pool, each recording on its own tape and accumulating
+// into its own gradient buffer (no races, and the clone-order sum makes results independent of
+// the number of workers). The caller's tape gets two entries that replay the clone tapes, so
+// loss.backward() runs decoders, exchange and encoders in the right order.
+#include <memory>
+#include <vector>
+
+#include "dd/decomposition/exchange.hpp"
+#include "dd/decomposition/workers.hpp"
+#include "dd/models/comm_net.hpp"
+#include "dd/models/unet.hpp"
+
+namespace dd {
+
+// Receptive-field map of the bottleneck in a DDU-Net: the communication network acts alongside the
+// channels that bypass it.
+template <class Comm>
+struct CommBottleneck {
+  static constexpr Interval depends(Interval o) { return hull(o, Comm::depends(o)); }
+};
+
+template <class Net, class Comm = NoComm>
+class DomainDecomposed {
+ public:
+  static constexpr int F = Comm::in_channels;
+  static_assert(F == 0 || Comm::out_channels == F, "dd::DomainDecomposed: the communication network must map F "
+                                                   "channels to F channels");
+  static_assert(F <= Net::bottleneck_channels,
+                "dd::DomainDecomposed: F (communicated maps) exceeds the bottleneck's channel count");
+
+  using Network = Net;
+  using Communication = Comm;
+  static constexpr std::size_t net_param_count = Net::param_count, net_buffer_count = Net::buffer_count;
+  static constexpr std::size_t param_count = Net::param_count + Comm::param_count;
+  static constexpr std::size_t buffer_count = Net::buffer_count + Comm::buffer_count;
+
+  // Weights of the clones are initialised exactly as Model<Net>(seed) initialises them.
+  DomainDecomposed(GridSpec grid, Exchange mode, std::uint64_t seed = 0, CpuWorkers workers = CpuWorkers{})
+      : grid_(grid),
+        mode_(mode),
+        workers_(workers),
+        params_(Tensor::zeros({static_cast<std::int64_t>(param_count), 1, 1, 1})),
+        grads_(Tensor::zeros(params_.shape())),
+        buffers_(Tensor::zeros({static_cast<std::int64_t>(buffer_count), 1, 1, 1})),
+        dropout_rng_(seed ^ 0xD5A5D5A5D5A5D5A5ull) {
+    Rng init_rng(seed);
+    Net::init(init_rng, params_.data(), buffers_.data());
+    Comm::init(init_rng, params_.data() + net_param_count, buffers_.data() + net_buffer_count);
+  }
+
+  // The grid may change between calls (train on one grid, evaluate on another).
+  void set_grid(GridSpec g) { grid_ = g; }
+  GridSpec grid() const { return grid_; }
+  Exchange mode() const { return mode_; }
+  const CpuWorkers& workers() const { return workers_; }
+
+  void train(bool on = true) { training_ = on; }
+  void eval() { training_ = false; }
+  bool training() const { return training_; }
+  void zero_grad() { grads_.fill(0.0f); }
+  void reseed_dropout(std::uint64_t seed) { dropout_rng_.reseed(seed); }
+  const Tensor& parameters() const { return params_; }
+  const Tensor& gradients() const { return grads_; }
+  const Tensor& buffers() const { return buffers_; }
+
+  static void check_input(const Shape& s) { Net::check_input(s); }
+
+  // Receptive field on one unbounded subimage (paper Table 4).
+  static constexpr Interval depends(Interval o) { return Net::template depends_with<CommBottleneck<Comm>>(o); }
+
+  Var forward(const Var& x) {
+    const Shape s = x.shape();
+    Net::check_input(s);
+    const Grid g = Grid::split(s.h, s.w, grid_, Net::downsampling);
+    const Grid coarse = g.coarsened(Net::downsampling);
+    const std::int64_t K = g.count();
+    const bool record = GradMode::enabled();
+    prepare_clones(K, record);
+
+    const std::vector<Var> tiles = K == 1 ? std::vector<Var>{x} : cut(x, g);
+    auto enc_tapes = std::make_shared<std::vector<Tape>>(static_cast<std::size_t>(K));
+    auto dec_tapes = std::make_shared<std::vector<Tape>>(static_cast<std::size_t>(K));
+    std::vector<UNetFeatures> features(static_cast<std::size_t>(K));
+
+    workers_.run(K, [&](std::int64_t k) {
+      TapeScope scope((*enc_tapes)[static_cast<std::size_t>(k)]);
+      Context ctx = clone_context(k, record);
+      features[static_cast<std::size_t>(k)] = Net::encode(ctx, tiles[static_cast<std::size_t>(k)]);
+    });
+    if (record)  // replayed last: the encoders' backward, then the clone gradients are summed
+      Tape::current().record([this, enc_tapes, K] {
+        workers_.run(K, [&](std::int64_t k) { (*enc_tapes)[static_cast<std::size_t>(k)].backward(); });
+        reduce_clone_gradients(K);
+      });
+
+    std::vector<Var> bottlenecks;
+    for (const auto& f : features) bottlenecks.push_back(f.bottleneck);
+    Context main = main_context(record);
+    const std::vector<Var> exchanged =
+        exchange_bottlenecks<Comm>(main, bottlenecks, coarse, mode_, net_param_count, net_buffer_count);
+    for (std::int64_t k = 0; k < K; ++k) features[static_cast<std::size_t>(k)].bottleneck = exchanged[static_cast<std::size_t>(k)];
+
+    std::vector<Var> logits(static_cast<std::size_t>(K));
+    workers_.run(K, [&](std::int64_t k) {
+      TapeScope scope((*dec_tapes)[static_cast<std::size_t>(k)]);
+      Context ctx = clone_context(k, record);
+      logits[static_cast<std::size_t>(k)] = Net::decode(ctx, features[static_cast<std::size_t>(k)]);
+    });
+    if (record)
+      Tape::current().record([this, dec_tapes, K] {
+        workers_.run(K, [&](std::int64_t k) { (*dec_tapes)[static_cast<std::size_t>(k)].backward(); });
+      });
+    merge_clone_buffers(K);
+    return K == 1 ? logits[0] : stitch(logits, g);
+  }
+  Var operator()(const Var& x) { return forward(x); }
+
+ private:
+  // Per-clone gradient buffers, BN statistics and dropout streams. One clone uses the model's own
+  // (so a 1x1 grid is exactly the plain network).
+  void prepare_clones(std::int64_t K, bool record) {
+    const auto n = static_cast<std::size_t>(K);
+    clones_ = K;
+    clone_rngs_.clear();
+    if (K == 1) return;
+    if (record && clone_grads_.size() != n) {
+      clone_grads_.clear();
+      for (std::size_t k = 0; k < n; ++k) clone_grads_.push_back(Tensor::zeros(grads_.shape()));
+    }
+    if (training_) {
+      clone_buffers_.resize(n);
+      for (auto& b : clone_buffers_) b = buffers_.clone();
+      const std::uint64_t base = dropout_rng_.next();
+      for (std::size_t k = 0; k < n; ++k) clone_rngs_.emplace_back(base + 0x9E3779B97F4A7C15ull * (k + 1));
+    }
+  }
+  Context clone_context(std::int64_t k, bool record) {
+    if (clones_ == 1) return main_context(record);
+    const auto i = static_cast<std::size_t>(k);
+    // In eval the statistics are only read and dropout is off, so clones share the model's.
+    return Context{params_, record ? clone_grads_[i] : Tensor{}, training_ ? clone_buffers_[i] : buffers_, training_,
+                   training_ ? &clone_rngs_[i] : &dropout_rng_};
+  }
+  Context main_context(bool record) {
+    return Context{params_, record ? grads_ : Tensor{}, buffers_, training_, &dropout_rng_};
+  }
+  // Shared weights: the true gradient is the sum over clones, taken in clone order.
+  void reduce_clone_gradients(std::int64_t K) {
+    if (K == 1) return;
+    const std::int64_t n = static_cast<std::int64_t>(net_param_count);
+    float* g = grads_.data();
+    for (auto& cg : clone_grads_) {
+      float* c = cg.data();
+      for (std::int64_t i = 0; i < n; ++i) g[i] += c[i], c[i] = 0.0f;
+    }
+  }
+  // Running statistics: each clone moved its own copy; the model keeps their mean.
+  void merge_clone_buffers(std::int64_t K) {
+    if (K == 1 || !training_) return;
+    const std::int64_t n = static_cast<std::int64_t>(net_buffer_count);
+    for (std::int64_t i = 0; i < n; ++i) {
+      double s = 0;
+      for (const auto& b : clone_buffers_) s += b.data()[i];
+      buffers_.data()[i] = static_cast<float>(s / static_cast<double>(K));
+    }
+  }
+
+  GridSpec grid_;
+  Exchange mode_;
+  CpuWorkers workers_;
+  Tensor params_, grads_, buffers_;
+  Rng dropout_rng_;
+  bool training_ = true;
+  std::vector<Tensor> clone_grads_, clone_buffers_;
+  std::vector<Rng> clone_rngs_;
+  std::int64_t clones_ = 1;
+};
+
+}  // namespace dd

@@ -1,0 +1,48 @@
+#pragma once
+// The bottleneck exchange of the DDU-Net, in one process: the last F channels of every clone's
+// bottleneck are stitched in image order (C = Y) and passed through the communication network,
+// or each clone runs the network on its own maps (C = N). The result replaces those channels.
+#include <vector>
+
+#include "dd/decomposition/stitch.hpp"
+#include "dd/layers/context.hpp"
+
+namespace dd {
+
+enum class Exchange {
+  stitched,  // C = Y: one coarse map of all subimages, real communication
+  local,     // C = N: the same network on each subimage's own maps, no communication
+};
+
+inline const char* exchange_name(Exchange e) { return e == Exchange::stitched ? "Y" : "N"; }
+
+// bottlenecks: one per clone, in row-major grid order; coarse: the grid at bottleneck resolution.
+// po/bo: where Comm's parameters and buffers start in ctx.
+template <class Comm>
+std::vector<Var> exchange_bottlenecks(Context& ctx, const std::vector<Var>& bottlenecks, const Grid& coarse,
+                                      Exchange mode, std::size_t po, std::size_t bo) {
+  constexpr std::int64_t F = Comm::in_channels;
+  if constexpr (F == 0) {
+    return bottlenecks;
+  } else {
+    const std::int64_t C = bottlenecks.at(0).shape().c;
+    DD_CHECK(C >= F, "dd::exchange: bottleneck has {} channels, fewer than the {} to communicate", C, F);
+    std::vector<Var> kept, sent;
+    for (const Var& b : bottlenecks) {
+      if (C > F) kept.push_back(slice(b, 1, 0, C - F));
+      sent.push_back(C > F ? slice(b, 1, C - F, F) : b);
+    }
+    std::vector<Var> received;
+    if (mode == Exchange::stitched) {
+      received = cut(Comm::forward(ctx, stitch(sent, coarse), po, bo), coarse);
+    } else {
+      for (const Var& s : sent) received.push_back(Comm::forward(ctx, s, po, bo));
+    }
+    if (C == F) return received;
+    std::vector<Var> out;
+    for (std::size_t k = 0; k < received.size(); ++k) out.push_back(concat({kept[k], received[k]}, 1));
+    return out;
+  }
+}
+
+}  // namespace dd
