@@ -10,7 +10,7 @@ PACKAGES=(
   libeigen3-dev
   doctest-dev
   libfmt-dev
-  libomp-dev
+  libbenchmark-dev
 )
 
 missing=()
