@@ -9,14 +9,7 @@
 namespace dd {
 
 inline Var dice_loss(const Var& logits, const Tensor& labels) {
-  const Tensor X = logits.value().contiguous();
-  detail::require_nonempty(X, "dice_loss");
-  const Shape s = X.shape();
-  DD_CHECK(labels.shape() == (Shape{s.n, 1, s.h, s.w}), "dd::dice_loss: labels of shape {} for logits {}; expected {}",
-           labels.shape(), s, Shape{s.n, 1, s.h, s.w});
-  const Tensor L = labels.contiguous();
-  Tensor P = Tensor::empty(s);
-  cpu::softmax_channels(X.data(), s.n, s.c, s.h * s.w, P.data());
+  auto [s, L, P] = detail::softmax_targets(logits, labels, "dice_loss");
   const std::int64_t plane = s.h * s.w, C = s.c;
   std::vector<double> inter(static_cast<std::size_t>(C), 0.0), denom(static_cast<std::size_t>(C), 0.0);
   for (std::int64_t b = 0; b < s.n; ++b) {

@@ -35,18 +35,27 @@ inline std::int64_t label_at(const Tensor& labels, std::int64_t i, std::int64_t 
            "dd::cross_entropy: label {} at pixel {} is not a class index in [0, {})", v, i, classes);
   return k;
 }
+
+// What every softmax-based segmentation loss starts from: checked labels and the probabilities.
+struct SoftmaxTargets {
+  Shape shape;
+  Tensor labels, probs;
+};
+inline SoftmaxTargets softmax_targets(const Var& logits, const Tensor& labels, const char* op) {
+  const Tensor X = logits.value().contiguous();
+  require_nonempty(X, op);
+  const Shape s = X.shape();
+  DD_CHECK(labels.shape() == (Shape{s.n, 1, s.h, s.w}), "dd::{}: labels of shape {} for logits {}; expected {}", op,
+           labels.shape(), s, Shape{s.n, 1, s.h, s.w});
+  Tensor P = Tensor::empty(s);
+  cpu::softmax_channels(X.data(), s.n, s.c, s.h * s.w, P.data());
+  return {s, labels.contiguous(), std::move(P)};
+}
 }  // namespace detail
 
 // Mean over pixels of -log softmax(logits)[label]. labels: [N,1,H,W] class indices as floats.
 inline Var cross_entropy(const Var& logits, const Tensor& labels) {
-  const Tensor X = logits.value().contiguous();
-  detail::require_nonempty(X, "cross_entropy");
-  const Shape s = X.shape();
-  DD_CHECK(labels.shape() == (Shape{s.n, 1, s.h, s.w}), "dd::cross_entropy: labels of shape {} for logits {}; expected {}",
-           labels.shape(), s, Shape{s.n, 1, s.h, s.w});
-  const Tensor L = labels.contiguous();
-  Tensor P = Tensor::empty(s);
-  cpu::softmax_channels(X.data(), s.n, s.c, s.h * s.w, P.data());
+  auto [s, L, P] = detail::softmax_targets(logits, labels, "cross_entropy");
   const std::int64_t plane = s.h * s.w, pixels = s.n * plane;
   double total = 0;
   for (std::int64_t b = 0; b < s.n; ++b)
