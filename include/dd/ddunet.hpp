@@ -46,3 +46,4 @@
 #include "dd/training/metrics.hpp"
 #include "dd/training/schedule.hpp"
 #include "dd/training/trainer.hpp"
+#include "dd/models/dynamic_unet.hpp"

@@ -24,33 +24,71 @@ struct CommBottleneck {
   static constexpr Interval depends(Interval o) { return hull(o, Comm::depends(o)); }
 };
 
-template <class Net, class Comm = NoComm>
-class DomainDecomposed {
- public:
+namespace detail {
+// Compile-time facts of a DDU-Net whose networks are typed; dynamic ones have only the run-time
+// accessors of DomainDecomposed.
+template <class Net, class Comm, bool = is_typed_network<Net> && is_typed_network<Comm>>
+struct TypedDDUFacts {};
+template <class Net, class Comm>
+struct TypedDDUFacts<Net, Comm, true> {
   static constexpr int F = Comm::in_channels;
   static_assert(F == 0 || Comm::out_channels == F, "dd::DomainDecomposed: the communication network must map F "
                                                    "channels to F channels");
   static_assert(F <= Net::bottleneck_channels,
                 "dd::DomainDecomposed: F (communicated maps) exceeds the bottleneck's channel count");
-
-  using Network = Net;
-  using Communication = Comm;
   static constexpr std::size_t net_param_count = Net::param_count, net_buffer_count = Net::buffer_count;
   static constexpr std::size_t param_count = Net::param_count + Comm::param_count;
   static constexpr std::size_t buffer_count = Net::buffer_count + Comm::buffer_count;
+  // Receptive field on one unbounded subimage (paper Table 4).
+  static constexpr Interval depends(Interval o) { return Net::template depends_with<CommBottleneck<Comm>>(o); }
+  static void check_input(const Shape& s) { Net::check_input(s); }
+};
+}  // namespace detail
+
+template <class Net, class Comm = NoComm>
+class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm> {
+ public:
+  using Network = Net;
+  using Communication = Comm;
 
   // Weights of the clones are initialised exactly as Model<Net>(seed) initialises them.
   DomainDecomposed(GridSpec grid, Exchange mode, std::uint64_t seed = 0, CpuWorkers workers = CpuWorkers{})
-      : grid_(grid),
+    requires std::is_default_constructible_v<Net> && std::is_default_constructible_v<Comm>
+      : DomainDecomposed(Net{}, Comm{}, grid, mode, seed, workers) {}
+
+  DomainDecomposed(Net net, Comm comm, GridSpec grid, Exchange mode, std::uint64_t seed = 0,
+                   CpuWorkers workers = CpuWorkers{})
+      : net_(std::move(net)),
+        comm_(std::move(comm)),
+        net_params_(params_of(net_)),
+        net_buffers_(buffers_of(net_)),
+        grid_(grid),
         mode_(mode),
         workers_(workers),
-        params_(Tensor::zeros({static_cast<std::int64_t>(param_count), 1, 1, 1})),
+        params_(Tensor::zeros({static_cast<std::int64_t>(net_params_ + params_of(comm_)), 1, 1, 1})),
         grads_(Tensor::zeros(params_.shape())),
-        buffers_(Tensor::zeros({static_cast<std::int64_t>(buffer_count), 1, 1, 1})),
+        buffers_(Tensor::zeros({static_cast<std::int64_t>(net_buffers_ + buffers_of(comm_)), 1, 1, 1})),
         dropout_rng_(seed ^ 0xD5A5D5A5D5A5D5A5ull) {
+    DD_CHECK(comm_channels(comm_) <= bottleneck_channels(),
+             "dd::DomainDecomposed: F = {} communicated maps exceed the {} bottleneck channels", comm_channels(comm_),
+             bottleneck_channels());
     Rng init_rng(seed);
-    Net::init(init_rng, params_.data(), buffers_.data());
-    Comm::init(init_rng, params_.data() + net_param_count, buffers_.data() + net_buffer_count);
+    net_.init(init_rng, params_.data(), buffers_.data());
+    comm_.init(init_rng, params_.data() + net_params_, buffers_.data() + net_buffers_);
+  }
+
+  const Net& network() const { return net_; }
+  const Comm& communication() const { return comm_; }
+  std::size_t num_params() const { return static_cast<std::size_t>(params_.numel()); }
+  std::size_t num_net_params() const { return net_params_; }
+  std::size_t num_net_buffers() const { return net_buffers_; }
+  std::int64_t downsampling() const {
+    if constexpr (requires { Net::downsampling + 0; }) return Net::downsampling;
+    else return net_.downsampling();
+  }
+  int bottleneck_channels() const {
+    if constexpr (requires { Net::bottleneck_channels + 0; }) return Net::bottleneck_channels;
+    else return net_.bottleneck_channels();
   }
 
   // The grid may change between calls (train on one grid, evaluate on another).
@@ -68,16 +106,12 @@ class DomainDecomposed {
   const Tensor& gradients() const { return grads_; }
   const Tensor& buffers() const { return buffers_; }
 
-  static void check_input(const Shape& s) { Net::check_input(s); }
-
-  // Receptive field on one unbounded subimage (paper Table 4).
-  static constexpr Interval depends(Interval o) { return Net::template depends_with<CommBottleneck<Comm>>(o); }
 
   Var forward(const Var& x) {
     const Shape s = x.shape();
-    Net::check_input(s);
-    const Grid g = Grid::split(s.h, s.w, grid_, Net::downsampling);
-    const Grid coarse = g.coarsened(Net::downsampling);
+    net_.check_input(s);
+    const Grid g = Grid::split(s.h, s.w, grid_, downsampling());
+    const Grid coarse = g.coarsened(downsampling());
     const std::int64_t K = g.count();
     const bool record = GradMode::enabled();
     prepare_clones(K, record);
@@ -90,7 +124,7 @@ class DomainDecomposed {
     workers_.run(K, [&](std::int64_t k) {
       TapeScope scope((*enc_tapes)[static_cast<std::size_t>(k)]);
       Context ctx = clone_context(k, record);
-      features[static_cast<std::size_t>(k)] = Net::encode(ctx, tiles[static_cast<std::size_t>(k)]);
+      features[static_cast<std::size_t>(k)] = net_.encode(ctx, tiles[static_cast<std::size_t>(k)]);
     });
     if (record)  // replayed last: the encoders' backward, then the clone gradients are summed
       Tape::current().record([this, enc_tapes, K] {
@@ -102,14 +136,14 @@ class DomainDecomposed {
     for (const auto& f : features) bottlenecks.push_back(f.bottleneck);
     Context main = main_context(record);
     const std::vector<Var> exchanged =
-        exchange_bottlenecks<Comm>(main, bottlenecks, coarse, mode_, net_param_count, net_buffer_count);
+        exchange_bottlenecks(main, comm_, bottlenecks, coarse, mode_, net_params_, net_buffers_);
     for (std::int64_t k = 0; k < K; ++k) features[static_cast<std::size_t>(k)].bottleneck = exchanged[static_cast<std::size_t>(k)];
 
     std::vector<Var> logits(static_cast<std::size_t>(K));
     workers_.run(K, [&](std::int64_t k) {
       TapeScope scope((*dec_tapes)[static_cast<std::size_t>(k)]);
       Context ctx = clone_context(k, record);
-      logits[static_cast<std::size_t>(k)] = Net::decode(ctx, features[static_cast<std::size_t>(k)]);
+      logits[static_cast<std::size_t>(k)] = net_.decode(ctx, features[static_cast<std::size_t>(k)]);
     });
     if (record)
       Tape::current().record([this, dec_tapes, K] {
@@ -152,7 +186,7 @@ class DomainDecomposed {
   // Shared weights: the true gradient is the sum over clones, taken in clone order.
   void reduce_clone_gradients(std::int64_t K) {
     if (K == 1) return;
-    const std::int64_t n = static_cast<std::int64_t>(net_param_count);
+    const std::int64_t n = static_cast<std::int64_t>(net_params_);
     float* g = grads_.data();
     for (auto& cg : clone_grads_) {
       float* c = cg.data();
@@ -162,7 +196,7 @@ class DomainDecomposed {
   // Running statistics: each clone moved its own copy; the model keeps their mean.
   void merge_clone_buffers(std::int64_t K) {
     if (K == 1 || !training_) return;
-    const std::int64_t n = static_cast<std::int64_t>(net_buffer_count);
+    const std::int64_t n = static_cast<std::int64_t>(net_buffers_);
     for (std::int64_t i = 0; i < n; ++i) {
       double s = 0;
       for (const auto& b : clone_buffers_) s += b.data()[i];
@@ -170,6 +204,9 @@ class DomainDecomposed {
     }
   }
 
+  Net net_;
+  Comm comm_;
+  std::size_t net_params_, net_buffers_;
   GridSpec grid_;
   Exchange mode_;
   CpuWorkers workers_;

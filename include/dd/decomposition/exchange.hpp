@@ -16,33 +16,46 @@ enum class Exchange {
 
 inline const char* exchange_name(Exchange e) { return e == Exchange::stitched ? "Y" : "N"; }
 
+// Channels a communication network exchanges: its input channels (typed or dynamic).
+template <class Comm>
+std::int64_t comm_channels(const Comm& comm) {
+  if constexpr (requires { Comm::in_channels + 0; })
+    return Comm::in_channels;
+  else
+    return comm.in_channels();
+}
+
 // bottlenecks: one per clone, in row-major grid order; coarse: the grid at bottleneck resolution.
-// po/bo: where Comm's parameters and buffers start in ctx.
+// po/bo: where the communication network's parameters and buffers start in ctx.
+template <class Comm>
+std::vector<Var> exchange_bottlenecks(Context& ctx, const Comm& comm, const std::vector<Var>& bottlenecks,
+                                      const Grid& coarse, Exchange mode, std::size_t po, std::size_t bo) {
+  const std::int64_t F = comm_channels(comm);
+  if (F == 0) return bottlenecks;
+  const std::int64_t C = bottlenecks.at(0).shape().c;
+  DD_CHECK(C >= F, "dd::exchange: bottleneck has {} channels, fewer than the {} to communicate", C, F);
+  std::vector<Var> kept, sent;
+  for (const Var& b : bottlenecks) {
+    if (C > F) kept.push_back(slice(b, 1, 0, C - F));
+    sent.push_back(C > F ? slice(b, 1, C - F, F) : b);
+  }
+  std::vector<Var> received;
+  if (mode == Exchange::stitched) {
+    received = cut(comm.forward(ctx, stitch(sent, coarse), po, bo), coarse);
+  } else {
+    for (const Var& s : sent) received.push_back(comm.forward(ctx, s, po, bo));
+  }
+  if (C == F) return received;
+  std::vector<Var> out;
+  for (std::size_t k = 0; k < received.size(); ++k) out.push_back(concat({kept[k], received[k]}, 1));
+  return out;
+}
+
+// Typed communication networks need no instance.
 template <class Comm>
 std::vector<Var> exchange_bottlenecks(Context& ctx, const std::vector<Var>& bottlenecks, const Grid& coarse,
                                       Exchange mode, std::size_t po, std::size_t bo) {
-  constexpr std::int64_t F = Comm::in_channels;
-  if constexpr (F == 0) {
-    return bottlenecks;
-  } else {
-    const std::int64_t C = bottlenecks.at(0).shape().c;
-    DD_CHECK(C >= F, "dd::exchange: bottleneck has {} channels, fewer than the {} to communicate", C, F);
-    std::vector<Var> kept, sent;
-    for (const Var& b : bottlenecks) {
-      if (C > F) kept.push_back(slice(b, 1, 0, C - F));
-      sent.push_back(C > F ? slice(b, 1, C - F, F) : b);
-    }
-    std::vector<Var> received;
-    if (mode == Exchange::stitched) {
-      received = cut(Comm::forward(ctx, stitch(sent, coarse), po, bo), coarse);
-    } else {
-      for (const Var& s : sent) received.push_back(Comm::forward(ctx, s, po, bo));
-    }
-    if (C == F) return received;
-    std::vector<Var> out;
-    for (std::size_t k = 0; k < received.size(); ++k) out.push_back(concat({kept[k], received[k]}, 1));
-    return out;
-  }
+  return exchange_bottlenecks(ctx, Comm{}, bottlenecks, coarse, mode, po, bo);
 }
 
 }  // namespace dd

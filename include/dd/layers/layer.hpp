@@ -38,6 +38,20 @@ struct ChannelPreserving {
 template <class Net>
 inline constexpr std::size_t param_count = Net::param_count;
 
+// Counts of typed networks (static members) and dynamic ones (member functions) alike.
+template <class T>
+std::size_t params_of(const T& t) {
+  if constexpr (requires { T::param_count + 0; }) return T::param_count;
+  else return t.param_count();
+}
+template <class T>
+std::size_t buffers_of(const T& t) {
+  if constexpr (requires { T::buffer_count + 0; }) return T::buffer_count;
+  else return t.buffer_count();
+}
+template <class T>
+inline constexpr bool is_typed_network = requires { T::param_count + 0; };
+
 namespace detail {
 template <class Net>
 constexpr std::int64_t receptive_extent(bool want_max) {
