@@ -11,6 +11,9 @@ PACKAGES=(
   doctest-dev
   libfmt-dev
   libbenchmark-dev
+  libstb-dev
+  zlib1g-dev
+  libcli11-dev
 )
 
 missing=()

@@ -47,3 +47,7 @@
 #include "dd/training/schedule.hpp"
 #include "dd/training/trainer.hpp"
 #include "dd/models/dynamic_unet.hpp"
+#include "dd/inference/large_image.hpp"
+#include "dd/io/checkpoint.hpp"
+#include "dd/data/folder.hpp"
+#include "dd/models/summary.hpp"

@@ -4,6 +4,10 @@
 // promise the same weights for the same seed everywhere.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+#include <string>
 
 namespace dd {
 
@@ -51,6 +55,24 @@ class Rng {
     spare_ = r * std::sin(2.0 * M_PI * u2);
     has_spare_ = true;
     return static_cast<float>(r * std::cos(2.0 * M_PI * u2));
+  }
+
+  // The whole generator state as text (for checkpoints), and back.
+  std::string state() const {
+    std::string out;
+    for (auto v : s_) out += std::to_string(v) + " ";
+    std::uint64_t bits;
+    std::memcpy(&bits, &spare_, sizeof bits);
+    return out + std::to_string(bits) + " " + (has_spare_ ? "1" : "0");
+  }
+  void set_state(const std::string& text) {
+    std::istringstream in(text);
+    std::uint64_t v[6];
+    for (auto& x : v)
+      if (!(in >> x)) throw std::invalid_argument("dd::Rng: malformed generator state '" + text + "'");
+    for (int i = 0; i < 4; ++i) s_[i] = v[i];
+    std::memcpy(&spare_, &v[4], sizeof spare_);
+    has_spare_ = v[5] != 0;
   }
 
   // A new independent stream, e.g. one per clone or per worker.

@@ -102,6 +102,8 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm> {
   bool training() const { return training_; }
   void zero_grad() { grads_.fill(0.0f); }
   void reseed_dropout(std::uint64_t seed) { dropout_rng_.reseed(seed); }
+  std::string dropout_state() const { return dropout_rng_.state(); }
+  void set_dropout_state(const std::string& s) { dropout_rng_.set_state(s); }
   const Tensor& parameters() const { return params_; }
   const Tensor& gradients() const { return grads_; }
   const Tensor& buffers() const { return buffers_; }

@@ -57,6 +57,8 @@ class Model {
   }
   // Restarts the dropout generator (e.g. to replay a forward pass exactly).
   void reseed_dropout(std::uint64_t seed) { dropout_rng_.reseed(seed); }
+  std::string dropout_state() const { return dropout_rng_.state(); }
+  void set_dropout_state(const std::string& s) { dropout_rng_.set_state(s); }
 
   const Tensor& parameters() const { return params_; }
   const Tensor& gradients() const { return grads_; }

@@ -35,6 +35,13 @@ class Adam {
     }
   }
 
+  // Restores the moments and step count saved from another run (for --resume).
+  void load_state(std::vector<float> m, std::vector<float> v, std::int64_t steps) {
+    DD_CHECK(m.size() == m_.size() && v.size() == v_.size(),
+             "dd::Adam: saved moments hold {} and {} values, the model has {} parameters", m.size(), v.size(), m_.size());
+    m_ = std::move(m), v_ = std::move(v), t_ = steps;
+  }
+
   float lr() const { return o_.lr; }
   void set_lr(float lr) { o_.lr = lr; }
   std::int64_t steps() const { return t_; }

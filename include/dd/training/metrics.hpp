@@ -33,6 +33,13 @@ class ConfusionMatrix {
       }
   }
 
+  // Adds another matrix's counts (e.g. of images evaluated one at a time).
+  ConfusionMatrix& operator+=(const ConfusionMatrix& o) {
+    DD_CHECK(o.classes_ == classes_, "dd::ConfusionMatrix: adding {} classes to {}", o.classes_, classes_);
+    for (std::size_t i = 0; i < counts_.size(); ++i) counts_[i] += o.counts_[i];
+    return *this;
+  }
+
   std::int64_t count(int truth, int predicted) const { return counts_[std::size_t(truth) * classes_ + predicted]; }
   double iou(int c) const {
     std::int64_t tp = count(c, c), fp = 0, fn = 0;

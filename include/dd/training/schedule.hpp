@@ -11,6 +11,13 @@ class ReduceLROnPlateau {
       : factor_(factor), patience_(patience), min_lr_(min_lr), threshold_(threshold) {}
 
   // Feeds one validation loss; returns the learning rate to use from now on.
+  struct State {
+    double best;
+    int bad;
+  };
+  State state() const { return {best_, bad_}; }
+  void set_state(State s) { best_ = s.best, bad_ = s.bad; }
+
   float step(double metric, float lr) {
     if (metric < best_ * (1.0 - threshold_)) {
       best_ = metric;
@@ -49,6 +56,13 @@ class EarlyStopping {
     ++since_best_;
     return false;
   }
+  struct State {
+    int epoch, since_best;
+    double best;
+  };
+  State state() const { return {epoch_, since_best_, best_}; }
+  void set_state(State s) { epoch_ = s.epoch, since_best_ = s.since_best, best_ = s.best; }
+
   bool should_stop() const { return epoch_ >= min_epochs_ && since_best_ >= patience_; }
   double best() const { return best_; }
 

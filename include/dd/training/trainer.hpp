@@ -82,37 +82,47 @@ Evaluation evaluate(M& model, const SegmentationSet& set, int classes, int batch
   return e;
 }
 
+// The training state of one run, one epoch at a time, so a run can be checkpointed after any
+// epoch and resumed with bit-identical results (the shuffle of epoch e depends only on the seed
+// and e; everything else that carries over is exposed for checkpoints).
 template <class M>
-std::vector<EpochStats> fit(M& model, const SegmentationSet& train, const SegmentationSet& val, int classes,
-                            const TrainOptions& o, const BatchCallback& on_batch = {},
-                            const EpochCallback& on_epoch = {}) {
-  DD_CHECK(train.size() > 0, "dd::fit: empty training set");
-  DD_CHECK(o.batch > 0 && o.epochs > 0, "dd::fit: batch {} and epochs {} must be positive", o.batch, o.epochs);
-  Adam adam(model.parameters(), model.gradients(), {o.lr});
-  ReduceLROnPlateau plateau(o.lr_factor, o.lr_patience);
-  EarlyStopping stopper(o.stop_patience, o.min_epochs);
-  Tensor best_params = model.parameters().clone(), best_buffers = model.buffers().clone();
-  std::vector<EpochStats> history;
-  std::vector<std::int64_t> order(static_cast<std::size_t>(train.size()));
-  std::iota(order.begin(), order.end(), 0);
-  Rng shuffle(o.shuffle_seed);
-  const std::int64_t batches = (train.size() + o.batch - 1) / o.batch;
+class Trainer {
+ public:
+  Trainer(M& model, int classes, const TrainOptions& o)
+      : model_(model),
+        classes_(classes),
+        o_(o),
+        adam_(model.parameters(), model.gradients(), {o.lr}),
+        plateau_(o.lr_factor, o.lr_patience),
+        stopper_(o.stop_patience, o.min_epochs),
+        best_params_(model.parameters().clone()),
+        best_buffers_(model.buffers().clone()) {
+    DD_CHECK(o.batch > 0 && o.epochs > 0, "dd::Trainer: batch {} and epochs {} must be positive", o.batch, o.epochs);
+  }
 
-  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+  bool done() const { return epoch_ >= o_.epochs || stopper_.should_stop(); }
+
+  EpochStats run_epoch(const SegmentationSet& train, const SegmentationSet& val, const BatchCallback& on_batch = {}) {
+    DD_CHECK(train.size() > 0, "dd::Trainer: empty training set");
+    const int epoch = ++epoch_;
+    std::vector<std::int64_t> order(static_cast<std::size_t>(train.size()));
+    std::iota(order.begin(), order.end(), 0);
+    Rng shuffle(o_.shuffle_seed ^ (0x9E3779B97F4A7C15ull * static_cast<std::uint64_t>(epoch)));
     for (std::int64_t i = train.size() - 1; i > 0; --i)
       std::swap(order[static_cast<std::size_t>(i)], order[static_cast<std::size_t>(shuffle.uniform_int(0, i))]);
-    model.train();
+    model_.train();
     const auto t0 = std::chrono::steady_clock::now();
+    const std::int64_t batches = (train.size() + o_.batch - 1) / o_.batch;
     double loss_sum = 0;
     std::int64_t seen = 0;
     for (std::int64_t b = 0; b < batches; ++b) {
-      const std::int64_t start = b * o.batch, len = std::min<std::int64_t>(o.batch, train.size() - start);
+      const std::int64_t start = b * o_.batch, len = std::min<std::int64_t>(o_.batch, train.size() - start);
       const SegmentationSet batch = gather(train, order, start, len);
-      model.zero_grad();
-      const Var loss = segmentation_loss(model.forward(Var(batch.images)), batch.labels, o.loss);
+      model_.zero_grad();
+      const Var loss = segmentation_loss(model_.forward(Var(batch.images)), batch.labels, o_.loss);
       loss.backward();
-      if (o.clip_norm > 0) clip_grad_norm(model.gradients(), o.clip_norm);
-      adam.step();
+      if (o_.clip_norm > 0) clip_grad_norm(model_.gradients(), o_.clip_norm);
+      adam_.step();
       loss_sum += loss.value().item() * double(len);
       seen += len;
       if (on_batch) {
@@ -125,23 +135,56 @@ std::vector<EpochStats> fit(M& model, const SegmentationSet& train, const Segmen
     st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     st.images_per_second = double(seen) / std::max(st.seconds, 1e-9);
     st.train_loss = loss_sum / double(seen);
-    st.lr = adam.lr();
+    st.lr = adam_.lr();
     if (val.size() > 0) {
-      const Evaluation e = evaluate(model, val, classes, 32, o.loss);
+      const Evaluation e = evaluate(model_, val, classes_, 32, o_.loss);
       st.val_loss = e.loss;
       st.val_miou = e.confusion.mean_iou();
     } else {
       st.val_loss = st.train_loss;
     }
-    st.best = stopper.update(st.val_loss);
-    if (st.best) best_params.copy_from(model.parameters()), best_buffers.copy_from(model.buffers());
-    adam.set_lr(plateau.step(st.val_loss, adam.lr()));
-    history.push_back(st);
-    if (on_epoch) on_epoch(st);
-    if (stopper.should_stop()) break;
+    st.best = stopper_.update(st.val_loss);
+    if (st.best) best_params_.copy_from(model_.parameters()), best_buffers_.copy_from(model_.buffers());
+    adam_.set_lr(plateau_.step(st.val_loss, adam_.lr()));
+    return st;
   }
-  model.parameters().copy_from(best_params);
-  model.buffers().copy_from(best_buffers);
+
+  // Puts the best validation state back into the model.
+  void restore_best() {
+    model_.parameters().copy_from(best_params_);
+    model_.buffers().copy_from(best_buffers_);
+  }
+
+  int epochs_done() const { return epoch_; }
+  void set_epochs_done(int e) { epoch_ = e; }
+  Adam& optimizer() { return adam_; }
+  ReduceLROnPlateau& plateau() { return plateau_; }
+  EarlyStopping& stopper() { return stopper_; }
+  const Tensor& best_parameters() const { return best_params_; }
+  const Tensor& best_buffers() const { return best_buffers_; }
+
+ private:
+  M& model_;
+  int classes_;
+  TrainOptions o_;
+  Adam adam_;
+  ReduceLROnPlateau plateau_;
+  EarlyStopping stopper_;
+  Tensor best_params_, best_buffers_;
+  int epoch_ = 0;
+};
+
+template <class M>
+std::vector<EpochStats> fit(M& model, const SegmentationSet& train, const SegmentationSet& val, int classes,
+                            const TrainOptions& o, const BatchCallback& on_batch = {},
+                            const EpochCallback& on_epoch = {}) {
+  Trainer<M> trainer(model, classes, o);
+  std::vector<EpochStats> history;
+  while (!trainer.done()) {
+    history.push_back(trainer.run_epoch(train, val, on_batch));
+    if (on_epoch) on_epoch(history.back());
+  }
+  trainer.restore_best();
   return history;
 }
 
