@@ -29,8 +29,8 @@ void usage() {
       "  --F N          communicated feature maps: 0 1 2 4 8 16 32          [32]\n"
       "  --depth D      encoder-decoder depth: 2 3 4                        [3]\n"
       "  --models LIST  comma list of ddu-y, ddu-n, unet                    [ddu-y,ddu-n,unet]\n"
-      "  --epochs N     maximum epochs                                      [15]\n"
-      "  --min-epochs N no early stop before this epoch                     [10]\n"
+      "  --epochs N     maximum epochs                                      [18]\n"
+      "  --min-epochs N no early stop before this epoch                     [12]\n"
       "  --patience N   early-stopping patience (epochs)                    [4]\n"
       "  --train N      training images                                     [4000]\n"
       "  --val N        validation images                                   [500]\n"
@@ -54,8 +54,8 @@ Options parse(int argc, char** argv) {
   Options o;
   // Defaults sized so the three models train in under 10 minutes on 2 cores (the paper's 40 epochs
   // with patience 8 would take about half an hour).
-  o.fit.epochs = 15;
-  o.fit.min_epochs = 10;
+  o.fit.epochs = 18;
+  o.fit.min_epochs = 12;
   o.fit.stop_patience = 4;
   o.fit.lr_patience = 1;
   for (int i = 1; i < argc; ++i) {
