@@ -3,9 +3,11 @@
 // clone of Net per subimage (all clones share ONE parameter set) encodes its tile, the bottlenecks
 // meet in the exchange, and each clone decodes its own tile; the logits are stitched back.
 //
-// Clones run concurrently on the worker pool, each recording on its own tape and accumulating
-// into its own gradient buffer (no races, and the clone-order sum makes results independent of
-// the number of workers). The caller's tape gets two entries that replay the clone tapes, so
+// Clones run concurrently on the worker pool, each recording on its own tape. Gradients of the
+// shared weights accumulate into one buffer per worker thread (a clone always runs on the same
+// thread, forward and backward, so no buffer is shared between threads), summed in thread order
+// afterwards: deterministic for a given worker count, and memory grows with the workers, not
+// with the grid. The caller's tape gets two entries that replay the clone tapes, so
 // loss.backward() runs decoders, exchange and encoders in the right order.
 #include <memory>
 #include <vector>
@@ -157,16 +159,17 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm> {
   Var operator()(const Var& x) { return forward(x); }
 
  private:
-  // Per-clone gradient buffers, BN statistics and dropout streams. One clone uses the model's own
-  // (so a 1x1 grid is exactly the plain network).
+  // Per-worker gradient buffers, per-clone BN statistics and dropout streams. One clone uses the
+  // model's own (so a 1x1 grid is exactly the plain network).
   void prepare_clones(std::int64_t K, bool record) {
     const auto n = static_cast<std::size_t>(K);
     clones_ = K;
     clone_rngs_.clear();
     if (K == 1) return;
-    if (record && clone_grads_.size() != n) {
-      clone_grads_.clear();
-      for (std::size_t k = 0; k < n; ++k) clone_grads_.push_back(Tensor::zeros(grads_.shape()));
+    const auto lanes = static_cast<std::size_t>(std::max(1, workers_.count()));
+    if (record && lane_grads_.size() != lanes) {
+      lane_grads_.clear();
+      for (std::size_t k = 0; k < lanes; ++k) lane_grads_.push_back(Tensor::zeros(grads_.shape()));
     }
     if (training_) {
       clone_buffers_.resize(n);
@@ -178,19 +181,23 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm> {
   Context clone_context(std::int64_t k, bool record) {
     if (clones_ == 1) return main_context(record);
     const auto i = static_cast<std::size_t>(k);
+    // The calling worker's gradient buffer: clone k runs on the same thread in every phase.
+    const auto lane = static_cast<std::size_t>(omp_get_thread_num());
+    DD_CHECK(!record || lane < lane_grads_.size(), "dd::DomainDecomposed: worker thread {} outside the pool of {}",
+             lane, lane_grads_.size());
     // In eval the statistics are only read and dropout is off, so clones share the model's.
-    return Context{params_, record ? clone_grads_[i] : Tensor{}, training_ ? clone_buffers_[i] : buffers_, training_,
+    return Context{params_, record ? lane_grads_[lane] : Tensor{}, training_ ? clone_buffers_[i] : buffers_, training_,
                    training_ ? &clone_rngs_[i] : &dropout_rng_};
   }
   Context main_context(bool record) {
     return Context{params_, record ? grads_ : Tensor{}, buffers_, training_, &dropout_rng_};
   }
-  // Shared weights: the true gradient is the sum over clones, taken in clone order.
+  // Shared weights: the true gradient is the sum over clones, taken in worker order.
   void reduce_clone_gradients(std::int64_t K) {
     if (K == 1) return;
     const std::int64_t n = static_cast<std::int64_t>(net_params_);
     float* g = grads_.data();
-    for (auto& cg : clone_grads_) {
+    for (auto& cg : lane_grads_) {
       float* c = cg.data();
       for (std::int64_t i = 0; i < n; ++i) g[i] += c[i], c[i] = 0.0f;
     }
@@ -215,7 +222,7 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm> {
   Tensor params_, grads_, buffers_;
   Rng dropout_rng_;
   bool training_ = true;
-  std::vector<Tensor> clone_grads_, clone_buffers_;
+  std::vector<Tensor> lane_grads_, clone_buffers_;
   std::vector<Rng> clone_rngs_;
   std::int64_t clones_ = 1;
 };
