@@ -268,8 +268,9 @@ int run_predict(PredictCmd& c) {
   dd::TileSource source = [&](const dd::TileRect& r) { return img.tile(r.y, r.h, r.x, r.w); };
   dd::TiledPredictor<dd::DynamicUNet, dd::DynamicCommNet> predictor(model, H, W, source);
   const dd::Grid& g = predictor.grid();
-  std::printf("segmenting %s (%lldx%lld) with %s on a %lldx%lld grid\n", c.input.c_str(), (long long)W, (long long)H,
-              spec.describe().c_str(), (long long)g.rows(), (long long)g.cols());
+  std::printf("segmenting %s (%lldx%lld) with %s; %lld subimages of at most %lldx%lld\n", c.input.c_str(), (long long)W,
+              (long long)H, spec.describe().c_str(), (long long)g.count(), (long long)g.widths()[0],
+              (long long)g.heights()[0]);
   // The class map is written band by band: one grid row of tiles is decoded when the writer
   // first asks for its rows.
   std::vector<std::uint8_t> band;  // classes of the decoded grid row
