@@ -51,3 +51,4 @@
 #include "dd/io/checkpoint.hpp"
 #include "dd/data/folder.hpp"
 #include "dd/models/summary.hpp"
+#include "dd/models/model_state.hpp"

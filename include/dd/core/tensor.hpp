@@ -3,6 +3,7 @@
 // are views (no copy); kernels ask for contiguous() memory, which copies only when needed.
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <initializer_list>
 #include <memory>
@@ -169,5 +170,13 @@ class Tensor {
   Shape shape_{};
   Strides strides_{};
 };
+
+// Euclidean norm of all elements, accumulated in double.
+inline double l2_norm(const Tensor& t) {
+  const Tensor c = t.contiguous();
+  double s = 0;
+  for (std::int64_t i = 0; i < c.numel(); ++i) s += double(c.data()[i]) * c.data()[i];
+  return std::sqrt(s);
+}
 
 }  // namespace dd

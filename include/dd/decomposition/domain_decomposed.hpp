@@ -15,6 +15,7 @@
 #include "dd/decomposition/exchange.hpp"
 #include "dd/decomposition/workers.hpp"
 #include "dd/models/comm_net.hpp"
+#include "dd/models/model_state.hpp"
 #include "dd/models/unet.hpp"
 
 namespace dd {
@@ -48,7 +49,7 @@ struct TypedDDUFacts<Net, Comm, true> {
 }  // namespace detail
 
 template <class Net, class Comm = NoComm>
-class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm> {
+class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelState {
  public:
   using Network = Net;
   using Communication = Comm;
@@ -60,17 +61,14 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm> {
 
   DomainDecomposed(Net net, Comm comm, GridSpec grid, Exchange mode, std::uint64_t seed = 0,
                    CpuWorkers workers = CpuWorkers{})
-      : net_(std::move(net)),
+      : ModelState(params_of(net) + params_of(comm), buffers_of(net) + buffers_of(comm), seed),
+        net_(std::move(net)),
         comm_(std::move(comm)),
         net_params_(params_of(net_)),
         net_buffers_(buffers_of(net_)),
         grid_(grid),
         mode_(mode),
-        workers_(workers),
-        params_(Tensor::zeros({static_cast<std::int64_t>(net_params_ + params_of(comm_)), 1, 1, 1})),
-        grads_(Tensor::zeros(params_.shape())),
-        buffers_(Tensor::zeros({static_cast<std::int64_t>(net_buffers_ + buffers_of(comm_)), 1, 1, 1})),
-        dropout_rng_(seed ^ 0xD5A5D5A5D5A5D5A5ull) {
+        workers_(workers) {
     DD_CHECK(comm_channels(comm_) <= bottleneck_channels(),
              "dd::DomainDecomposed: F = {} communicated maps exceed the {} bottleneck channels", comm_channels(comm_),
              bottleneck_channels());
@@ -99,16 +97,6 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm> {
   Exchange mode() const { return mode_; }
   const CpuWorkers& workers() const { return workers_; }
 
-  void train(bool on = true) { training_ = on; }
-  void eval() { training_ = false; }
-  bool training() const { return training_; }
-  void zero_grad() { grads_.fill(0.0f); }
-  void reseed_dropout(std::uint64_t seed) { dropout_rng_.reseed(seed); }
-  std::string dropout_state() const { return dropout_rng_.state(); }
-  void set_dropout_state(const std::string& s) { dropout_rng_.set_state(s); }
-  const Tensor& parameters() const { return params_; }
-  const Tensor& gradients() const { return grads_; }
-  const Tensor& buffers() const { return buffers_; }
 
 
   Var forward(const Var& x) {
@@ -219,9 +207,6 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm> {
   GridSpec grid_;
   Exchange mode_;
   CpuWorkers workers_;
-  Tensor params_, grads_, buffers_;
-  Rng dropout_rng_;
-  bool training_ = true;
   std::vector<Tensor> lane_grads_, clone_buffers_;
   std::vector<Rng> clone_rngs_;
   std::int64_t clones_ = 1;

@@ -57,9 +57,7 @@ class Adam {
 
 // Scales gradients so their global L2 norm is at most max_norm; returns the norm before clipping.
 inline double clip_grad_norm(const Tensor& grads, double max_norm) {
-  double s = 0;
-  for (std::int64_t i = 0; i < grads.numel(); ++i) s += double(grads.data()[i]) * grads.data()[i];
-  const double norm = std::sqrt(s);
+  const double norm = l2_norm(grads);
   if (norm > max_norm && norm > 0) {
     const auto k = static_cast<float>(max_norm / (norm + 1e-6));
     for (std::int64_t i = 0; i < grads.numel(); ++i) grads.data()[i] *= k;
