@@ -12,7 +12,7 @@
 namespace {
 
 struct Options {
-  std::int64_t k = 4, train = 4000, val = 500, test = 1000;
+  std::int64_t k = 4, train = 3000, val = 500, test = 1000;
   int F = 32, depth = 3, threads = 0;
   dd::TrainOptions fit;
   std::uint64_t seed = 1;
@@ -32,7 +32,7 @@ void usage() {
       "  --epochs N     maximum epochs                                      [18]\n"
       "  --min-epochs N no early stop before this epoch                     [12]\n"
       "  --patience N   early-stopping patience (epochs)                    [4]\n"
-      "  --train N      training images                                     [4000]\n"
+      "  --train N      training images (the paper: 4000)                   [3000]\n"
       "  --val N        validation images                                   [500]\n"
       "  --test N       test images                                         [1000]\n"
       "  --batch N      batch size                                          [16]\n"
