@@ -39,6 +39,8 @@ class Var {
   // grad += g (g must have this Var's shape). Takes g over when nothing has accumulated yet.
   void accumulate_grad(Tensor g) const {
     DD_CHECK(g.shape() == shape(), "dd::Var: gradient of shape {} for a value of shape {}", g.shape(), shape());
+    DD_CHECK(g.device() == value().device(), "dd::Var: gradient on {} for a value on {}", device_name(g.device()),
+             device_name(value().device()));
     if (!node_->grad.defined()) {
       node_->grad = g.is_contiguous() ? std::move(g) : g.clone();
     } else {
@@ -54,12 +56,12 @@ class Var {
   void backward() const {
     DD_CHECK(value().numel() == 1, "dd::Var::backward: output of shape {} is not a scalar; pass its gradient",
              shape());
-    backward(Tensor::full(shape(), 1.0f));
+    backward(Tensor::full(shape(), 1.0f, value().device()));
   }
   void backward(const Tensor& output_grad) const {
     DD_CHECK(requires_grad(), "dd::Var::backward: this value does not require a gradient (was it computed "
                               "under NoGrad, or from inputs without gradients?)");
-    accumulate_grad(output_grad.clone());
+    accumulate_grad(output_grad.to(value().device()).clone());
     Tape::current().backward();
   }
 

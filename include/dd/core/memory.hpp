@@ -1,13 +1,17 @@
 #pragma once
-// Aligned host storage with a process-wide byte counter (current and peak), which the memory
-// benchmarks read. Counting happens at allocation granularity, so it is exact and cheap.
+// Storage: aligned host memory with a process-wide byte counter (current and peak), which the
+// memory benchmarks read, or device memory from the CUDA caching allocator (its own counters).
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
 
+#include "dd/core/config.hpp"
 #include "dd/core/error.hpp"
+#if DD_WITH_CUDA
+#include "dd/backend/cuda/allocator.hpp"
+#endif
 
 namespace dd {
 
@@ -41,7 +45,14 @@ class Storage {
   static constexpr std::size_t alignment = 64;  // a cache line; also enough for AVX-512 loads
 
   explicit Storage(std::size_t count, Device device = Device::cpu) : count_(count), device_(device) {
-    DD_CHECK(device == Device::cpu, "dd::Storage: device {} has no host allocator", device_name(device));
+    if (device == Device::cuda) {
+#if DD_WITH_CUDA
+      data_ = static_cast<float*>(cuda::CachingAllocator::instance().allocate(count * sizeof(float)));
+      return;
+#else
+      detail::no_cuda();
+#endif
+    }
     const std::size_t bytes = ((count * sizeof(float) + alignment - 1) / alignment) * alignment;
     data_ = static_cast<float*>(std::aligned_alloc(alignment, bytes == 0 ? alignment : bytes));
     if (!data_) throw std::bad_alloc();
@@ -49,6 +60,12 @@ class Storage {
     MemoryStats::add(bytes_);
   }
   ~Storage() {
+#if DD_WITH_CUDA
+    if (device_ == Device::cuda) {
+      cuda::CachingAllocator::instance().release(data_);
+      return;
+    }
+#endif
     std::free(data_);
     MemoryStats::sub(bytes_);
   }

@@ -1,6 +1,8 @@
 #pragma once
-// float32 NCHW tensor: shared aligned storage + offset + shape + strides. Slices along N, C, H, W
-// are views (no copy); kernels ask for contiguous() memory, which copies only when needed.
+// float32 NCHW tensor: shared storage (host, or GPU memory in a CUDA build) + offset + shape +
+// strides. Slices along N, C, H, W are views (no copy); kernels ask for contiguous() memory, which
+// copies only when needed. Element access from the host (at, randn, from) is for CPU tensors;
+// move data with to(Device) and copy_from, which work across devices.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -13,6 +15,9 @@
 #include "dd/core/memory.hpp"
 #include "dd/core/rng.hpp"
 #include "dd/core/shape.hpp"
+#if DD_WITH_CUDA
+#include "dd/kernels/gpu/kernels.hpp"
+#endif
 
 namespace dd {
 
@@ -30,10 +35,10 @@ class Tensor {
     t.strides_ = contiguous_strides(s);
     return t;
   }
-  static Tensor zeros(Shape s) { return full(s, 0.0f); }
-  static Tensor full(Shape s, float v) {
-    Tensor t = empty(s);
-    std::fill_n(t.data(), t.numel(), v);
+  static Tensor zeros(Shape s, Device d = Device::cpu) { return full(s, 0.0f, d); }
+  static Tensor full(Shape s, float v, Device d = Device::cpu) {
+    Tensor t = empty(s, d);
+    t.fill(v);
     return t;
   }
   static Tensor randn(Shape s, std::uint64_t seed, float stddev = 1.0f) {
@@ -71,7 +76,8 @@ class Tensor {
   }
   float item() const {
     DD_CHECK(numel() == 1, "dd::Tensor::item: tensor of shape {} is not a single value", shape_);
-    return *data();
+    if (device() == Device::cpu) return *data();
+    return to(Device::cpu).item();
   }
 
   // View of [start, start+len) along dim (0=N, 1=C, 2=H, 3=W).
@@ -103,16 +109,28 @@ class Tensor {
   }
 
   Tensor clone() const {
-    Tensor t = empty(shape_);
+    Tensor t = empty(shape_, device());
     t.copy_from(*this);
     return t;
   }
   Tensor contiguous() const { return is_contiguous() ? *this : clone(); }
+  // A copy on device d (this tensor itself when it is already there).
+  Tensor to(Device d) const {
+    if (d == device()) return *this;
+    Tensor t = empty(shape_, d);
+    t.copy_from(*this);
+    return t;
+  }
 
-  // Element-wise copy between tensors of equal shape; either may be a strided view.
+  // Element-wise copy between tensors of equal shape; either may be a strided view, and they may
+  // live on different devices.
   void copy_from(const Tensor& src) const {
     DD_CHECK(src.shape_ == shape_, "dd::Tensor::copy_from: source shape {} differs from destination {}",
              src.shape_, shape_);
+    if (device() != Device::cpu || src.device() != Device::cpu) {
+      copy_across(src);
+      return;
+    }
     if (is_contiguous() && src.is_contiguous()) {
       std::memcpy(data(), src.data(), sizeof(float) * static_cast<std::size_t>(numel()));
       return;
@@ -130,6 +148,14 @@ class Tensor {
         }
   }
   void fill(float v) const {
+    if (device() != Device::cpu) {
+      if (is_contiguous()) {
+        DD_GPU(fill(data(), numel(), v));
+      } else {
+        copy_from(full(shape_, v, device()));
+      }
+      return;
+    }
     if (is_contiguous()) {
       std::fill_n(data(), numel(), v);
       return;
@@ -143,6 +169,12 @@ class Tensor {
   void add_(const Tensor& other) const {
     DD_CHECK(other.shape_ == shape_, "dd::Tensor::add_: shape {} differs from {}", other.shape_, shape_);
     DD_CHECK(is_contiguous() && other.is_contiguous(), "dd::Tensor::add_: needs contiguous tensors");
+    DD_CHECK(device() == other.device(), "dd::Tensor::add_: tensors on {} and {}", device_name(device()),
+             device_name(other.device()));
+    if (device() != Device::cpu) {
+      DD_GPU(axpy(data(), other.data(), numel(), 1.0f));
+      return;
+    }
     float* d = data();
     const float* s = other.data();
     const std::int64_t n = numel();
@@ -150,14 +182,53 @@ class Tensor {
     for (std::int64_t i = 0; i < n; ++i) d[i] += s[i];
   }
 
+  // this *= k (contiguous).
+  void scale_(float k) const {
+    DD_CHECK(is_contiguous(), "dd::Tensor::scale_: needs a contiguous tensor");
+    if (device() != Device::cpu) {
+      DD_GPU(scale(data(), numel(), k));
+      return;
+    }
+    for (std::int64_t i = 0; i < numel(); ++i) data()[i] *= k;
+  }
+
   std::vector<float> to_vector() const {
-    const Tensor c = contiguous();
+    const Tensor c = to(Device::cpu).contiguous();
     return std::vector<float>(c.data(), c.data() + c.numel());
   }
 
   static Strides contiguous_strides(Shape s) { return {s.c * s.h * s.w, s.h * s.w, s.w, 1}; }
 
  private:
+  // copy_from when either side is on the GPU.
+  void copy_across([[maybe_unused]] const Tensor& src) const {
+#if DD_WITH_CUDA
+    const std::size_t bytes = sizeof(float) * static_cast<std::size_t>(numel());
+    if (bytes == 0) return;
+    if (device() == src.device()) {  // both on the GPU
+      if (is_contiguous() && src.is_contiguous()) {
+        cuda::copy_on_device(data(), src.data(), bytes);
+      } else {
+        cuda::kernels::StridedCopy g{{shape_.n, shape_.c, shape_.h, shape_.w},
+                                     {strides_[0], strides_[1], strides_[2], strides_[3]},
+                                     {src.strides_[0], src.strides_[1], src.strides_[2], src.strides_[3]}};
+        gpu::copy_strided(data(), src.data(), g);
+      }
+      return;
+    }
+    // Across devices: move a contiguous image of src, then place it.
+    const Tensor s = src.contiguous();
+    const Tensor d = is_contiguous() ? *this : empty(shape_, device());
+    if (device() == Device::cpu)
+      cuda::copy_to_host(d.data(), s.data(), bytes);
+    else
+      cuda::copy_to_device(d.data(), s.data(), bytes);
+    if (!d.shares_storage(*this)) copy_from(d);
+#else
+    detail::no_cuda();
+#endif
+  }
+
   std::int64_t extent_of(int dim) const {
     return dim == 0 ? shape_.n : dim == 1 ? shape_.c : dim == 2 ? shape_.h : shape_.w;
   }
@@ -174,6 +245,13 @@ class Tensor {
 // Euclidean norm of all elements, accumulated in double.
 inline double l2_norm(const Tensor& t) {
   const Tensor c = t.contiguous();
+  if (c.device() != Device::cpu) {
+#if DD_WITH_CUDA
+    return std::sqrt(gpu::sum_squares(c.data(), c.numel()));
+#else
+    detail::no_cuda();
+#endif
+  }
   double s = 0;
   for (std::int64_t i = 0; i < c.numel(); ++i) s += double(c.data()[i]) * c.data()[i];
   return std::sqrt(s);

@@ -3,7 +3,9 @@
 // clone of Net per subimage (all clones share ONE parameter set) encodes its tile, the bottlenecks
 // meet in the exchange, and each clone decodes its own tile; the logits are stitched back.
 //
-// Clones run concurrently on the worker pool, each recording on its own tape. Gradients of the
+// Clones run concurrently, each recording on its own tape: on the CPU worker pool, or on the GPU
+// one CUDA stream per clone (the streams fork from and join the caller's stream around each phase,
+// which also keeps the caching allocator's per-stream reuse safe). Gradients of the
 // shared weights accumulate into one buffer per worker thread (a clone always runs on the same
 // thread, forward and backward, so no buffer is shared between threads), summed in thread order
 // afterwards: deterministic for a given worker count, and memory grows with the workers, not
@@ -17,6 +19,9 @@
 #include "dd/models/comm_net.hpp"
 #include "dd/models/model_state.hpp"
 #include "dd/models/unet.hpp"
+#if DD_WITH_CUDA
+#include "dd/backend/cuda/runtime.hpp"
+#endif
 
 namespace dd {
 
@@ -113,14 +118,14 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
     auto dec_tapes = std::make_shared<std::vector<Tape>>(static_cast<std::size_t>(K));
     std::vector<UNetFeatures> features(static_cast<std::size_t>(K));
 
-    workers_.run(K, [&](std::int64_t k) {
+    run_clones(K, [&](std::int64_t k) {
       TapeScope scope((*enc_tapes)[static_cast<std::size_t>(k)]);
       Context ctx = clone_context(k, record);
       features[static_cast<std::size_t>(k)] = net_.encode(ctx, tiles[static_cast<std::size_t>(k)]);
     });
     if (record)  // replayed last: the encoders' backward, then the clone gradients are summed
       Tape::current().record([this, enc_tapes, K] {
-        workers_.run(K, [&](std::int64_t k) { (*enc_tapes)[static_cast<std::size_t>(k)].backward(); });
+        run_clones(K, [&](std::int64_t k) { (*enc_tapes)[static_cast<std::size_t>(k)].backward(); });
         reduce_clone_gradients(K);
       });
 
@@ -132,14 +137,14 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
     for (std::int64_t k = 0; k < K; ++k) features[static_cast<std::size_t>(k)].bottleneck = exchanged[static_cast<std::size_t>(k)];
 
     std::vector<Var> logits(static_cast<std::size_t>(K));
-    workers_.run(K, [&](std::int64_t k) {
+    run_clones(K, [&](std::int64_t k) {
       TapeScope scope((*dec_tapes)[static_cast<std::size_t>(k)]);
       Context ctx = clone_context(k, record);
       logits[static_cast<std::size_t>(k)] = net_.decode(ctx, features[static_cast<std::size_t>(k)]);
     });
     if (record)
       Tape::current().record([this, dec_tapes, K] {
-        workers_.run(K, [&](std::int64_t k) { (*dec_tapes)[static_cast<std::size_t>(k)].backward(); });
+        run_clones(K, [&](std::int64_t k) { (*dec_tapes)[static_cast<std::size_t>(k)].backward(); });
       });
     merge_clone_buffers(K);
     return K == 1 ? logits[0] : stitch(logits, g);
@@ -147,6 +152,33 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   Var operator()(const Var& x) { return forward(x); }
 
  private:
+  bool on_gpu() const { return params_.device() == Device::cuda; }
+
+  // Runs task(k) for every clone: on the CPU workers, or on the GPU with clone k's work enqueued on
+  // stream k, forked from and joined back into the caller's stream.
+  void run_clones(std::int64_t K, const std::function<void(std::int64_t)>& task) {
+    if (!on_gpu()) {
+      workers_.run(K, task);
+      return;
+    }
+#if DD_WITH_CUDA
+    if (K == 1) {
+      task(0);
+      return;
+    }
+    const cudaStream_t caller = cuda::current_stream();
+    for (std::int64_t k = 0; k < K; ++k) {
+      const cudaStream_t s = cuda::clone_stream(static_cast<std::size_t>(k));
+      cuda::stream_wait(s, caller);
+      cuda::StreamScope scope(s);
+      task(k);
+    }
+    for (std::int64_t k = 0; k < K; ++k) cuda::stream_wait(caller, cuda::clone_stream(static_cast<std::size_t>(k)));
+#else
+    detail::no_cuda();
+#endif
+  }
+
   // Per-worker gradient buffers, per-clone BN statistics and dropout streams. One clone uses the
   // model's own (so a 1x1 grid is exactly the plain network).
   void prepare_clones(std::int64_t K, bool record) {
@@ -154,10 +186,11 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
     clones_ = K;
     clone_rngs_.clear();
     if (K == 1) return;
-    const auto lanes = static_cast<std::size_t>(std::max(1, workers_.count()));
-    if (record && lane_grads_.size() != lanes) {
+    // On the GPU every clone has its own stream, hence its own gradient buffer.
+    const auto lanes = on_gpu() ? n : static_cast<std::size_t>(std::max(1, workers_.count()));
+    if (record && (lane_grads_.size() != lanes || lane_grads_[0].device() != grads_.device())) {
       lane_grads_.clear();
-      for (std::size_t k = 0; k < lanes; ++k) lane_grads_.push_back(Tensor::zeros(grads_.shape()));
+      for (std::size_t k = 0; k < lanes; ++k) lane_grads_.push_back(Tensor::zeros(grads_.shape(), grads_.device()));
     }
     if (training_) {
       clone_buffers_.resize(n);
@@ -170,7 +203,7 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
     if (clones_ == 1) return main_context(record);
     const auto i = static_cast<std::size_t>(k);
     // The calling worker's gradient buffer: clone k runs on the same thread in every phase.
-    const auto lane = static_cast<std::size_t>(omp_get_thread_num());
+    const auto lane = on_gpu() ? i : static_cast<std::size_t>(omp_get_thread_num());
     DD_CHECK(!record || lane < lane_grads_.size(), "dd::DomainDecomposed: worker thread {} outside the pool of {}",
              lane, lane_grads_.size());
     // In eval the statistics are only read and dropout is off, so clones share the model's.
@@ -183,17 +216,25 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   // Shared weights: the true gradient is the sum over clones, taken in worker order.
   void reduce_clone_gradients(std::int64_t K) {
     if (K == 1) return;
-    const std::int64_t n = static_cast<std::int64_t>(net_params_);
-    float* g = grads_.data();
+    const auto n = static_cast<std::int64_t>(net_params_);
+    const Tensor g = grads_.slice(0, 0, n);
     for (auto& cg : lane_grads_) {
-      float* c = cg.data();
-      for (std::int64_t i = 0; i < n; ++i) g[i] += c[i], c[i] = 0.0f;
+      const Tensor c = cg.slice(0, 0, n);
+      g.add_(c);
+      c.fill(0.0f);
     }
   }
   // Running statistics: each clone moved its own copy; the model keeps their mean.
   void merge_clone_buffers(std::int64_t K) {
     if (K == 1 || !training_) return;
     const std::int64_t n = static_cast<std::int64_t>(net_buffers_);
+    if (on_gpu()) {  // float sums on the device
+      const Tensor b = buffers_.slice(0, 0, n);
+      b.fill(0.0f);
+      for (const auto& cb : clone_buffers_) b.add_(cb.slice(0, 0, n));
+      b.scale_(1.0f / static_cast<float>(K));
+      return;
+    }
     for (std::int64_t i = 0; i < n; ++i) {
       double s = 0;
       for (const auto& b : clone_buffers_) s += b.data()[i];

@@ -139,10 +139,15 @@ inline void save_checkpoint(const std::string& path, const ModelSpec& spec, cons
   f.metadata = spec_metadata(spec);
   for (const auto& [k, v] : extra) f.metadata[k] = v;
   const auto slots = detail::named_slots(model);
+  // Host images of everything saved (the model may live on the GPU).
+  const Tensor params = model.parameters().to(Device::cpu), buffers = model.buffers().to(Device::cpu);
   for (const auto& [s, buffer] : slots)
-    detail::put(f, "model." + s.name, (buffer ? model.buffers() : model.parameters()).data() + s.offset, s.shape);
+    detail::put(f, "model." + s.name, (buffer ? buffers : params).data() + s.offset, s.shape);
   if (trainer) {
     const Adam& adam = trainer->optimizer();
+    const std::vector<float> m = adam.first_moment(), v = adam.second_moment();
+    const Tensor best_params = trainer->best_parameters().to(Device::cpu);
+    const Tensor best_buffers = trainer->best_buffers().to(Device::cpu);
     f.metadata["epoch"] = std::to_string(trainer->epochs_done());
     f.metadata["lr"] = detail::num(adam.lr());
     f.metadata["adam_steps"] = std::to_string(adam.steps());
@@ -156,12 +161,12 @@ inline void save_checkpoint(const std::string& path, const ModelSpec& spec, cons
     f.metadata["dropout_rng"] = model.dropout_state();
     for (const auto& [s, buffer] : slots) {
       if (buffer) {
-        detail::put(f, "best." + s.name, trainer->best_buffers().data() + s.offset, s.shape);
+        detail::put(f, "best." + s.name, best_buffers.data() + s.offset, s.shape);
         continue;
       }
-      detail::put(f, "adam.m." + s.name, adam.first_moment().data() + s.offset, s.shape);
-      detail::put(f, "adam.v." + s.name, adam.second_moment().data() + s.offset, s.shape);
-      detail::put(f, "best." + s.name, trainer->best_parameters().data() + s.offset, s.shape);
+      detail::put(f, "adam.m." + s.name, m.data() + s.offset, s.shape);
+      detail::put(f, "adam.v." + s.name, v.data() + s.offset, s.shape);
+      detail::put(f, "best." + s.name, best_params.data() + s.offset, s.shape);
     }
   }
   safetensors::save(path, f);
@@ -169,8 +174,11 @@ inline void save_checkpoint(const std::string& path, const ModelSpec& spec, cons
 
 // Copies a checkpoint's weights into a model built from the same spec.
 inline void load_weights(const safetensors::File& f, DDUNet& model, const std::string& path) {
+  const Tensor params = model.parameters().to(Device::cpu).clone(), buffers = model.buffers().to(Device::cpu).clone();
   for (const auto& [s, buffer] : detail::named_slots(model))
-    detail::take(f, "model." + s.name, (buffer ? model.buffers() : model.parameters()).data() + s.offset, s.shape, path);
+    detail::take(f, "model." + s.name, (buffer ? buffers : params).data() + s.offset, s.shape, path);
+  model.parameters().copy_from(params);
+  model.buffers().copy_from(buffers);
 }
 
 // Restores what save_checkpoint(..., trainer) stored; the model's weights must be loaded too.
@@ -180,15 +188,19 @@ inline void load_training_state(const safetensors::File& f, DDUNet& model, Train
   const auto slots = detail::named_slots(model);
   const std::size_t n = model.num_params();
   std::vector<float> m(n), v(n);
+  const Tensor best_params = trainer.best_parameters().to(Device::cpu).clone();
+  const Tensor best_buffers = trainer.best_buffers().to(Device::cpu).clone();
   for (const auto& [s, buffer] : slots) {
     if (buffer) {
-      detail::take(f, "best." + s.name, trainer.best_buffers().data() + s.offset, s.shape, path);
+      detail::take(f, "best." + s.name, best_buffers.data() + s.offset, s.shape, path);
       continue;
     }
     detail::take(f, "adam.m." + s.name, m.data() + s.offset, s.shape, path);
     detail::take(f, "adam.v." + s.name, v.data() + s.offset, s.shape, path);
-    detail::take(f, "best." + s.name, trainer.best_parameters().data() + s.offset, s.shape, path);
+    detail::take(f, "best." + s.name, best_params.data() + s.offset, s.shape, path);
   }
+  trainer.best_parameters().copy_from(best_params);
+  trainer.best_buffers().copy_from(best_buffers);
   trainer.optimizer().load_state(std::move(m), std::move(v), detail::meta_number<std::int64_t>(f, "adam_steps", path));
   trainer.optimizer().set_lr(detail::meta_number<float>(f, "lr", path));
   trainer.plateau().set_state({detail::meta_number<double>(f, "plateau_best", path),

@@ -23,6 +23,13 @@ class ModelState {
   std::string dropout_state() const { return dropout_rng_.state(); }
   void set_dropout_state(const std::string& s) { dropout_rng_.set_state(s); }
 
+  // Moves parameters, gradients and buffers to device d. Do it before making an optimizer: it
+  // holds views of the parameters where they are.
+  void to(Device d) {
+    params_ = params_.to(d), grads_ = grads_.to(d), buffers_ = buffers_.to(d);
+  }
+  Device device() const { return params_.device(); }
+
   const Tensor& parameters() const { return params_; }
   const Tensor& gradients() const { return grads_; }
   const Tensor& buffers() const { return buffers_; }

@@ -26,7 +26,10 @@ inline Var concat(const std::vector<Var>& parts, int dim) {
              parts[0].shape(), "NCHW"[dim]);
     detail::extent(out, dim) += detail::extent(p.shape(), dim);
   }
-  Tensor Y = Tensor::empty(out);
+  const Device dev = parts[0].value().device();
+  for (const Var& p : parts)
+    DD_CHECK(p.value().device() == dev, "dd::concat: parts on {} and {}", device_name(dev), device_name(p.value().device()));
+  Tensor Y = Tensor::empty(out, dev);
   std::int64_t at = 0;
   for (const Var& p : parts) {
     const std::int64_t len = detail::extent(p.shape(), dim);
@@ -59,7 +62,7 @@ inline Var slice(const Var& x, int dim, std::int64_t start, std::int64_t len) {
     Tape::current().record([x, y, dim, start, len] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = Tensor::zeros(x.shape());
+      Tensor dx = Tensor::zeros(x.shape(), dy.device());
       dx.slice(dim, start, len).copy_from(dy);
       x.accumulate_grad(std::move(dx));
     });

@@ -11,8 +11,16 @@ namespace dd {
 inline Var dice_loss(const Var& logits, const Tensor& labels) {
   auto [s, L, P] = detail::softmax_targets(logits, labels, "dice_loss");
   const std::int64_t plane = s.h * s.w, C = s.c;
+  const bool gpu = detail::on_gpu(P);
   std::vector<double> inter(static_cast<std::size_t>(C), 0.0), denom(static_cast<std::size_t>(C), 0.0);
-  for (std::int64_t b = 0; b < s.n; ++b) {
+  if (gpu) {
+#if DD_WITH_CUDA
+    std::int64_t invalid = 0;
+    gpu::dice_sums(P.data(), L.data(), s.n, C, plane, inter.data(), denom.data(), &invalid);
+    detail::check_labels(invalid, C, "dice_loss");
+#endif
+  }
+  for (std::int64_t b = 0; b < (gpu ? 0 : s.n); ++b) {
     for (std::int64_t c = 0; c < C; ++c) {
       const float* p = P.data() + (b * C + c) * plane;
       double sp = 0;
@@ -37,12 +45,18 @@ inline Var dice_loss(const Var& logits, const Tensor& labels) {
     dP_scale[u] = clamped ? 0.0f : static_cast<float>(2.0 * inter[u] / (S * S) / static_cast<double>(C));
   }
   const bool rec = detail::should_record({&logits});
-  Var out(Tensor::full({1, 1, 1, 1}, static_cast<float>(loss / static_cast<double>(C))), rec);
+  Var out(Tensor::full({1, 1, 1, 1}, static_cast<float>(loss / static_cast<double>(C)), P.device()), rec);
   if (rec)
-    Tape::current().record([logits, out, P, L, s, plane, dP_scale, dP_target] {
+    Tape::current().record([logits, out, P, L, s, plane, dP_scale, dP_target, gpu] {
       const Tensor& dl = out.grad();
       if (!dl.defined()) return;
       const float g = dl.item();
+      if (gpu) {
+        Tensor dP = Tensor::empty(s, P.device());
+        DD_GPU(dice_grad_probs(L.data(), s.n, s.c, plane, dP_scale.data(), dP_target.data(), g, dP.data()));
+        logits.accumulate_grad(detail::softmax_backward_of(P, dP));
+        return;
+      }
       Tensor dP = Tensor::empty(s);
       for (std::int64_t b = 0; b < s.n; ++b)
         for (std::int64_t c = 0; c < s.c; ++c) {
@@ -54,9 +68,7 @@ inline Var dice_loss(const Var& logits, const Tensor& labels) {
           const auto k = static_cast<std::int64_t>(L.data()[b * plane + i]);
           dP.data()[(b * s.c + k) * plane + i] += g * dP_target[static_cast<std::size_t>(k)];
         }
-      Tensor dx = Tensor::empty(s);
-      cpu::softmax_channels_backward(P.data(), dP.data(), s.n, s.c, plane, dx.data());
-      logits.accumulate_grad(std::move(dx));
+      logits.accumulate_grad(detail::softmax_backward_of(P, dP));
     });
   return out;
 }

@@ -4,6 +4,9 @@
 
 #include "dd/core/rng.hpp"
 #include "dd/ops/recording.hpp"
+#if DD_WITH_CUDA
+#include "dd/kernels/gpu/kernels.hpp"
+#endif
 
 namespace dd {
 
@@ -15,26 +18,32 @@ inline Var dropout2d(const Var& x, float p, Rng& rng, bool training) {
   if (!training || p == 0.0f) return x;
   const Tensor X = x.value().contiguous();
   const Shape s = X.shape();
-  auto scale = std::make_shared<std::vector<float>>(static_cast<std::size_t>(s.n * s.c));
-  for (auto& v : *scale) v = rng.bernoulli(p) ? 0.0f : 1.0f / (1.0f - p);
-  Tensor Y = Tensor::empty(s);
+  // The mask is drawn on the host from rng (same seed, same mask on every device).
+  Tensor scale = Tensor::empty({s.n * s.c, 1, 1, 1});
+  for (std::int64_t i = 0; i < scale.numel(); ++i) scale.data()[i] = rng.bernoulli(p) ? 0.0f : 1.0f / (1.0f - p);
+  scale = scale.to(X.device());
   const std::int64_t plane = s.h * s.w;
-  parallel_for(s.n * s.c, [&](std::int64_t nc) {
-    const float k = (*scale)[static_cast<std::size_t>(nc)];
-    for (std::int64_t i = 0; i < plane; ++i) Y.data()[nc * plane + i] = X.data()[nc * plane + i] * k;
-  });
+  // y = x * scale per (sample, channel) plane.
+  auto apply = [plane](const Tensor& in, const Tensor& k, const Tensor& out) {
+    if (detail::on_gpu(in)) {
+      DD_GPU(scale_planes(in.data(), k.data(), k.numel(), plane, out.data()));
+      return;
+    }
+    parallel_for(k.numel(), [&](std::int64_t nc) {
+      const float f = k.data()[nc];
+      for (std::int64_t i = 0; i < plane; ++i) out.data()[nc * plane + i] = in.data()[nc * plane + i] * f;
+    });
+  };
+  Tensor Y = Tensor::empty(s, X.device());
+  apply(X, scale, Y);
   const bool rec = detail::should_record({&x});
   Var y(std::move(Y), rec);
   if (rec)
-    Tape::current().record([x, y, scale, plane] {
+    Tape::current().record([x, y, scale, apply] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      const Tensor D = dy.contiguous();
-      Tensor dx = Tensor::empty(x.shape());
-      parallel_for(static_cast<std::int64_t>(scale->size()), [&](std::int64_t nc) {
-        const float k = (*scale)[static_cast<std::size_t>(nc)];
-        for (std::int64_t i = 0; i < plane; ++i) dx.data()[nc * plane + i] = D.data()[nc * plane + i] * k;
-      });
+      Tensor dx = Tensor::empty(x.shape(), scale.device());
+      apply(dy.contiguous(), scale, dx);
       x.accumulate_grad(std::move(dx));
     });
   return y;

@@ -4,23 +4,46 @@
 
 #include "dd/kernels/cpu/softmax.hpp"
 #include "dd/ops/recording.hpp"
+#if DD_WITH_CUDA
+#include "dd/kernels/gpu/kernels.hpp"
+#endif
 
 namespace dd {
+
+namespace detail {
+// Softmax over channels of a contiguous tensor, and its backward, on the tensor's device.
+inline Tensor softmax_of(const Tensor& X) {
+  const Shape s = X.shape();
+  Tensor P = Tensor::empty(s, X.device());
+  if (on_gpu(X))
+    DD_GPU(softmax_channels(X.data(), s.n, s.c, s.h * s.w, P.data()));
+  else
+    cpu::softmax_channels(X.data(), s.n, s.c, s.h * s.w, P.data());
+  return P;
+}
+inline Tensor softmax_backward_of(const Tensor& P, const Tensor& dP) {
+  const Shape s = P.shape();
+  Tensor dx = Tensor::empty(s, P.device());
+  if (on_gpu(P))
+    DD_GPU(softmax_channels_backward(P.data(), dP.data(), s.n, s.c, s.h * s.w, dx.data()));
+  else
+    cpu::softmax_channels_backward(P.data(), dP.data(), s.n, s.c, s.h * s.w, dx.data());
+  return dx;
+}
+}  // namespace detail
 
 // Softmax over channels, differentiable.
 inline Var softmax(const Var& x) {
   const Tensor X = x.value().contiguous();
   const Shape s = X.shape();
-  Tensor P = Tensor::empty(s);
-  cpu::softmax_channels(X.data(), s.n, s.c, s.h * s.w, P.data());
+  Tensor P = detail::softmax_of(X);
   const bool rec = detail::should_record({&x});
   Var y(std::move(P), rec);
   if (rec)
     Tape::current().record([x, y, s] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = Tensor::empty(s);
-      cpu::softmax_channels_backward(y.value().data(), dy.contiguous().data(), s.n, s.c, s.h * s.w, dx.data());
+      Tensor dx = detail::softmax_backward_of(y.value(), dy.contiguous());
       x.accumulate_grad(std::move(dx));
     });
   return y;
@@ -47,9 +70,14 @@ inline SoftmaxTargets softmax_targets(const Var& logits, const Tensor& labels, c
   const Shape s = X.shape();
   DD_CHECK(labels.shape() == (Shape{s.n, 1, s.h, s.w}), "dd::{}: labels of shape {} for logits {}; expected {}", op,
            labels.shape(), s, Shape{s.n, 1, s.h, s.w});
-  Tensor P = Tensor::empty(s);
-  cpu::softmax_channels(X.data(), s.n, s.c, s.h * s.w, P.data());
-  return {s, labels.contiguous(), std::move(P)};
+  DD_CHECK(labels.device() == X.device(), "dd::{}: labels on {} for logits on {}", op, device_name(labels.device()),
+           device_name(X.device()));
+  return {s, labels.contiguous(), softmax_of(X)};
+}
+
+// Labels that are not class indices are an error, on every device.
+inline void check_labels(std::int64_t invalid, std::int64_t classes, const char* op) {
+  DD_CHECK(invalid == 0, "dd::{}: {} labels are not class indices in [0, {})", op, invalid, classes);
 }
 }  // namespace detail
 
@@ -57,20 +85,34 @@ inline SoftmaxTargets softmax_targets(const Var& logits, const Tensor& labels, c
 inline Var cross_entropy(const Var& logits, const Tensor& labels) {
   auto [s, L, P] = detail::softmax_targets(logits, labels, "cross_entropy");
   const std::int64_t plane = s.h * s.w, pixels = s.n * plane;
+  const bool gpu = detail::on_gpu(P);
   double total = 0;
-  for (std::int64_t b = 0; b < s.n; ++b)
-    for (std::int64_t i = 0; i < plane; ++i) {
-      const std::int64_t k = detail::label_at(L, b * plane + i, s.c);
-      total -= std::log(std::max(P.data()[(b * s.c + k) * plane + i], 1e-30f));
-    }
+  if (gpu) {
+#if DD_WITH_CUDA
+    std::int64_t invalid = 0;
+    total = -gpu::cross_entropy_sum(P.data(), L.data(), s.n, s.c, plane, &invalid);
+    detail::check_labels(invalid, s.c, "cross_entropy");
+#endif
+  } else {
+    for (std::int64_t b = 0; b < s.n; ++b)
+      for (std::int64_t i = 0; i < plane; ++i) {
+        const std::int64_t k = detail::label_at(L, b * plane + i, s.c);
+        total -= std::log(std::max(P.data()[(b * s.c + k) * plane + i], 1e-30f));
+      }
+  }
   const bool rec = detail::should_record({&logits});
-  Var loss(Tensor::full({1, 1, 1, 1}, static_cast<float>(total / static_cast<double>(pixels))), rec);
+  Var loss(Tensor::full({1, 1, 1, 1}, static_cast<float>(total / static_cast<double>(pixels)), P.device()), rec);
   if (rec)
-    Tape::current().record([logits, loss, P, L, s, plane, pixels] {
+    Tape::current().record([logits, loss, P, L, s, plane, pixels, gpu] {
       const Tensor& dl = loss.grad();
       if (!dl.defined()) return;
       const float k = dl.item() / static_cast<float>(pixels);
-      Tensor dx = Tensor::empty(s);
+      Tensor dx = Tensor::empty(s, P.device());
+      if (gpu) {
+        DD_GPU(cross_entropy_backward(P.data(), L.data(), s.n, s.c, plane, k, dx.data()));
+        logits.accumulate_grad(std::move(dx));
+        return;
+      }
       for (std::int64_t i = 0; i < dx.numel(); ++i) dx.data()[i] = P.data()[i] * k;
       for (std::int64_t b = 0; b < s.n; ++b)
         for (std::int64_t i = 0; i < plane; ++i) {
@@ -86,18 +128,20 @@ inline Var cross_entropy(const Var& logits, const Tensor& labels) {
 inline Var weighted_sum(const Var& x, const Tensor& weights) {
   DD_CHECK(weights.shape() == x.shape(), "dd::weighted_sum: weights {} for a value of shape {}", weights.shape(),
            x.shape());
-  const Tensor X = x.value().contiguous(), Wt = weights.contiguous();
+  const Device dev = x.value().device();
+  const Tensor Wt = weights.to(dev).contiguous();
+  // A checking head, not a hot path: GPU values are summed on the host.
+  const Tensor X = x.value().to(Device::cpu).contiguous(), Wh = Wt.to(Device::cpu);
   double total = 0;
-  for (std::int64_t i = 0; i < X.numel(); ++i) total += static_cast<double>(X.data()[i]) * Wt.data()[i];
+  for (std::int64_t i = 0; i < X.numel(); ++i) total += static_cast<double>(X.data()[i]) * Wh.data()[i];
   const bool rec = detail::should_record({&x});
-  Var y(Tensor::full({1, 1, 1, 1}, static_cast<float>(total)), rec);
+  Var y(Tensor::full({1, 1, 1, 1}, static_cast<float>(total), dev), rec);
   if (rec)
     Tape::current().record([x, y, Wt] {
       const Tensor& dl = y.grad();
       if (!dl.defined()) return;
       Tensor dx = Wt.clone();
-      const float k = dl.item();
-      for (std::int64_t i = 0; i < dx.numel(); ++i) dx.data()[i] *= k;
+      dx.scale_(dl.item());
       x.accumulate_grad(std::move(dx));
     });
   return y;

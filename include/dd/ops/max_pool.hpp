@@ -4,6 +4,9 @@
 
 #include "dd/kernels/cpu/pooling.hpp"
 #include "dd/ops/recording.hpp"
+#if DD_WITH_CUDA
+#include "dd/kernels/gpu/kernels.hpp"
+#endif
 
 namespace dd {
 
@@ -13,17 +16,24 @@ inline Var max_pool2x2(const Var& x) {
   detail::require_nonempty(X, "max_pool2x2");
   const Shape s = X.shape();
   DD_CHECK(s.h >= 2 && s.w >= 2, "dd::max_pool2x2: input {} is smaller than the 2x2 window", s);
-  Tensor Y = Tensor::empty({s.n, s.c, s.h / 2, s.w / 2});
-  auto argmax = std::make_shared<std::vector<std::uint8_t>>(static_cast<std::size_t>(Y.numel()));
-  cpu::maxpool2x2_forward(X.data(), s.n * s.c, s.h, s.w, Y.data(), argmax->data());
+  const bool gpu = detail::on_gpu(X);
+  Tensor Y = Tensor::empty({s.n, s.c, s.h / 2, s.w / 2}, X.device());
+  const Tensor argmax = detail::byte_buffer(Y.numel(), X.device());  // the winner of each window
+  if (gpu)
+    DD_GPU(maxpool2x2_forward(X.data(), s.n * s.c, s.h, s.w, Y.data(), detail::bytes(argmax)));
+  else
+    cpu::maxpool2x2_forward(X.data(), s.n * s.c, s.h, s.w, Y.data(), detail::bytes(argmax));
   const bool rec = detail::should_record({&x});
   Var y(std::move(Y), rec);
   if (rec)
-    Tape::current().record([x, y, argmax, s] {
+    Tape::current().record([x, y, argmax, s, gpu] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = Tensor::zeros(s);
-      cpu::maxpool2x2_backward(dy.contiguous().data(), argmax->data(), s.n * s.c, s.h, s.w, dx.data());
+      Tensor dx = gpu ? Tensor::empty(s, argmax.device()) : Tensor::zeros(s);  // the GPU kernel writes all of dx
+      if (gpu)
+        DD_GPU(maxpool2x2_backward(dy.contiguous().data(), detail::bytes(argmax), s.n * s.c, s.h, s.w, dx.data()));
+      else
+        cpu::maxpool2x2_backward(dy.contiguous().data(), detail::bytes(argmax), s.n * s.c, s.h, s.w, dx.data());
       x.accumulate_grad(std::move(dx));
     });
   return y;

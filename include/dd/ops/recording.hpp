@@ -4,6 +4,7 @@
 #include <initializer_list>
 
 #include "dd/autograd/var.hpp"
+#include "dd/core/config.hpp"
 
 namespace dd::detail {
 
@@ -17,9 +18,27 @@ inline bool should_record(std::initializer_list<const Var*> inputs) {
 
 // The gradient buffer of v, zero-filled on first use; kernels accumulate into it directly.
 inline const Tensor& grad_buffer(const Var& v) {
-  if (!v.grad().defined()) v.accumulate_grad(Tensor::zeros(v.shape()));
+  if (!v.grad().defined()) v.accumulate_grad(Tensor::zeros(v.shape(), v.value().device()));
   return v.grad();
 }
+
+inline bool on_gpu(const Tensor& t) { return t.device() == Device::cuda; }
+
+// Every defined input of an op must live where the first one does.
+inline void require_same_device(const char* op, std::initializer_list<const Var*> inputs) {
+  const Var* first = nullptr;
+  for (const Var* v : inputs) {
+    if (!v || !v->defined()) continue;
+    if (!first) first = v;
+    DD_CHECK(v->value().device() == first->value().device(), "dd::{}: inputs on different devices ({} and {}); "
+             "move the model and the data to one device", op, device_name(first->value().device()),
+             device_name(v->value().device()));
+  }
+}
+
+// n bytes of scratch on a device, kept alive by the returned tensor (e.g. max-pool winners).
+inline Tensor byte_buffer(std::int64_t n, Device d) { return Tensor::empty({(n + 3) / 4, 1, 1, 1}, d); }
+inline std::uint8_t* bytes(const Tensor& t) { return reinterpret_cast<std::uint8_t*>(t.data()); }
 
 inline void require_contiguous(const Tensor& t, const char* op) {
   DD_CHECK(t.defined(), "dd::{}: undefined input", op);

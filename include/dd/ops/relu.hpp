@@ -1,22 +1,32 @@
 #pragma once
 #include "dd/kernels/cpu/activation.hpp"
 #include "dd/ops/recording.hpp"
+#if DD_WITH_CUDA
+#include "dd/kernels/gpu/kernels.hpp"
+#endif
 
 namespace dd {
 
 inline Var relu(const Var& x) {
   const Tensor X = x.value().contiguous();
-  Tensor Y = Tensor::empty(X.shape());
-  cpu::relu_forward(X.data(), X.numel(), Y.data());
+  const bool gpu = detail::on_gpu(X);
+  Tensor Y = Tensor::empty(X.shape(), X.device());
+  if (gpu)
+    DD_GPU(relu_forward(X.data(), X.numel(), Y.data()));
+  else
+    cpu::relu_forward(X.data(), X.numel(), Y.data());
   const bool rec = detail::should_record({&x});
   Var y(std::move(Y), rec);
   if (rec)
     // Only the output is kept: relu's backward needs y > 0, not x.
-    Tape::current().record([x, y] {
+    Tape::current().record([x, y, gpu] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = Tensor::empty(x.shape());
-      cpu::relu_backward(y.value().data(), dy.contiguous().data(), dx.numel(), dx.data());
+      Tensor dx = Tensor::empty(x.shape(), y.value().device());
+      if (gpu)
+        DD_GPU(relu_backward(y.value().data(), dy.contiguous().data(), dx.numel(), dx.data()));
+      else
+        cpu::relu_backward(y.value().data(), dy.contiguous().data(), dx.numel(), dx.data());
       x.accumulate_grad(std::move(dx));
     });
   return y;

@@ -1,30 +1,42 @@
 #pragma once
 #include "dd/kernels/cpu/upconv.hpp"
 #include "dd/ops/recording.hpp"
+#if DD_WITH_CUDA
+#include "dd/kernels/gpu/upconv.hpp"
+#endif
 
 namespace dd {
 
 // ConvTranspose2d, kernel 2, stride 2: w is [Cin, Cout, 2, 2], b (optional) [Cout,1,1,1].
 inline Var upconv2x2(const Var& x, const Var& w, const Var& b) {
+  detail::require_same_device("upconv2x2", {&x, &w, &b});
   const Tensor X = x.value().contiguous();
   detail::require_nonempty(X, "upconv2x2");
+  const bool gpu = detail::on_gpu(X);
   const Shape xs = X.shape(), ws = w.shape();
   DD_CHECK(ws.h == 2 && ws.w == 2, "dd::upconv2x2: weight {} is not [Cin, Cout, 2, 2]", ws);
   DD_CHECK(xs.c == ws.n, "dd::upconv2x2: input has {} channels but the weight {} expects {}", xs.c, ws, ws.n);
   const cpu::UpConvGeometry g{xs.n, xs.c, xs.h, xs.w, ws.c};
-  Tensor Y = Tensor::empty({xs.n, ws.c, 2 * xs.h, 2 * xs.w});
+  Tensor Y = Tensor::empty({xs.n, ws.c, 2 * xs.h, 2 * xs.w}, X.device());
   const Tensor W = w.value().contiguous();
-  cpu::upconv2x2_forward(X.data(), W.data(), b.defined() ? b.value().data() : nullptr, g, Y.data());
+  const float* bias = b.defined() ? b.value().data() : nullptr;
+  if (gpu)
+    DD_GPU(upconv2x2_forward(X.data(), W.data(), bias, g, Y.data()));
+  else
+    cpu::upconv2x2_forward(X.data(), W.data(), bias, g, Y.data());
   const bool rec = detail::should_record({&x, &w, &b});
   Var y(std::move(Y), rec);
   if (rec)
-    Tape::current().record([x, w, b, y, g, X, W] {
+    Tape::current().record([x, w, b, y, g, X, W, gpu] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = x.requires_grad() ? Tensor::empty(x.shape()) : Tensor{};
-      cpu::upconv2x2_backward(X.data(), W.data(), dy.contiguous().data(), g, dx.data(),
-                              w.requires_grad() ? detail::grad_buffer(w).data() : nullptr,
-                              b.requires_grad() ? detail::grad_buffer(b).data() : nullptr);
+      Tensor dx = x.requires_grad() ? Tensor::empty(x.shape(), X.device()) : Tensor{};
+      float* dw = w.requires_grad() ? detail::grad_buffer(w).data() : nullptr;
+      float* db = b.requires_grad() ? detail::grad_buffer(b).data() : nullptr;
+      if (gpu)
+        DD_GPU(upconv2x2_backward(X.data(), W.data(), dy.contiguous().data(), g, dx.data(), dw, db));
+      else
+        cpu::upconv2x2_backward(X.data(), W.data(), dy.contiguous().data(), g, dx.data(), dw, db);
       if (dx.defined()) x.accumulate_grad(std::move(dx));
     });
   return y;

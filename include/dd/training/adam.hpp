@@ -1,9 +1,13 @@
 #pragma once
-// Adam on a model's flat parameter and gradient tensors: one loop over one buffer.
+// Adam on a model's flat parameter and gradient tensors: one loop over one buffer (one kernel on
+// the GPU), the moments on the parameters' device.
 #include <cmath>
 #include <vector>
 
 #include "dd/core/tensor.hpp"
+#if DD_WITH_CUDA
+#include "dd/kernels/gpu/kernels.hpp"
+#endif
 
 namespace dd {
 
@@ -15,9 +19,11 @@ class Adam {
  public:
   Adam(Tensor params, Tensor grads, AdamOptions o = {})
       : params_(std::move(params)), grads_(std::move(grads)), o_(o),
-        m_(static_cast<std::size_t>(params_.numel()), 0.0f), v_(m_.size(), 0.0f) {
+        m_(Tensor::zeros(params_.shape(), params_.device())), v_(Tensor::zeros(params_.shape(), params_.device())) {
     DD_CHECK(params_.shape() == grads_.shape(), "dd::Adam: parameters {} and gradients {} differ", params_.shape(),
              grads_.shape());
+    DD_CHECK(params_.device() == grads_.device() && params_.is_contiguous() && grads_.is_contiguous(),
+             "dd::Adam: parameters and gradients must be contiguous and on one device");
   }
 
   void step() {
@@ -26,32 +32,42 @@ class Adam {
     const float step = static_cast<float>(o_.lr / bc1), inv_bc2 = static_cast<float>(1.0 / bc2);
     float* p = params_.data();
     const float* g = grads_.data();
+    float *m = m_.data(), *v = v_.data();
     const std::int64_t n = params_.numel();
+    if (params_.device() != Device::cpu) {
+      DD_GPU(detail::launch("adam_step", cuda::kernels::adam_step, p, g, m, v, n, step, o_.beta1, o_.beta2, o_.eps,
+                            o_.weight_decay, inv_bc2));
+      return;
+    }
     for (std::int64_t i = 0; i < n; ++i) {
       const float gi = g[i] + o_.weight_decay * p[i];
-      m_[static_cast<std::size_t>(i)] = o_.beta1 * m_[static_cast<std::size_t>(i)] + (1.0f - o_.beta1) * gi;
-      v_[static_cast<std::size_t>(i)] = o_.beta2 * v_[static_cast<std::size_t>(i)] + (1.0f - o_.beta2) * gi * gi;
-      p[i] -= step * m_[static_cast<std::size_t>(i)] / (std::sqrt(v_[static_cast<std::size_t>(i)] * inv_bc2) + o_.eps);
+      m[i] = o_.beta1 * m[i] + (1.0f - o_.beta1) * gi;
+      v[i] = o_.beta2 * v[i] + (1.0f - o_.beta2) * gi * gi;
+      p[i] -= step * m[i] / (std::sqrt(v[i] * inv_bc2) + o_.eps);
     }
   }
 
   // Restores the moments and step count saved from another run (for --resume).
   void load_state(std::vector<float> m, std::vector<float> v, std::int64_t steps) {
-    DD_CHECK(m.size() == m_.size() && v.size() == v_.size(),
-             "dd::Adam: saved moments hold {} and {} values, the model has {} parameters", m.size(), v.size(), m_.size());
-    m_ = std::move(m), v_ = std::move(v), t_ = steps;
+    const auto n = static_cast<std::size_t>(m_.numel());
+    DD_CHECK(m.size() == n && v.size() == n, "dd::Adam: saved moments hold {} and {} values, the model has {} parameters",
+             m.size(), v.size(), n);
+    m_.copy_from(Tensor::from(m_.shape(), m));
+    v_.copy_from(Tensor::from(v_.shape(), v));
+    t_ = steps;
   }
 
   float lr() const { return o_.lr; }
   void set_lr(float lr) { o_.lr = lr; }
   std::int64_t steps() const { return t_; }
-  const std::vector<float>& first_moment() const { return m_; }
-  const std::vector<float>& second_moment() const { return v_; }
+  // Host copies of the moments (for checkpoints).
+  std::vector<float> first_moment() const { return m_.to_vector(); }
+  std::vector<float> second_moment() const { return v_.to_vector(); }
 
  private:
   Tensor params_, grads_;
   AdamOptions o_;
-  std::vector<float> m_, v_;
+  Tensor m_, v_;
   std::int64_t t_ = 0;
 };
 
@@ -59,8 +75,7 @@ class Adam {
 inline double clip_grad_norm(const Tensor& grads, double max_norm) {
   const double norm = l2_norm(grads);
   if (norm > max_norm && norm > 0) {
-    const auto k = static_cast<float>(max_norm / (norm + 1e-6));
-    for (std::int64_t i = 0; i < grads.numel(); ++i) grads.data()[i] *= k;
+    grads.scale_(static_cast<float>(max_norm / (norm + 1e-6)));
   }
   return norm;
 }

@@ -73,9 +73,9 @@ Evaluation evaluate(M& model, const SegmentationSet& set, int classes, int batch
   for (std::int64_t s = 0; s < set.size(); s += batch) {
     const std::int64_t len = std::min<std::int64_t>(batch, set.size() - s);
     const SegmentationSet b = set.batch(s, len);
-    const Var logits = model.forward(Var(b.images));
-    e.loss += segmentation_loss(logits, b.labels, k).value().item() * double(len);
-    e.confusion.add(logits.value(), b.labels);
+    const Var logits = model.forward(Var(b.images.to(model.device())));
+    e.loss += segmentation_loss(logits, b.labels.to(model.device()), k).value().item() * double(len);
+    e.confusion.add(logits.value().to(Device::cpu), b.labels);
   }
   e.loss /= double(std::max<std::int64_t>(1, set.size()));
   model.train(was_training);
@@ -119,7 +119,8 @@ class Trainer {
       const std::int64_t start = b * o_.batch, len = std::min<std::int64_t>(o_.batch, train.size() - start);
       const SegmentationSet batch = gather(train, order, start, len);
       model_.zero_grad();
-      const Var loss = segmentation_loss(model_.forward(Var(batch.images)), batch.labels, o_.loss);
+      const Device dev = model_.device();
+      const Var loss = segmentation_loss(model_.forward(Var(batch.images.to(dev))), batch.labels.to(dev), o_.loss);
       loss.backward();
       if (o_.clip_norm > 0) clip_grad_norm(model_.gradients(), o_.clip_norm);
       adam_.step();

@@ -1,0 +1,112 @@
+#pragma once
+// The CUDA runtime as the rest of the library sees it: checked calls, the current stream (one per
+// thread, switched by StreamScope so each clone of a DDU-Net issues its work on its own stream),
+// and fork/join of streams through events. Host code only: compiled by the C++ compiler.
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <vector>
+
+#include "dd/core/error.hpp"
+
+#define DD_CUDA_CHECK(expr)                                                                                 \
+  do {                                                                                                      \
+    const cudaError_t dd_cuda_status_ = (expr);                                                             \
+    if (dd_cuda_status_ != cudaSuccess) [[unlikely]]                                                        \
+      ::dd::fail("dd::cuda: {} failed: {} ({})", #expr, cudaGetErrorString(dd_cuda_status_),               \
+                 cudaGetErrorName(dd_cuda_status_));                                                        \
+  } while (0)
+
+namespace dd::cuda {
+
+inline int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no device" error
+    return 0;
+  }
+  return n;
+}
+inline bool available() { return device_count() > 0; }
+
+// The library's default stream: non-blocking, created on first use, never destroyed (it outlives
+// every static that might still enqueue work at exit).
+inline cudaStream_t main_stream() {
+  static cudaStream_t s = [] {
+    cudaStream_t st = nullptr;
+    DD_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    return st;
+  }();
+  return s;
+}
+
+namespace detail {
+inline cudaStream_t& current_stream_slot() {
+  thread_local cudaStream_t s = nullptr;
+  return s;
+}
+}  // namespace detail
+
+// Where kernels called from this thread are enqueued.
+inline cudaStream_t current_stream() {
+  cudaStream_t s = detail::current_stream_slot();
+  return s ? s : main_stream();
+}
+
+// Makes `s` the current stream of this thread for the scope's lifetime.
+class StreamScope {
+ public:
+  explicit StreamScope(cudaStream_t s) : previous_(detail::current_stream_slot()) { detail::current_stream_slot() = s; }
+  ~StreamScope() { detail::current_stream_slot() = previous_; }
+  StreamScope(const StreamScope&) = delete;
+  StreamScope& operator=(const StreamScope&) = delete;
+
+ private:
+  cudaStream_t previous_;
+};
+
+// A pool of streams, one per clone of a DDU-Net, created on demand and kept for the process.
+inline cudaStream_t clone_stream(std::size_t k) {
+  static std::mutex m;
+  static std::vector<cudaStream_t> streams;
+  std::lock_guard lock(m);
+  while (streams.size() <= k) {
+    cudaStream_t st = nullptr;
+    DD_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    streams.push_back(st);
+  }
+  return streams[k];
+}
+
+// `waiter` runs its later work only after everything enqueued on `source` so far.
+inline void stream_wait(cudaStream_t waiter, cudaStream_t source) {
+  if (waiter == source) return;
+  cudaEvent_t e = nullptr;
+  DD_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  DD_CUDA_CHECK(cudaEventRecord(e, source));
+  DD_CUDA_CHECK(cudaStreamWaitEvent(waiter, e, 0));
+  DD_CUDA_CHECK(cudaEventDestroy(e));  // released once the wait has been satisfied
+}
+
+// Waits for all work on the current stream (and reports asynchronous kernel errors).
+inline void synchronize() { DD_CUDA_CHECK(cudaStreamSynchronize(current_stream())); }
+inline void synchronize_device() { DD_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+// Copies between host and device on the current stream; returns when the copy is done.
+inline void copy_to_host(void* dst, const void* src, std::size_t bytes) {
+  if (bytes == 0) return;
+  DD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, current_stream()));
+  DD_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
+}
+inline void copy_to_device(void* dst, const void* src, std::size_t bytes) {
+  if (bytes == 0) return;
+  DD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, current_stream()));
+  // Pageable host memory: the source may be freed as soon as we return, so wait.
+  DD_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
+}
+inline void copy_on_device(void* dst, const void* src, std::size_t bytes) {
+  if (bytes == 0) return;
+  DD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, current_stream()));
+}
+
+}  // namespace dd::cuda

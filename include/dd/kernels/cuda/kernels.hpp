@@ -1,0 +1,86 @@
+#pragma once
+// Launchers of the library's own CUDA kernels (everything cuDNN does not do). Declared here with
+// plain types so host code compiles with the C++ compiler; defined in src/cuda/*.cu, which nvcc
+// compiles into the dd_cuda_kernels library (CMake option DD_CUDA). Every launcher enqueues on the
+// given stream and returns at once, except those that return a value to the host (they wait).
+// Pointers are device pointers unless a parameter says "host". Element counts are int64.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace dd::cuda::kernels {
+
+enum class HalfType { bf16, fp16 };
+
+// ---- element-wise ----
+void fill(float* x, std::int64_t n, float value, cudaStream_t s);
+void axpy(float* y, const float* x, std::int64_t n, float a, cudaStream_t s);  // y += a * x
+void scale(float* x, std::int64_t n, float a, cudaStream_t s);                 // x *= a
+
+// dst[n,c,h,w] = src[n,c,h,w] for a 4-D shape; strides in elements, either side may be a view.
+struct StridedCopy {
+  std::int64_t shape[4];
+  std::int64_t dst_strides[4];
+  std::int64_t src_strides[4];
+};
+void copy_strided(float* dst, const float* src, const StridedCopy& geometry, cudaStream_t s);
+
+void relu_forward(const float* x, std::int64_t n, float* y, cudaStream_t s);
+void relu_backward(const float* y, const float* dy, std::int64_t n, float* dx, cudaStream_t s);  // dx = y > 0 ? dy : 0
+
+// y[p, i] = x[p, i] * scale[p] for planes p of `plane` elements (dropout2d; scale is a device array).
+void scale_planes(const float* x, const float* scale, std::int64_t planes, std::int64_t plane, float* y,
+                  cudaStream_t s);
+
+// ---- pooling: 2x2, stride 2, odd trailing rows/columns dropped; first maximum wins on ties ----
+// argmax holds the winner's offset in its window (0..3: row * 2 + column), one byte per output.
+void maxpool2x2_forward(const float* x, std::int64_t planes, std::int64_t h, std::int64_t w, float* y,
+                        std::uint8_t* argmax, cudaStream_t s);
+// Writes EVERY element of dx (zero where no window chose it).
+void maxpool2x2_backward(const float* dy, const std::uint8_t* argmax, std::int64_t planes, std::int64_t h,
+                         std::int64_t w, float* dx, cudaStream_t s);
+
+// ---- softmax over channels of NCHW (one distribution per pixel) ----
+void softmax_channels(const float* x, std::int64_t n, std::int64_t c, std::int64_t plane, float* p, cudaStream_t s);
+// dx = p * (dp - sum_k dp_k p_k), per pixel.
+void softmax_channels_backward(const float* p, const float* dp, std::int64_t n, std::int64_t c, std::int64_t plane,
+                               float* dx, cudaStream_t s);
+
+// ---- losses; labels are [N,1,H,W] class indices stored as floats ----
+// Returns sum over pixels of -log(max(p[label], 1e-30)) (accumulated in double, deterministic
+// order) and sets *invalid_labels (host) to the number of labels that are not integers in [0, c).
+double cross_entropy_sum(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
+                         std::int64_t* invalid_labels, cudaStream_t s);
+// dx = k * (p - onehot(label)).
+void cross_entropy_backward(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
+                            float k, float* dx, cudaStream_t s);
+// Per class c over the whole batch (host arrays of c doubles, overwritten):
+// inter[c] = sum of p[c] over pixels labelled c; denom[c] = sum of p[c] over all pixels + count of pixels labelled c.
+void dice_sums(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
+               double* inter_host, double* denom_host, std::int64_t* invalid_labels, cudaStream_t s);
+// dP[b,k,i] = g * scale[k] + (label(b,i) == k ? g * target[k] : 0); scale/target are HOST arrays of c floats.
+void dice_grad_probs(const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane, const float* scale_host,
+                     const float* target_host, float g, float* dP, cudaStream_t s);
+
+// ---- batch norm pieces cuDNN does not cover ----
+// invstd[c] = 1 / sqrt(var[c] + eps)
+void batchnorm_invstd(const float* var, std::int64_t c, float eps, float* invstd, cudaStream_t s);
+// Backward with constant statistics (eval mode): dx = dy * gamma * invstd (dx may be null);
+// dgamma += sum dy * (x - mean) * invstd, dbeta += sum dy (each may be null), per channel.
+void batchnorm_backward_eval(const float* x, const float* dy, const float* gamma, const float* mean,
+                             const float* invstd, std::int64_t n, std::int64_t c, std::int64_t plane, float* dx,
+                             float* dgamma, float* dbeta, cudaStream_t s);
+
+// ---- optimizer and reductions ----
+// Adam with bias corrections folded in: g' = g + wd * p; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
+// p -= step * m / (sqrt(v * inv_bc2) + eps)   (same float arithmetic as dd::Adam on the CPU).
+void adam_step(float* p, const float* g, float* m, float* v, std::int64_t n, float step, float beta1, float beta2,
+               float eps, float weight_decay, float inv_bc2, cudaStream_t s);
+double sum_squares(const float* x, std::int64_t n, cudaStream_t s);        // waits; deterministic
+std::int64_t count_nonfinite(const float* x, std::int64_t n, cudaStream_t s);  // waits; NaN and +-inf
+
+// ---- mixed precision ----
+void to_half(const float* x, void* y, std::int64_t n, HalfType t, cudaStream_t s);  // round to nearest even
+void from_half(const void* x, float* y, std::int64_t n, HalfType t, cudaStream_t s);
+
+}  // namespace dd::cuda::kernels

@@ -1,0 +1,107 @@
+#pragma once
+// dd::gpu: the library's own CUDA kernels behind the same interface as their dd::cpu twins (same
+// names, same arguments), enqueued on the current stream and checked. Ops pick one or the other by
+// the tensor's device (DD_GPU in core/config.hpp); cuDNN-backed twins live beside this header.
+#include <cstdint>
+#include <exception>
+
+#include "dd/backend/cuda/runtime.hpp"
+#include "dd/kernels/cuda/kernels.hpp"
+
+namespace dd::gpu {
+
+namespace detail {
+// Runs a launcher on the current stream; launch errors and failures inside it become dd::Error.
+template <class Launcher, class... Args>
+auto launch(const char* what, Launcher launcher, Args... args) {
+  try {
+    if constexpr (std::is_void_v<decltype(launcher(args..., cuda::current_stream()))>) {
+      launcher(args..., cuda::current_stream());
+      DD_CUDA_CHECK(cudaGetLastError());
+    } else {
+      auto r = launcher(args..., cuda::current_stream());
+      DD_CUDA_CHECK(cudaGetLastError());
+      return r;
+    }
+  } catch (const dd::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail("dd::gpu::{}: {}", what, e.what());
+  }
+}
+}  // namespace detail
+
+namespace k = cuda::kernels;
+
+inline void fill(float* x, std::int64_t n, float v) {
+  if (n > 0) detail::launch("fill", k::fill, x, n, v);
+}
+inline void axpy(float* y, const float* x, std::int64_t n, float a) {
+  if (n > 0) detail::launch("axpy", k::axpy, y, x, n, a);
+}
+inline void scale(float* x, std::int64_t n, float a) {
+  if (n > 0) detail::launch("scale", k::scale, x, n, a);
+}
+inline void copy_strided(float* dst, const float* src, const k::StridedCopy& g) {
+  if (g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3] > 0) detail::launch("copy_strided", k::copy_strided, dst, src, g);
+}
+
+inline void relu_forward(const float* x, std::int64_t n, float* y) { detail::launch("relu", k::relu_forward, x, n, y); }
+inline void relu_backward(const float* y, const float* dy, std::int64_t n, float* dx) {
+  detail::launch("relu_backward", k::relu_backward, y, dy, n, dx);
+}
+inline void scale_planes(const float* x, const float* scale, std::int64_t planes, std::int64_t plane, float* y) {
+  detail::launch("scale_planes", k::scale_planes, x, scale, planes, plane, y);
+}
+
+inline void maxpool2x2_forward(const float* x, std::int64_t planes, std::int64_t h, std::int64_t w, float* y,
+                               std::uint8_t* argmax) {
+  detail::launch("maxpool2x2", k::maxpool2x2_forward, x, planes, h, w, y, argmax);
+}
+inline void maxpool2x2_backward(const float* dy, const std::uint8_t* argmax, std::int64_t planes, std::int64_t h,
+                                std::int64_t w, float* dx) {
+  detail::launch("maxpool2x2_backward", k::maxpool2x2_backward, dy, argmax, planes, h, w, dx);
+}
+
+inline void softmax_channels(const float* x, std::int64_t n, std::int64_t c, std::int64_t plane, float* p) {
+  detail::launch("softmax", k::softmax_channels, x, n, c, plane, p);
+}
+inline void softmax_channels_backward(const float* p, const float* dp, std::int64_t n, std::int64_t c,
+                                      std::int64_t plane, float* dx) {
+  detail::launch("softmax_backward", k::softmax_channels_backward, p, dp, n, c, plane, dx);
+}
+
+inline double sum_squares(const float* x, std::int64_t n) {
+  return n > 0 ? detail::launch("sum_squares", k::sum_squares, x, n) : 0.0;
+}
+inline std::int64_t count_nonfinite(const float* x, std::int64_t n) {
+  return n > 0 ? detail::launch("count_nonfinite", k::count_nonfinite, x, n) : 0;
+}
+
+}  // namespace dd::gpu
+
+namespace dd::gpu {
+inline void batchnorm_invstd(const float* var, std::int64_t c, float eps, float* invstd) {
+  detail::launch("batchnorm_invstd", k::batchnorm_invstd, var, c, eps, invstd);
+}
+}  // namespace dd::gpu
+
+namespace dd::gpu {
+// Losses: the parts of cross entropy and Dice that touch every pixel (see ops/loss.hpp, dice_loss.hpp).
+inline double cross_entropy_sum(const float* p, const float* labels, std::int64_t n, std::int64_t c,
+                                std::int64_t plane, std::int64_t* invalid) {
+  return detail::launch("cross_entropy", k::cross_entropy_sum, p, labels, n, c, plane, invalid);
+}
+inline void cross_entropy_backward(const float* p, const float* labels, std::int64_t n, std::int64_t c,
+                                   std::int64_t plane, float scale, float* dx) {
+  detail::launch("cross_entropy_backward", k::cross_entropy_backward, p, labels, n, c, plane, scale, dx);
+}
+inline void dice_sums(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
+                      double* inter, double* denom, std::int64_t* invalid) {
+  detail::launch("dice_loss", k::dice_sums, p, labels, n, c, plane, inter, denom, invalid);
+}
+inline void dice_grad_probs(const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
+                            const float* scale, const float* target, float g, float* dP) {
+  detail::launch("dice_loss_backward", k::dice_grad_probs, labels, n, c, plane, scale, target, g, dP);
+}
+}  // namespace dd::gpu
