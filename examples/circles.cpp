@@ -18,6 +18,7 @@ struct Options {
   std::uint64_t seed = 1;
   std::string models = "ddu-y,ddu-n,unet";
   bool quiet = false;
+  dd::Device device = dd::Device::cpu;
 };
 
 void usage() {
@@ -39,6 +40,7 @@ void usage() {
       "  --lr X         Adam learning rate                                  [0.008]\n"
       "  --seed N       seed for data, weights and shuffling                [1]\n"
       "  --threads N    worker threads (0: all cores)                       [0]\n"
+      "  --device D     cpu or cuda (a CUDA build: -DDD_CUDA=ON)            [cpu]\n"
       "  --quiet        no progress bar (epoch lines only)\n"
       "  --help         this text");
 }
@@ -81,6 +83,10 @@ Options parse(int argc, char** argv) {
     else if (a == "--lr") o.fit.lr = std::stof(v);
     else if (a == "--seed") o.seed = std::uint64_t(to_int(a.c_str(), v));
     else if (a == "--threads") o.threads = int(to_int(a.c_str(), v));
+    else if (a == "--device") {
+      DD_CHECK(std::string(v) == "cpu" || std::string(v) == "cuda", "--device {}: use cpu or cuda", v);
+      o.device = std::string(v) == "cuda" ? dd::Device::cuda : dd::Device::cpu;
+    }
     else dd::fail("unknown flag {} (see --help)", a);
   }
   DD_CHECK(o.k >= 2, "--k {}: the experiment needs at least 2 subimages", o.k);
@@ -104,6 +110,7 @@ template <class M>
 Row run(const std::string& name, M& model, const Options& o, const dd::SegmentationSet& train,
         const dd::SegmentationSet& val, const dd::SegmentationSet& test) {
   const auto t0 = std::chrono::steady_clock::now();
+  model.to(o.device);
   float lr = o.fit.lr;
   dd::BatchCallback on_batch = [&](int epoch, std::int64_t b, std::int64_t n, double loss, double ips) {
     if (o.quiet) return;
@@ -179,9 +186,9 @@ int main(int argc, char** argv) try {
   const auto train = dd::make_circles(o.train, o.seed * 3 + 0, co);
   const auto val = dd::make_circles(o.val, o.seed * 3 + 1, co);
   const auto test = dd::make_circles(o.test, o.seed * 3 + 2, co);
-  std::printf("circles: k = %lld (%lldx32 images), %lld train / %lld val / %lld test, D = %d, F = %d, %d threads\n",
+  std::printf("circles: k = %lld (%lldx32 images), %lld train / %lld val / %lld test, D = %d, F = %d, %d threads, %s\n",
               (long long)o.k, (long long)(32 * o.k), (long long)o.train, (long long)o.val, (long long)o.test, o.depth,
-              o.F, dd::num_threads());
+              o.F, dd::num_threads(), dd::device_name(o.device));
   std::fflush(stdout);
   std::vector<Row> rows;
   switch (o.depth) {

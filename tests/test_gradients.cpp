@@ -174,3 +174,38 @@ TEST_CASE("whole U-Net(2): forward and loss gradient match a double-precision re
   CHECK(compared >= 390);
   CHECK(std::sqrt(diff) / std::max(std::sqrt(nf), std::sqrt(na)) < tol);
 }
+
+TEST_CASE("fused BatchNorm -> ReLU -> Dropout2d equals the three ops bit for bit (values, gradients, statistics)") {
+  using namespace dd;
+  for (const bool training : {true, false})
+    for (const float p : {0.0f, 0.3f}) {
+      CAPTURE(training);
+      CAPTURE(p);
+      const Tensor x0 = Tensor::randn({3, 4, 5, 6}, 41), g0 = Tensor::randn({4, 1, 1, 1}, 42),
+                   b0 = Tensor::randn({4, 1, 1, 1}, 43), R = Tensor::randn({3, 4, 5, 6}, 44);
+      auto run = [&](bool fused, std::vector<float>& stats) {
+        const Var x(x0.clone(), true), g(g0.clone(), true), b(b0.clone(), true);
+        const Tensor rm = Tensor::randn({4, 1, 1, 1}, 45), rv = Tensor::full({4, 1, 1, 1}, 2.0f);
+        Rng rng(46);
+        const BatchNormOptions o{training, 0.1f, 1e-5f};
+        Var y;
+        if (fused) {
+          y = batch_norm_relu_dropout(x, g, b, rm, rv, o, p, &rng);
+        } else {
+          y = relu(batch_norm(x, g, b, rm, rv, o));
+          if (training && p > 0.0f) y = dropout2d(y, p, rng, true);
+        }
+        weighted_sum(y, R).backward();
+        stats = rm.to_vector();
+        for (float v : rv.to_vector()) stats.push_back(v);
+        std::vector<float> out = y.value().to_vector();
+        for (const Var* v : {&x, &g, &b})
+          for (float e : v->grad().to_vector()) out.push_back(e);
+        return out;
+      };
+      std::vector<float> s1, s2;
+      const auto a = run(true, s1), c = run(false, s2);
+      CHECK(a == c);
+      CHECK(s1 == s2);
+    }
+}

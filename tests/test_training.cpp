@@ -1,6 +1,7 @@
 // The training stack: losses, optimizer, schedules, metrics, and the circles data.
 #include <doctest/doctest.h>
 
+#include <limits>
 #include <set>
 
 #include "gradcheck.hpp"
@@ -103,4 +104,27 @@ TEST_CASE("fit() trains a small DDU-Net: validation loss falls, best state resto
   double best = 1e9;
   for (const auto& h : hist) best = std::min(best, h.val_loss);
   CHECK(dd::evaluate(m, val, 3).loss == doctest::Approx(best).epsilon(1e-5));
+}
+
+TEST_CASE("dynamic loss scaling: scaled backward, exact unscale, overflow skips and backs off, growth") {
+  using namespace dd;
+  LossScaler scaler({.initial_scale = 1024.0f, .growth = 2.0f, .backoff = 0.5f, .growth_interval = 2});
+  // d(sum w x)/dx = w, so the scaled gradient is 1024 w and unscaling gives w back exactly (powers of 2).
+  const Tensor w = Tensor::from({1, 1, 1, 3}, {0.5f, -2.0f, 3.0f});
+  const Var x(Tensor::zeros({1, 1, 1, 3}), true);
+  scaler.backward(weighted_sum(x, w));
+  CHECK(x.grad().to_vector() == std::vector<float>{512.0f, -2048.0f, 3072.0f});
+  CHECK(scaler.unscale(x.grad()));
+  CHECK(x.grad().to_vector() == w.to_vector());
+  CHECK(scaler.scale() == 1024.0f);
+  CHECK(scaler.unscale(x.grad()));  // second clean step: growth
+  CHECK(scaler.scale() == 2048.0f);
+  // An overflowed gradient: the step is refused and the scale halves.
+  const Tensor bad = Tensor::from({1, 1, 1, 2}, {1.0f, std::numeric_limits<float>::infinity()});
+  CHECK_FALSE(scaler.unscale(bad));
+  CHECK(scaler.scale() == 1024.0f);
+  CHECK(scaler.skipped_steps() == 1);
+  const Tensor nan = Tensor::from({1, 1, 1, 1}, {std::numeric_limits<float>::quiet_NaN()});
+  CHECK_FALSE(scaler.unscale(nan));
+  CHECK(scaler.scale() == 512.0f);
 }

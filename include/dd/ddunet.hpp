@@ -43,6 +43,7 @@
 #include "dd/data/circles.hpp"
 #include "dd/ops/dice_loss.hpp"
 #include "dd/training/adam.hpp"
+#include "dd/training/loss_scaler.hpp"
 #include "dd/training/metrics.hpp"
 #include "dd/training/schedule.hpp"
 #include "dd/training/trainer.hpp"

@@ -4,6 +4,7 @@
 #include "dd/layers/batchnorm.hpp"
 #include "dd/layers/conv.hpp"
 #include "dd/layers/dropout.hpp"
+#include "dd/layers/norm_activation.hpp"
 #include "dd/layers/pooling.hpp"
 #include "dd/layers/seq.hpp"
 #include "dd/layers/upconv.hpp"
@@ -13,8 +14,9 @@ namespace dd {
 
 // (Conv3x3 without bias -> BatchNorm -> ReLU -> Dropout2d) twice.
 template <int In, int Out, float P = 0.1f>
-struct DoubleConv : Seq<Conv<In, Out, 3, false>, BatchNorm<Out>, ReLU, Dropout<P>,  //
-                        Conv<Out, Out, 3, false>, BatchNorm<Out>, ReLU, Dropout<P>> {};
+// BatchNorm -> ReLU -> Dropout2d run as one fused layer (same results, half the kept activations).
+struct DoubleConv : Seq<Conv<In, Out, 3, false>, BatchNormReLUDropout<Out, P>,  //
+                        Conv<Out, Out, 3, false>, BatchNormReLUDropout<Out, P>> {};
 
 // Encoder step: halve the size, then a DoubleConv.
 template <int In, int Out, float P = 0.1f>

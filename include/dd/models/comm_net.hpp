@@ -7,12 +7,13 @@
 #include "dd/layers/batchnorm.hpp"
 #include "dd/layers/conv.hpp"
 #include "dd/layers/dropout.hpp"
+#include "dd/layers/norm_activation.hpp"
 #include "dd/layers/seq.hpp"
 
 namespace dd {
 
 template <int F, int K, float P>
-struct CommLayer : Seq<Conv<F, F, K, true>, BatchNorm<F>, ReLU, Dropout<P>> {};
+struct CommLayer : Seq<Conv<F, F, K, true>, BatchNormReLUDropout<F, P>> {};
 
 namespace detail {
 template <int F, int K, float P, class Indices>

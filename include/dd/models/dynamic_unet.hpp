@@ -55,9 +55,11 @@ struct BatchNormSpec {
   void init(float* p, float* b) const {
     for (int i = 0; i < c; ++i) p[po + i] = 1.0f, p[po + c + i] = 0.0f, b[bo + i] = 0.0f, b[bo + c + i] = 1.0f;
   }
-  Var forward(Context& ctx, const Var& x) const {
-    return batch_norm(x, ctx.param(po, {c, 1, 1, 1}), ctx.param(po + c, {c, 1, 1, 1}), ctx.buffer(bo, {c, 1, 1, 1}),
-                      ctx.buffer(bo + c, {c, 1, 1, 1}), {ctx.training, 0.1f, 1e-5f});
+  // Normalisation, ReLU and (in training) dropout with probability p, fused.
+  Var forward(Context& ctx, const Var& x, float p) const {
+    return batch_norm_relu_dropout(x, ctx.param(po, {c, 1, 1, 1}), ctx.param(po + c, {c, 1, 1, 1}),
+                                   ctx.buffer(bo, {c, 1, 1, 1}), ctx.buffer(bo + c, {c, 1, 1, 1}),
+                                   {ctx.training, 0.1f, 1e-5f}, p, ctx.training && p > 0.0f ? ctx.rng : nullptr);
   }
   void slots(const std::string& name, std::vector<TensorSlot>& ps, std::vector<TensorSlot>& bs) const {
     ps.push_back({name + ".weight", po, {c, 1, 1, 1}});
@@ -90,10 +92,7 @@ struct ConvBlock {
     for (std::size_t i = 0; i < convs.size(); ++i) convs[i].init(rng, p), norms[i].init(p, b);
   }
   Var forward(Context& ctx, Var x) const {
-    for (std::size_t i = 0; i < convs.size(); ++i) {
-      x = relu(norms[i].forward(ctx, convs[i].forward(ctx, x)));
-      if (ctx.training && dropout > 0.0f) x = dropout2d(x, dropout, ctx.generator(), true);
-    }
+    for (std::size_t i = 0; i < convs.size(); ++i) x = norms[i].forward(ctx, convs[i].forward(ctx, x), dropout);
     return x;
   }
   void slots(const std::string& name, std::vector<TensorSlot>& ps, std::vector<TensorSlot>& bs) const {

@@ -10,6 +10,16 @@
 
 namespace dd {
 
+namespace detail {
+// Dropout2d's factor per (sample, channel) plane: 0 with probability p, else 1/(1-p). Drawn on the
+// host from rng (same seed, same mask on every device), then moved to device d.
+inline Tensor dropout_scales(std::int64_t planes, float p, Rng& rng, Device d) {
+  Tensor scale = Tensor::empty({planes, 1, 1, 1});
+  for (std::int64_t i = 0; i < planes; ++i) scale.data()[i] = rng.bernoulli(p) ? 0.0f : 1.0f / (1.0f - p);
+  return scale.to(d);
+}
+}  // namespace detail
+
 // Dropout2d: in training each (sample, channel) map is zeroed with probability p and survivors
 // are scaled by 1/(1-p); in eval it is the identity. The mask comes from rng, so a seeded rng
 // gives the same mask.
@@ -18,10 +28,7 @@ inline Var dropout2d(const Var& x, float p, Rng& rng, bool training) {
   if (!training || p == 0.0f) return x;
   const Tensor X = x.value().contiguous();
   const Shape s = X.shape();
-  // The mask is drawn on the host from rng (same seed, same mask on every device).
-  Tensor scale = Tensor::empty({s.n * s.c, 1, 1, 1});
-  for (std::int64_t i = 0; i < scale.numel(); ++i) scale.data()[i] = rng.bernoulli(p) ? 0.0f : 1.0f / (1.0f - p);
-  scale = scale.to(X.device());
+  const Tensor scale = detail::dropout_scales(s.n * s.c, p, rng, X.device());
   const std::int64_t plane = s.h * s.w;
   // y = x * scale per (sample, channel) plane.
   auto apply = [plane](const Tensor& in, const Tensor& k, const Tensor& out) {

@@ -90,7 +90,7 @@ inline Var cross_entropy(const Var& logits, const Tensor& labels) {
   if (gpu) {
 #if DD_WITH_CUDA
     std::int64_t invalid = 0;
-    total = -gpu::cross_entropy_sum(P.data(), L.data(), s.n, s.c, plane, &invalid);
+    total = gpu::cross_entropy_sum(P.data(), L.data(), s.n, s.c, plane, &invalid);
     detail::check_labels(invalid, s.c, "cross_entropy");
 #endif
   } else {

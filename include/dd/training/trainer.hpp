@@ -11,6 +11,7 @@
 #include "dd/data/circles.hpp"
 #include "dd/ops/dice_loss.hpp"
 #include "dd/training/adam.hpp"
+#include "dd/training/loss_scaler.hpp"
 #include "dd/training/metrics.hpp"
 #include "dd/training/schedule.hpp"
 
@@ -27,6 +28,7 @@ struct TrainOptions {
   double clip_norm = 1.0;  // <= 0: no clipping
   std::uint64_t shuffle_seed = 0;
   LossKind loss = LossKind::dice;
+  bool loss_scaling = false;  // dynamic loss scaling, for fp16 compute on the GPU
 };
 
 struct EpochStats {
@@ -121,9 +123,17 @@ class Trainer {
       model_.zero_grad();
       const Device dev = model_.device();
       const Var loss = segmentation_loss(model_.forward(Var(batch.images.to(dev))), batch.labels.to(dev), o_.loss);
-      loss.backward();
-      if (o_.clip_norm > 0) clip_grad_norm(model_.gradients(), o_.clip_norm);
-      adam_.step();
+      if (o_.loss_scaling) {
+        scaler_.backward(loss);
+        if (scaler_.unscale(model_.gradients())) {  // else: overflow, step skipped
+          if (o_.clip_norm > 0) clip_grad_norm(model_.gradients(), o_.clip_norm);
+          adam_.step();
+        }
+      } else {
+        loss.backward();
+        if (o_.clip_norm > 0) clip_grad_norm(model_.gradients(), o_.clip_norm);
+        adam_.step();
+      }
       loss_sum += loss.value().item() * double(len);
       seen += len;
       if (on_batch) {
@@ -159,6 +169,7 @@ class Trainer {
   int epochs_done() const { return epoch_; }
   void set_epochs_done(int e) { epoch_ = e; }
   Adam& optimizer() { return adam_; }
+  const LossScaler& loss_scaler() const { return scaler_; }
   ReduceLROnPlateau& plateau() { return plateau_; }
   EarlyStopping& stopper() { return stopper_; }
   const Tensor& best_parameters() const { return best_params_; }
@@ -172,6 +183,7 @@ class Trainer {
   ReduceLROnPlateau plateau_;
   EarlyStopping stopper_;
   Tensor best_params_, best_buffers_;
+  LossScaler scaler_;
   int epoch_ = 0;
 };
 

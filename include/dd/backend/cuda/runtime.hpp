@@ -33,6 +33,13 @@ inline bool available() { return device_count() > 0; }
 // every static that might still enqueue work at exit).
 inline cudaStream_t main_stream() {
   static cudaStream_t s = [] {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+      (void)cudaGetLastError();
+      fail("dd::cuda: no usable CUDA device ({}); run on a machine with an NVIDIA GPU or use the CPU",
+           e != cudaSuccess ? cudaGetErrorString(e) : "no device found");
+    }
     cudaStream_t st = nullptr;
     DD_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     return st;
@@ -100,9 +107,9 @@ inline void copy_to_host(void* dst, const void* src, std::size_t bytes) {
 }
 inline void copy_to_device(void* dst, const void* src, std::size_t bytes) {
   if (bytes == 0) return;
+  // From pageable memory the driver stages the source before returning, so the caller may free it
+  // at once and the host does not wait for the stream (dropout masks are copied every layer).
   DD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, current_stream()));
-  // Pageable host memory: the source may be freed as soon as we return, so wait.
-  DD_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
 }
 inline void copy_on_device(void* dst, const void* src, std::size_t bytes) {
   if (bytes == 0) return;

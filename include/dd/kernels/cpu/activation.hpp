@@ -31,4 +31,34 @@ inline void relu_backward(const float* y, const float* dy, std::int64_t n, float
   });
 }
 
+// The activation tail of a conv block, in place: y = relu(y) * scale[plane] (dropout2d's kept-plane
+// factor; scale may be null: relu only). planes of `plane` elements each.
+inline void relu_scale_planes(float* y, const float* scale, std::int64_t planes, std::int64_t plane) {
+  parallel_for(planes, [&](std::int64_t p) {
+    float* q = y + p * plane;
+    const float k = scale ? scale[p] : 1.0f;
+    if (scale) {
+#pragma omp simd
+      for (std::int64_t i = 0; i < plane; ++i) q[i] = (q[i] > 0.0f ? q[i] : 0.0f) * k;
+    } else {
+#pragma omp simd
+      for (std::int64_t i = 0; i < plane; ++i) q[i] = q[i] > 0.0f ? q[i] : 0.0f;
+    }
+  });
+}
+
+// Its backward from the OUTPUT alone: dx = y > 0 ? dy * scale : 0. A dropped plane has y = 0 and a
+// kept one (scale > 0) has y > 0 exactly where relu passed, so the relu input need not be kept.
+inline void relu_scale_planes_backward(const float* y, const float* dy, const float* scale, std::int64_t planes,
+                                       std::int64_t plane, float* dx) {
+  parallel_for(planes, [&](std::int64_t p) {
+    const float* yp = y + p * plane;
+    const float* d = dy + p * plane;
+    float* q = dx + p * plane;
+    const float k = scale ? scale[p] : 1.0f;
+#pragma omp simd
+    for (std::int64_t i = 0; i < plane; ++i) q[i] = yp[i] > 0.0f ? d[i] * k : 0.0f;
+  });
+}
+
 }  // namespace dd::cpu

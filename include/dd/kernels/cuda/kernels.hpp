@@ -32,6 +32,12 @@ void relu_backward(const float* y, const float* dy, std::int64_t n, float* dx, c
 void scale_planes(const float* x, const float* scale, std::int64_t planes, std::int64_t plane, float* y,
                   cudaStream_t s);
 
+// Conv-block tail in place: y = relu(y) * scale[p] (scale may be null: relu only), and its backward
+// from the output: dx = y > 0 ? dy * scale[p] : 0 (scale null: 1). Same float arithmetic as the CPU.
+void relu_scale_planes(float* y, const float* scale, std::int64_t planes, std::int64_t plane, cudaStream_t s);
+void relu_scale_planes_backward(const float* y, const float* dy, const float* scale, std::int64_t planes,
+                                std::int64_t plane, float* dx, cudaStream_t s);
+
 // ---- pooling: 2x2, stride 2, odd trailing rows/columns dropped; first maximum wins on ties ----
 // argmax holds the winner's offset in its window (0..3: row * 2 + column), one byte per output.
 void maxpool2x2_forward(const float* x, std::int64_t planes, std::int64_t h, std::int64_t w, float* y,

@@ -53,6 +53,14 @@ inline void relu_backward(const float* y, const float* dy, std::int64_t n, float
 inline void scale_planes(const float* x, const float* scale, std::int64_t planes, std::int64_t plane, float* y) {
   detail::launch("scale_planes", k::scale_planes, x, scale, planes, plane, y);
 }
+inline void relu_scale_planes(float* y, const float* scale, std::int64_t planes, std::int64_t plane) {
+  if (planes * plane > 0) detail::launch("relu_scale_planes", k::relu_scale_planes, y, scale, planes, plane);
+}
+inline void relu_scale_planes_backward(const float* y, const float* dy, const float* scale, std::int64_t planes,
+                                       std::int64_t plane, float* dx) {
+  if (planes * plane > 0)
+    detail::launch("relu_scale_planes_backward", k::relu_scale_planes_backward, y, dy, scale, planes, plane, dx);
+}
 
 inline void maxpool2x2_forward(const float* x, std::int64_t planes, std::int64_t h, std::int64_t w, float* y,
                                std::uint8_t* argmax) {

@@ -1,0 +1,103 @@
+// GPU benchmark, our side (bench/gpu/torch_reference.py is PyTorch's; bench/gpu/compare.py runs
+// both alternately and prints the ratios). Prints one JSON line in the same format as the PyTorch
+// script: median and minimum time per iteration and the peak bytes held by tensors.
+//   unet_train: one training step (forward, cross entropy, backward, Adam) of U-Net(4) base 16 on
+//               one RGB 1024 x 1024 image (paper Table 5's network);
+//   ddu_infer:  inference of DDU-Net(4, 64, Y) base 16 on one RGB 2048 x 2048 image, 2x2 grid.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <dd/ddunet.hpp>
+
+#include "dd/backend/cuda/cudnn.hpp"
+
+namespace {
+
+struct Args {
+  std::string which = "unet_train", dtype = "fp32";
+  int iters = 20, warmup = 5;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--case") a.which = v;
+    else if (k == "--dtype") a.dtype = v;
+    else if (k == "--iters") a.iters = std::stoi(v);
+    else if (k == "--warmup") a.warmup = std::stoi(v);
+    else dd::fail("unknown flag {} (flags: --case unet_train|ddu_infer --dtype fp32|bf16|fp16 --iters N --warmup N)", k);
+  }
+  DD_CHECK(a.which == "unet_train" || a.which == "ddu_infer", "--case {}: unet_train or ddu_infer", a.which);
+  DD_CHECK(a.dtype == "fp32" || a.dtype == "bf16" || a.dtype == "fp16", "--dtype {}: fp32, bf16 or fp16", a.dtype);
+  return a;
+}
+
+template <class Step>
+void measure(const Args& a, const Step& step) {
+  for (int i = 0; i < a.warmup; ++i) step();
+  dd::cuda::synchronize_device();
+  auto& alloc = dd::cuda::CachingAllocator::instance();
+  alloc.reset_peak();
+  std::vector<double> ms;
+  for (int i = 0; i < a.iters; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
+    dd::cuda::synchronize_device();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  cudaDeviceProp prop{};
+  DD_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf(
+      "{\"framework\": \"ddunet\", \"case\": \"%s\", \"dtype\": \"%s\", \"median_ms\": %.4f, \"min_ms\": %.4f, "
+      "\"peak_mem_bytes\": %lld, \"reserved_bytes\": %lld, \"tf32\": %s, \"cudnn\": %zu, \"device\": \"%s\"}\n",
+      a.which.c_str(), a.dtype.c_str(), ms[ms.size() / 2], ms.front(), (long long)alloc.stats().peak_allocated,
+      (long long)alloc.stats().peak_reserved, a.dtype == "fp32" ? "true" : "false", cudnnGetVersion(), prop.name);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const Args a = parse(argc, argv);
+  DD_CHECK(dd::cuda::available(), "bench_gpu: no CUDA device");
+  auto& cs = dd::cuda::conv_settings();
+  cs.benchmark = true;  // as torch.backends.cudnn.benchmark = True
+  cs.deterministic = false;
+  // fp32 as PyTorch runs it by default: cuDNN convolutions may use TF32 tensor cores.
+  cs.precision = a.dtype == "bf16" ? dd::cuda::Precision::bf16
+                 : a.dtype == "fp16" ? dd::cuda::Precision::fp16
+                                     : dd::cuda::Precision::tf32;
+  dd::Rng rng(1);
+  if (a.which == "unet_train") {
+    dd::Model<dd::UNet<4, 3, 3, 16>> m(1);
+    m.to(dd::Device::cuda);
+    dd::Adam adam(m.parameters(), m.gradients(), {1e-3f});
+    const dd::Tensor x = dd::Tensor::randn({1, 3, 1024, 1024}, 2).to(dd::Device::cuda);
+    dd::Tensor labels = dd::Tensor::empty({1, 1, 1024, 1024});
+    for (std::int64_t i = 0; i < labels.numel(); ++i) labels.data()[i] = float(rng.uniform_int(0, 2));
+    labels = labels.to(dd::Device::cuda);
+    measure(a, [&] {
+      m.zero_grad();
+      dd::cross_entropy(m.forward(dd::Var(x)), labels).backward();
+      adam.step();
+    });
+  } else {
+    dd::DomainDecomposed<dd::UNet<4, 3, 3, 16>, dd::CommNet<64>> m({2, 2}, dd::Exchange::stitched, 1);
+    m.to(dd::Device::cuda);
+    m.eval();
+    const dd::Tensor x = dd::Tensor::randn({1, 3, 2048, 2048}, 2).to(dd::Device::cuda);
+    measure(a, [&] {
+      dd::NoGrad ng;
+      const dd::Var y = m.forward(dd::Var(x));
+      (void)y;
+    });
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "bench_gpu: %s\n", e.what());
+  return 1;
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Runs the GPU benchmark cases in ddunet (bench_gpu) and PyTorch (torch_reference.py) alternately,
+several rounds each, and prints a table of median times, peak memory and the ratios ours / PyTorch
+(lower is better). Both sides: same architecture, shapes, thread of work and GPU; PyTorch at its
+best (cuDNN benchmark mode, channels-last, fused Adam, TF32 as by default)."""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(cmd):
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        sys.stderr.write(f"failed: {' '.join(cmd)}\n{out.stderr[-2000:]}\n")
+        return None
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    return json.loads(lines[-1]) if lines else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--ours", required=True, help="path of the bench_gpu executable")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--cases", default="unet_train:fp32,unet_train:bf16,ddu_infer:fp32,ddu_infer:bf16")
+    a = ap.parse_args()
+    rows = []
+    for spec in a.cases.split(","):
+        case, dtype = spec.split(":")
+        common = ["--case", case, "--dtype", dtype, "--iters", str(a.iters), "--warmup", str(a.warmup)]
+        ours, theirs = [], []
+        for _ in range(a.rounds):  # alternate, so drifts of the machine hit both sides
+            r = run([a.ours] + common)
+            if r: ours.append(r)
+            r = run([sys.executable, os.path.join(HERE, "torch_reference.py")] + common)
+            if r: theirs.append(r)
+        if not ours or not theirs:
+            rows.append((case, dtype, None, None, None, None))
+            continue
+        t_o = statistics.median(r["median_ms"] for r in ours)
+        t_t = statistics.median(r["median_ms"] for r in theirs)
+        m_o = max(r["peak_mem_bytes"] for r in ours)
+        m_t = max(r["peak_mem_bytes"] for r in theirs)
+        rows.append((case, dtype, t_o, t_t, m_o, m_t))
+        print(json.dumps({"case": case, "dtype": dtype, "ours": ours, "pytorch": theirs}), file=sys.stderr)
+    print(f"{'case':<12} {'dtype':<5} {'ddunet ms':>10} {'PyTorch ms':>11} {'time ratio':>10} "
+          f"{'ddunet MiB':>11} {'PyTorch MiB':>12} {'mem ratio':>9}")
+    for case, dtype, t_o, t_t, m_o, m_t in rows:
+        if t_o is None:
+            print(f"{case:<12} {dtype:<5} {'failed':>10}")
+            continue
+        print(f"{case:<12} {dtype:<5} {t_o:10.2f} {t_t:11.2f} {t_o / t_t:10.2f} {m_o / 2**20:11.0f} "
+              f"{m_t / 2**20:12.0f} {m_o / m_t:9.2f}")
+    return 0 if all(r[2] is not None for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

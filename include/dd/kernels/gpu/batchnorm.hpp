@@ -1,0 +1,111 @@
+#pragma once
+// BatchNorm2d on the GPU through cuDNN (spatial mode: statistics per channel over N, H, W), with
+// the CPU kernel's interface and conventions: training normalises with the biased batch variance
+// and moves the running variance with the unbiased one; dx written, dgamma/dbeta accumulated.
+// Always fp32, whatever the convolution precision. Device pointers; work goes to the current stream.
+#include <algorithm>
+
+#include "dd/backend/cuda/cudnn.hpp"
+#include "dd/kernels/cpu/batchnorm.hpp"
+
+namespace dd::gpu {
+
+namespace detail {
+
+// x as [N, C, 1, H*W] (spatial BN only cares that H*W are the reduced dimensions) and the derived
+// [1, C, 1, 1] descriptor cuDNN wants for gamma, beta and the statistics.
+struct BatchNormDescriptors {
+  cuda::TensorDescriptor x, param;
+  explicit BatchNormDescriptors(const cpu::BatchNormGeometry& g) : x(CUDNN_DATA_FLOAT, g.n, g.c, 1, g.plane) {
+    DD_CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(param, x, CUDNN_BATCHNORM_SPATIAL));
+  }
+};
+
+inline double batchnorm_epsilon(float eps) {
+  DD_CHECK(eps >= CUDNN_BN_MIN_EPSILON, "dd::gpu::batchnorm: eps = {} is below cuDNN's minimum {}", eps,
+           CUDNN_BN_MIN_EPSILON);
+  return eps;
+}
+
+inline bool batchnorm_empty(const cpu::BatchNormGeometry& g) { return g.c <= 0 || g.count() <= 0; }
+
+}  // namespace detail
+
+// Training forward. Writes y, the per-channel batch mean and 1/sqrt(var+eps) (kept for backward),
+// and updates running_mean/var in place when both are given.
+inline void batchnorm_forward_train(const float* x, const float* gamma, const float* beta, const cpu::BatchNormGeometry& g,
+                                    float eps, float momentum, float* y, float* save_mean, float* save_invstd,
+                                    float* running_mean, float* running_var) {
+  if (detail::batchnorm_empty(g)) return;
+  const double epsilon = detail::batchnorm_epsilon(eps);
+  const detail::BatchNormDescriptors d(g);
+  // cuDNN updates both running statistics or neither. With one value per channel the unbiased
+  // variance is undefined (the CPU then uses the biased one, 0): update those by hand below.
+  const bool running = running_mean && running_var;
+  const bool single = g.count() == 1;
+  DD_CHECK(!(running && single) || save_mean,
+           "dd::gpu::batchnorm_forward_train: save_mean is needed to update the running mean");
+  float* rm = running && !single ? running_mean : nullptr;
+  float* rv = running && !single ? running_var : nullptr;
+  const float one = 1.0f, zero = 0.0f;
+  DD_CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(cuda::cudnn_handle(), CUDNN_BATCHNORM_SPATIAL, &one, &zero,
+                                                        d.x, x, d.x, y, d.param, gamma, beta, double(momentum), rm,
+                                                        rv, epsilon, save_mean, save_invstd));
+  if (running && single) {
+    // running_mean = (1 - m) running_mean + m mean; running_var = (1 - m) running_var + m * 0.
+    const cudaStream_t s = cuda::current_stream();
+    cuda::kernels::scale(running_mean, g.c, 1.0f - momentum, s);
+    DD_CUDA_CHECK(cudaGetLastError());
+    cuda::kernels::axpy(running_mean, save_mean, g.c, momentum, s);
+    DD_CUDA_CHECK(cudaGetLastError());
+    cuda::kernels::scale(running_var, g.c, 1.0f - momentum, s);
+    DD_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+// Evaluation forward with given statistics: y = gamma * (x - mean) / sqrt(var + eps) + beta.
+inline void batchnorm_forward_eval(const float* x, const float* gamma, const float* beta, const float* mean,
+                                   const float* var, const cpu::BatchNormGeometry& g, float eps, float* y) {
+  if (detail::batchnorm_empty(g)) return;
+  const double epsilon = detail::batchnorm_epsilon(eps);
+  const detail::BatchNormDescriptors d(g);
+  const float one = 1.0f, zero = 0.0f;
+  DD_CUDNN_CHECK(cudnnBatchNormalizationForwardInference(cuda::cudnn_handle(), CUDNN_BATCHNORM_SPATIAL, &one, &zero,
+                                                         d.x, x, d.x, y, d.param, gamma, beta, mean, var, epsilon));
+}
+
+// Backward. mean/invstd are the statistics the forward used (batch ones in training, running ones
+// in eval). batch_stats says whether the statistics depend on x (training) or are constants (eval).
+// dx is written (may be null); dgamma/dbeta are accumulated (may be null).
+inline void batchnorm_backward(const float* x, const float* dy, const float* gamma, const float* mean,
+                               const float* invstd, const cpu::BatchNormGeometry& g, bool batch_stats, float* dx,
+                               float* dgamma, float* dbeta) {
+  if (detail::batchnorm_empty(g) || (!dx && !dgamma && !dbeta)) return;
+  const cudaStream_t s = cuda::current_stream();
+  // dgamma and dbeta do not depend on whether the statistics do, so without dx the eval kernel
+  // gives them with no dx scratch; with constant statistics it gives everything.
+  if (!batch_stats || !dx) {
+    cuda::kernels::batchnorm_backward_eval(x, dy, gamma, mean, invstd, g.n, g.c, g.plane, batch_stats ? nullptr : dx,
+                                           dgamma, dbeta, s);
+    DD_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  const detail::BatchNormDescriptors d(g);
+  // cuDNN always writes both parameter gradients: stand in zeroed scratch for a missing one.
+  cuda::DeviceScratch scratch;
+  if (!dgamma || !dbeta) {
+    scratch.reset(2 * static_cast<std::size_t>(g.c) * sizeof(float));
+    DD_CUDA_CHECK(cudaMemsetAsync(scratch.get(), 0, 2 * static_cast<std::size_t>(g.c) * sizeof(float), s));
+    if (!dgamma) dgamma = scratch.floats();
+    if (!dbeta) dbeta = scratch.floats() + g.c;
+  }
+  // With the saved mean and 1/sqrt(var+eps) given, cuDNN does not recompute the statistics, so
+  // the epsilon (which this interface does not carry) only has to be a valid one.
+  const double epsilon = std::max(1e-5, double(CUDNN_BN_MIN_EPSILON));
+  const float one = 1.0f, zero = 0.0f;
+  DD_CUDNN_CHECK(cudnnBatchNormalizationBackward(cuda::cudnn_handle(s), CUDNN_BATCHNORM_SPATIAL, &one, &zero, &one,
+                                                 &one, d.x, x, d.x, dy, d.x, dx, d.param, gamma, dgamma, dbeta,
+                                                 epsilon, mean, invstd));
+}
+
+}  // namespace dd::gpu

@@ -1,0 +1,137 @@
+// Batch-norm pieces cuDNN does not cover: invstd from a variance, and the eval-mode backward
+// (constant statistics), mirroring dd::cpu::batchnorm_backward with batch_stats = false.
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "dd/kernels/cuda/kernels.hpp"
+
+namespace dd::cuda::kernels {
+namespace {
+
+using i64 = std::int64_t;
+constexpr int kBlock = 256;      // a power of two (block_sum)
+constexpr i64 kPartials = 2048;  // blocks of the first pass, about, over all channels
+
+unsigned grid_for(i64 n) {
+  return static_cast<unsigned>(std::min<i64>((n + kBlock - 1) / kBlock, 65535));
+}
+__device__ i64 first_index() {
+  return static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ i64 grid_stride() {
+  return static_cast<i64>(gridDim.x) * blockDim.x;
+}
+
+void check(cudaError_t e, const char* who) {
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("dd::cuda::kernels::") + who + ": " + cudaGetErrorString(e));
+}
+
+// Stream-ordered device scratch, freed (stream-ordered) on every exit path.
+struct Scratch {
+  void* p = nullptr;
+  cudaStream_t s;
+  Scratch(std::size_t bytes, cudaStream_t stream, const char* who) : s(stream) {
+    check(cudaMallocAsync(&p, bytes, s), who);
+  }
+  ~Scratch() {
+    if (p) (void)cudaFreeAsync(p, s);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// Tree sum over the block in a fixed order (deterministic); every thread gets the result.
+__device__ double block_sum(double v, double* sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = kBlock / 2; half > 0; half >>= 1) {
+    if (threadIdx.x < half) sh[threadIdx.x] += sh[threadIdx.x + half];
+    __syncthreads();
+  }
+  const double r = sh[0];
+  __syncthreads();  // sh may be reused right away
+  return r;
+}
+
+// Explicitly rounded ops: the same IEEE float result as the CPU's 1.0f / std::sqrt(var + eps).
+__global__ void invstd_kernel(const float* var, i64 c, float eps, float* invstd) {
+  for (i64 i = first_index(); i < c; i += grid_stride())
+    invstd[i] = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var[i], eps)));
+}
+
+// Grid (chunks, channels). Block (x, ch) visits its share of channel ch's count = n * plane values,
+// writes dx = (gamma * invstd) * dy when dx is given, and, when part is given, the partial sums
+// part[ch][x] = sum dy and part[c + ch][x] = sum dy * (x - mean) (x is read only if with_x).
+__global__ void backward_eval_kernel(const float* x, const float* dy, const float* gamma, const float* mean,
+                                     const float* invstd, i64 c, i64 plane, i64 count, float* dx,
+                                     double* part, bool with_x) {
+  __shared__ double sh[kBlock];
+  const i64 chunks = gridDim.x;
+  for (i64 ch = blockIdx.y; ch < c; ch += gridDim.y) {
+    const float m = with_x ? mean[ch] : 0.0f;
+    const float k = dx ? gamma[ch] * invstd[ch] : 0.0f;
+    double sum_dy = 0.0, sum_dyx = 0.0;
+    for (i64 t = static_cast<i64>(blockIdx.x) * kBlock + threadIdx.x; t < count; t += chunks * kBlock) {
+      const i64 b = t / plane, idx = (b * c + ch) * plane + (t - b * plane);
+      const float d = dy[idx];
+      if (dx) dx[idx] = k * d;
+      sum_dy += d;
+      if (with_x) sum_dyx += d * (x[idx] - m);  // a float product, as the CPU's
+    }
+    if (part) {  // uniform over the block, so the barriers in block_sum are safe
+      sum_dy = block_sum(sum_dy, sh);
+      sum_dyx = block_sum(sum_dyx, sh);
+      if (threadIdx.x == 0)
+        part[ch * chunks + blockIdx.x] = sum_dy, part[(c + ch) * chunks + blockIdx.x] = sum_dyx;
+    }
+  }
+}
+
+// One block per channel: reduces the chunks' partials in a fixed order and accumulates.
+__global__ void backward_eval_finish(const double* part, const float* invstd, i64 c, i64 chunks,
+                                     float* dgamma, float* dbeta) {
+  __shared__ double sh[kBlock];
+  for (i64 ch = blockIdx.x; ch < c; ch += gridDim.x) {
+    double sum_dy = 0.0, sum_dyx = 0.0;
+    for (i64 j = threadIdx.x; j < chunks; j += kBlock)
+      sum_dy += part[ch * chunks + j], sum_dyx += part[(c + ch) * chunks + j];
+    sum_dy = block_sum(sum_dy, sh);
+    sum_dyx = block_sum(sum_dyx, sh);
+    if (threadIdx.x == 0) {
+      if (dgamma) dgamma[ch] += static_cast<float>(sum_dyx * invstd[ch]);
+      if (dbeta) dbeta[ch] += static_cast<float>(sum_dy);
+    }
+  }
+}
+
+}  // namespace
+
+void batchnorm_invstd(const float* var, i64 c, float eps, float* invstd, cudaStream_t s) {
+  if (c > 0) invstd_kernel<<<grid_for(c), kBlock, 0, s>>>(var, c, eps, invstd);
+}
+
+void batchnorm_backward_eval(const float* x, const float* dy, const float* gamma, const float* mean,
+                             const float* invstd, i64 n, i64 c, i64 plane, float* dx, float* dgamma,
+                             float* dbeta, cudaStream_t s) {
+  const i64 count = n * plane;
+  if (n <= 0 || c <= 0 || plane <= 0 || (!dx && !dgamma && !dbeta)) return;
+  // The chunk count depends only on the sizes, so the summation order is fixed.
+  const i64 chunks = std::min<i64>((count + kBlock - 1) / kBlock, std::max<i64>(1, kPartials / c));
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(std::min<i64>(c, 65535)));
+  if (!dgamma && !dbeta) {
+    backward_eval_kernel<<<grid, kBlock, 0, s>>>(x, dy, gamma, mean, invstd, c, plane, count, dx, nullptr,
+                                                 false);
+    return;
+  }
+  Scratch scratch(static_cast<std::size_t>(2 * c * chunks) * sizeof(double), s, "batchnorm_backward_eval");
+  auto* part = static_cast<double*>(scratch.p);
+  backward_eval_kernel<<<grid, kBlock, 0, s>>>(x, dy, gamma, mean, invstd, c, plane, count, dx, part,
+                                               dgamma != nullptr);
+  backward_eval_finish<<<static_cast<unsigned>(std::min<i64>(c, 65535)), kBlock, 0, s>>>(
+      part, invstd, c, chunks, dgamma, dbeta);
+}
+
+}  // namespace dd::cuda::kernels

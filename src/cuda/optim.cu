@@ -1,0 +1,132 @@
+// Adam step (dd::Adam::step's float arithmetic) and the deterministic whole-buffer reductions
+// behind gradient norms and non-finite checks.
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "dd/kernels/cuda/kernels.hpp"
+
+namespace dd::cuda::kernels {
+namespace {
+
+using i64 = std::int64_t;
+constexpr int kBlock = 256;      // a power of two (block_sum)
+constexpr i64 kPartials = 1024;  // blocks of the first reduction pass, at most
+
+unsigned grid_for(i64 n) {
+  return static_cast<unsigned>(std::min<i64>((n + kBlock - 1) / kBlock, 65535));
+}
+__device__ i64 first_index() {
+  return static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ i64 grid_stride() {
+  return static_cast<i64>(gridDim.x) * blockDim.x;
+}
+
+void check(cudaError_t e, const char* who) {
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("dd::cuda::kernels::") + who + ": " + cudaGetErrorString(e));
+}
+
+// Stream-ordered device scratch, freed (stream-ordered) on every exit path.
+struct Scratch {
+  void* p = nullptr;
+  cudaStream_t s;
+  Scratch(std::size_t bytes, cudaStream_t stream, const char* who) : s(stream) {
+    check(cudaMallocAsync(&p, bytes, s), who);
+  }
+  ~Scratch() {
+    if (p) (void)cudaFreeAsync(p, s);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// Tree sum over the block in a fixed order (deterministic); every thread gets the result.
+template <class T>
+__device__ T block_sum(T v, T* sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = kBlock / 2; half > 0; half >>= 1) {
+    if (threadIdx.x < half) sh[threadIdx.x] += sh[threadIdx.x + half];
+    __syncthreads();
+  }
+  const T r = sh[0];
+  __syncthreads();  // sh may be reused right away
+  return r;
+}
+
+// Explicitly rounded (never fused) ops: the IEEE float result of the CPU source, expression by
+// expression, whatever contraction nvcc would otherwise choose.
+__global__ void adam_kernel(float* p, const float* g, float* m, float* v, i64 n, float step, float b1,
+                            float b2, float eps, float wd, float inv_bc2) {
+  const float c1 = 1.0f - b1, c2 = 1.0f - b2;
+  for (i64 i = first_index(); i < n; i += grid_stride()) {
+    const float pi = p[i];
+    const float gi = __fadd_rn(g[i], __fmul_rn(wd, pi));
+    const float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(c1, gi));
+    const float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fmul_rn(c2, gi), gi));
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = __fsub_rn(pi, __fdiv_rn(__fmul_rn(step, mi), __fadd_rn(__fsqrt_rn(__fmul_rn(vi, inv_bc2)), eps)));
+  }
+}
+
+struct Square {
+  __device__ double operator()(float x) const { return static_cast<double>(x) * static_cast<double>(x); }
+};
+struct NonFinite {  // exponent all ones: NaN or +-inf (a bit test, immune to fast-math flags)
+  __device__ i64 operator()(float x) const { return (__float_as_uint(x) & 0x7f800000u) == 0x7f800000u; }
+};
+
+template <class T, class F>
+__global__ void partials_kernel(const float* x, i64 n, F f, T* part) {
+  __shared__ T sh[kBlock];
+  T acc = 0;
+  for (i64 i = first_index(); i < n; i += grid_stride()) acc += f(x[i]);
+  acc = block_sum(acc, sh);
+  if (threadIdx.x == 0) part[blockIdx.x] = acc;
+}
+template <class T>
+__global__ void finish_kernel(const T* part, i64 count, T* out) {
+  __shared__ T sh[kBlock];
+  T acc = 0;
+  for (i64 j = threadIdx.x; j < count; j += kBlock) acc += part[j];
+  acc = block_sum(acc, sh);
+  if (threadIdx.x == 0) *out = acc;
+}
+
+// Sum of f(x[i]) over [0, n): fixed per-block partials (the block count depends on n alone), then
+// one block; waits for the result.
+template <class T, class F>
+T reduce_all(const float* x, i64 n, F f, cudaStream_t s, const char* who) {
+  if (n <= 0) return 0;
+  const i64 blocks = std::min<i64>((n + kBlock - 1) / kBlock, kPartials);
+  Scratch scratch(static_cast<std::size_t>(blocks + 1) * sizeof(T), s, who);
+  T* part = static_cast<T*>(scratch.p);
+  partials_kernel<T><<<static_cast<unsigned>(blocks), kBlock, 0, s>>>(x, n, f, part);
+  finish_kernel<T><<<1, kBlock, 0, s>>>(part, blocks, part + blocks);
+  T result = 0;
+  check(cudaMemcpyAsync(&result, part + blocks, sizeof(T), cudaMemcpyDeviceToHost, s), who);
+  check(cudaStreamSynchronize(s), who);
+  return result;
+}
+
+}  // namespace
+
+void adam_step(float* p, const float* g, float* m, float* v, i64 n, float step, float beta1, float beta2,
+               float eps, float weight_decay, float inv_bc2, cudaStream_t s) {
+  if (n > 0)
+    adam_kernel<<<grid_for(n), kBlock, 0, s>>>(p, g, m, v, n, step, beta1, beta2, eps, weight_decay, inv_bc2);
+}
+
+double sum_squares(const float* x, i64 n, cudaStream_t s) {
+  return reduce_all<double>(x, n, Square{}, s, "sum_squares");
+}
+
+i64 count_nonfinite(const float* x, i64 n, cudaStream_t s) {
+  return reduce_all<i64>(x, n, NonFinite{}, s, "count_nonfinite");
+}
+
+}  // namespace dd::cuda::kernels

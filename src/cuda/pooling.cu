@@ -1,0 +1,72 @@
+// 2x2 / stride-2 max pooling (odd trailing rows/columns dropped), mirroring dd::cpu pooling.hpp.
+#include <algorithm>
+#include <cstdint>
+
+#include "dd/kernels/cuda/kernels.hpp"
+
+namespace dd::cuda::kernels {
+namespace {
+
+using i64 = std::int64_t;
+constexpr int kBlock = 256;
+
+unsigned grid_for(i64 n) {
+  return static_cast<unsigned>(std::min<i64>((n + kBlock - 1) / kBlock, 65535));
+}
+__device__ i64 first_index() {
+  return static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ i64 grid_stride() {
+  return static_cast<i64>(gridDim.x) * blockDim.x;
+}
+
+// One thread per output; the comparisons are the CPU's, in its order (first maximum wins, NaN never wins).
+__global__ void maxpool_forward_kernel(const float* x, i64 h, i64 w, i64 ho, i64 wo, i64 total, float* y,
+                                       std::uint8_t* argmax) {
+  for (i64 o = first_index(); o < total; o += grid_stride()) {
+    const i64 r = o / wo, j = o - r * wo, p = r / ho, i = r - p * ho;
+    const float* r0 = x + p * h * w + 2 * i * w + 2 * j;
+    const float* r1 = r0 + w;
+    float best = r0[0];
+    std::uint8_t at = 0;
+    if (r0[1] > best) best = r0[1], at = 1;
+    if (r1[0] > best) best = r1[0], at = 2;
+    if (r1[1] > best) best = r1[1], at = 3;
+    y[o] = best;
+    argmax[o] = at;
+  }
+}
+
+// One thread per input element (a gather, so no atomics and every element of dx is written).
+__global__ void maxpool_backward_kernel(const float* dy, const std::uint8_t* argmax, i64 h, i64 w, i64 ho,
+                                        i64 wo, i64 total, float* dx) {
+  for (i64 e = first_index(); e < total; e += grid_stride()) {
+    const i64 r = e / w, col = e - r * w, p = r / h, row = r - p * h;
+    const i64 i = row >> 1, j = col >> 1;
+    float v = 0.0f;
+    if (i < ho && j < wo) {
+      const i64 o = (p * ho + i) * wo + j;
+      // + 0.0f: the CPU adds dy into a zeroed dx, which turns -0 into +0.
+      if (argmax[o] == ((row & 1) << 1 | (col & 1))) v = dy[o] + 0.0f;
+    }
+    dx[e] = v;
+  }
+}
+
+}  // namespace
+
+void maxpool2x2_forward(const float* x, i64 planes, i64 h, i64 w, float* y, std::uint8_t* argmax,
+                        cudaStream_t s) {
+  const i64 ho = h / 2, wo = w / 2, total = planes * ho * wo;
+  if (planes > 0 && ho > 0 && wo > 0)
+    maxpool_forward_kernel<<<grid_for(total), kBlock, 0, s>>>(x, h, w, ho, wo, total, y, argmax);
+}
+
+void maxpool2x2_backward(const float* dy, const std::uint8_t* argmax, i64 planes, i64 h, i64 w, float* dx,
+                         cudaStream_t s) {
+  const i64 total = planes * h * w;
+  if (planes > 0 && h > 0 && w > 0)
+    maxpool_backward_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, argmax, h, w, h / 2, w / 2, total, dx);
+}
+
+}  // namespace dd::cuda::kernels

@@ -1,0 +1,302 @@
+// Softmax over channels, cross entropy and Dice sums/gradients, mirroring dd::cpu softmax.hpp,
+// dd::cross_entropy (ops/loss.hpp) and dd::dice_loss (ops/dice_loss.hpp). Sums returned to the host
+// are deterministic: fixed grids write per-block partials, reduced in a fixed tree order.
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "dd/kernels/cuda/kernels.hpp"
+
+namespace dd::cuda::kernels {
+namespace {
+
+using i64 = std::int64_t;
+constexpr int kBlock = 256;      // a power of two (block_sum)
+constexpr i64 kPartials = 1024;  // blocks of a first reduction pass, at most
+
+unsigned grid_for(i64 n) {
+  return static_cast<unsigned>(std::min<i64>((n + kBlock - 1) / kBlock, 65535));
+}
+__device__ i64 first_index() {
+  return static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ i64 grid_stride() {
+  return static_cast<i64>(gridDim.x) * blockDim.x;
+}
+
+void check(cudaError_t e, const char* who) {
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("dd::cuda::kernels::") + who + ": " + cudaGetErrorString(e));
+}
+
+// Stream-ordered device scratch, freed (stream-ordered) on every exit path.
+struct Scratch {
+  void* p = nullptr;
+  cudaStream_t s;
+  Scratch(std::size_t bytes, cudaStream_t stream, const char* who) : s(stream) {
+    check(cudaMallocAsync(&p, bytes, s), who);
+  }
+  ~Scratch() {
+    if (p) (void)cudaFreeAsync(p, s);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// A label is a class index iff it is an integer in [0, c); NaN fails the range test.
+__device__ bool label_index(float v, i64 c, i64& k) {
+  if (!(v >= 0.0f && static_cast<double>(v) < static_cast<double>(c))) return false;
+  k = static_cast<i64>(v);
+  return static_cast<float>(k) == v && k < c;
+}
+
+// Tree sum over the block in a fixed order (deterministic); every thread gets the result.
+template <class T>
+__device__ T block_sum(T v, T* sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = kBlock / 2; half > 0; half >>= 1) {
+    if (threadIdx.x < half) sh[threadIdx.x] += sh[threadIdx.x + half];
+    __syncthreads();
+  }
+  const T r = sh[0];
+  __syncthreads();  // sh may be reused right away
+  return r;
+}
+
+// out[r] = sum of part[r * cols .. r * cols + cols), one block per row.
+template <class T>
+__global__ void reduce_rows_kernel(const T* part, i64 rows, i64 cols, T* out) {
+  __shared__ T sh[kBlock];
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    T acc = 0;
+    for (i64 j = threadIdx.x; j < cols; j += kBlock) acc += part[r * cols + j];
+    acc = block_sum(acc, sh);
+    if (threadIdx.x == 0) out[r] = acc;
+  }
+}
+template <class T>
+void reduce_rows(const T* part, i64 rows, i64 cols, T* out, cudaStream_t s) {
+  reduce_rows_kernel<T>
+      <<<static_cast<unsigned>(std::min<i64>(rows, 65535)), kBlock, 0, s>>>(part, rows, cols, out);
+}
+
+// One thread per pixel, channels strided by plane (pixels are the contiguous axis: coalesced).
+// Same steps as the CPU: max (std::max semantics), exp, float sum in channel order, divide.
+__global__ void softmax_kernel(const float* x, i64 c, i64 plane, i64 pixels, float* p) {
+  for (i64 t = first_index(); t < pixels; t += grid_stride()) {
+    const i64 b = t / plane, off = b * c * plane + (t - b * plane);
+    const float* xb = x + off;
+    float* pb = p + off;
+    float mx = xb[0];
+    for (i64 k = 1; k < c; ++k) {
+      const float v = xb[k * plane];
+      mx = mx < v ? v : mx;
+    }
+    float sum = 0.0f;
+    for (i64 k = 0; k < c; ++k) sum += expf(xb[k * plane] - mx);
+    // Recomputing exp (deterministic) reads x again instead of writing and re-reading p.
+    for (i64 k = 0; k < c; ++k) pb[k * plane] = expf(xb[k * plane] - mx) / sum;
+  }
+}
+
+__global__ void softmax_backward_kernel(const float* p, const float* dp, i64 c, i64 plane, i64 pixels,
+                                        float* dx) {
+  for (i64 t = first_index(); t < pixels; t += grid_stride()) {
+    const i64 b = t / plane, off = b * c * plane + (t - b * plane);
+    float dot = 0.0f;
+    for (i64 k = 0; k < c; ++k) dot += p[off + k * plane] * dp[off + k * plane];
+    for (i64 k = 0; k < c; ++k) dx[off + k * plane] = p[off + k * plane] * (dp[off + k * plane] - dot);
+  }
+}
+
+// Per-block partial of sum -log(max(p[label], 1e-30)) and of the invalid-label count.
+__global__ void cross_entropy_partials(const float* p, const float* labels, i64 c, i64 plane, i64 pixels,
+                                       double* part_sum, i64* part_bad) {
+  __shared__ double shd[kBlock];
+  __shared__ i64 shl[kBlock];
+  double acc = 0.0;
+  i64 bad = 0;
+  for (i64 t = first_index(); t < pixels; t += grid_stride()) {
+    i64 k;
+    if (!label_index(labels[t], c, k)) {
+      ++bad;
+      continue;
+    }
+    const i64 b = t / plane;
+    const float v = p[(b * c + k) * plane + (t - b * plane)];
+    acc -= logf(v < 1e-30f ? 1e-30f : v);  // std::max(v, 1e-30f), NaN kept as the CPU does
+  }
+  acc = block_sum(acc, shd);
+  bad = block_sum(bad, shl);
+  if (threadIdx.x == 0) part_sum[blockIdx.x] = acc, part_bad[blockIdx.x] = bad;
+}
+
+// dx = p * k, minus k at the label's channel: two roundings, as the CPU's two loops (never fused).
+__global__ void cross_entropy_backward_kernel(const float* p, const float* labels, i64 c, i64 plane,
+                                              i64 total, float k, float* dx) {
+  for (i64 e = first_index(); e < total; e += grid_stride()) {
+    const i64 r = e / plane, i = e - r * plane, b = r / c, ch = r - b * c;
+    float v = __fmul_rn(p[e], k);
+    i64 label;
+    if (label_index(labels[b * plane + i], c, label) && label == ch) v -= k;
+    dx[e] = v;
+  }
+}
+
+// Grid (chunks, channels): block (x, ch) sums, over its share of the pixels, p[ch] (every pixel),
+// p[ch] over the pixels labelled ch and their count, and (ch == 0 only) the invalid labels.
+// part_d: [2c][chunks] (sum p rows, then inter rows); part_l: [c + 1][chunks] (counts, then invalid).
+__global__ void dice_partials(const float* p, const float* labels, i64 c, i64 plane, i64 pixels,
+                              double* part_d, i64* part_l) {
+  __shared__ double shd[kBlock];
+  __shared__ i64 shl[kBlock];
+  const i64 chunks = gridDim.x;
+  for (i64 ch = blockIdx.y; ch < c; ch += gridDim.y) {
+    double sp = 0.0, si = 0.0;
+    i64 cnt = 0, bad = 0;
+    for (i64 t = static_cast<i64>(blockIdx.x) * kBlock + threadIdx.x; t < pixels; t += chunks * kBlock) {
+      const i64 b = t / plane;
+      const float v = p[(b * c + ch) * plane + (t - b * plane)];
+      sp += v;
+      i64 k;
+      if (label_index(labels[t], c, k)) {
+        if (k == ch) si += v, ++cnt;
+      } else if (ch == 0) {
+        ++bad;
+      }
+    }
+    sp = block_sum(sp, shd);
+    si = block_sum(si, shd);
+    cnt = block_sum(cnt, shl);
+    bad = block_sum(bad, shl);
+    if (threadIdx.x == 0) {
+      part_d[ch * chunks + blockIdx.x] = sp;
+      part_d[(c + ch) * chunks + blockIdx.x] = si;
+      part_l[ch * chunks + blockIdx.x] = cnt;
+      if (ch == 0) part_l[c * chunks + blockIdx.x] = bad;
+    }
+  }
+}
+
+__global__ void dice_grad_kernel(const float* labels, i64 c, i64 plane, i64 total, const float* scale,
+                                 const float* target, float g, float* dP) {
+  for (i64 e = first_index(); e < total; e += grid_stride()) {
+    const i64 r = e / plane, i = e - r * plane, b = r / c, ch = r - b * c;
+    // The CPU stores g * scale first, then adds g * target (two statements).
+    float v = __fmul_rn(g, scale[ch]);
+    i64 label;
+    if (label_index(labels[b * plane + i], c, label) && label == ch) v += g * target[ch];
+    dP[e] = v;
+  }
+}
+
+}  // namespace
+
+void softmax_channels(const float* x, i64 n, i64 c, i64 plane, float* p, cudaStream_t s) {
+  const i64 pixels = n * plane;
+  if (n > 0 && c > 0 && plane > 0) softmax_kernel<<<grid_for(pixels), kBlock, 0, s>>>(x, c, plane, pixels, p);
+}
+
+void softmax_channels_backward(const float* p, const float* dp, i64 n, i64 c, i64 plane, float* dx,
+                               cudaStream_t s) {
+  const i64 pixels = n * plane;
+  if (n > 0 && c > 0 && plane > 0)
+    softmax_backward_kernel<<<grid_for(pixels), kBlock, 0, s>>>(p, dp, c, plane, pixels, dx);
+}
+
+double cross_entropy_sum(const float* p, const float* labels, i64 n, i64 c, i64 plane, i64* invalid_labels,
+                         cudaStream_t s) {
+  const char* who = "cross_entropy_sum";
+  const i64 pixels = n * plane;
+  *invalid_labels = 0;
+  if (n <= 0 || plane <= 0) return 0.0;
+  if (c <= 0) {  // no class exists, so every label is invalid
+    *invalid_labels = pixels;
+    return 0.0;
+  }
+  // The block count depends only on the size, so the summation order is fixed.
+  const i64 blocks = std::min<i64>((pixels + kBlock - 1) / kBlock, kPartials);
+  Scratch scratch(static_cast<std::size_t>(2 * (blocks + 1)) * 8, s, who);
+  auto* part_sum = static_cast<double*>(scratch.p);
+  auto* part_bad = reinterpret_cast<i64*>(part_sum + blocks);
+  double* sum = reinterpret_cast<double*>(part_bad + blocks);
+  i64* bad = reinterpret_cast<i64*>(sum + 1);
+  cross_entropy_partials<<<static_cast<unsigned>(blocks), kBlock, 0, s>>>(p, labels, c, plane, pixels,
+                                                                          part_sum, part_bad);
+  reduce_rows(part_sum, 1, blocks, sum, s);
+  reduce_rows(part_bad, 1, blocks, bad, s);
+  double host_sum = 0.0;
+  i64 host_bad = 0;
+  check(cudaMemcpyAsync(&host_sum, sum, sizeof host_sum, cudaMemcpyDeviceToHost, s), who);
+  check(cudaMemcpyAsync(&host_bad, bad, sizeof host_bad, cudaMemcpyDeviceToHost, s), who);
+  check(cudaStreamSynchronize(s), who);
+  *invalid_labels = host_bad;
+  return host_sum;
+}
+
+void cross_entropy_backward(const float* p, const float* labels, i64 n, i64 c, i64 plane, float k, float* dx,
+                            cudaStream_t s) {
+  const i64 total = n * c * plane;
+  if (n > 0 && c > 0 && plane > 0)
+    cross_entropy_backward_kernel<<<grid_for(total), kBlock, 0, s>>>(p, labels, c, plane, total, k, dx);
+}
+
+void dice_sums(const float* p, const float* labels, i64 n, i64 c, i64 plane, double* inter_host,
+               double* denom_host, i64* invalid_labels, cudaStream_t s) {
+  const char* who = "dice_sums";
+  const i64 pixels = n * plane;
+  std::fill(inter_host, inter_host + std::max<i64>(c, 0), 0.0);
+  std::fill(denom_host, denom_host + std::max<i64>(c, 0), 0.0);
+  *invalid_labels = 0;
+  if (n <= 0 || plane <= 0) return;
+  if (c <= 0) {
+    *invalid_labels = pixels;
+    return;
+  }
+  // About 2 * kPartials blocks in all, fewer when the pixels run out; fixed by the sizes alone.
+  const i64 chunks = std::min<i64>((pixels + kBlock - 1) / kBlock, std::max<i64>(1, 2 * kPartials / c));
+  const i64 rows_d = 2 * c, rows_l = c + 1;
+  Scratch scratch(static_cast<std::size_t>((rows_d + rows_l) * (chunks + 1)) * 8, s, who);
+  auto* part_d = static_cast<double*>(scratch.p);
+  auto* part_l = reinterpret_cast<i64*>(part_d + rows_d * chunks);
+  double* sum_d = reinterpret_cast<double*>(part_l + rows_l * chunks);  // [sum p | inter], 2c
+  i64* sum_l = reinterpret_cast<i64*>(sum_d + rows_d);                  // [counts | invalid], c + 1
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(std::min<i64>(c, 65535)));
+  dice_partials<<<grid, kBlock, 0, s>>>(p, labels, c, plane, pixels, part_d, part_l);
+  reduce_rows(part_d, rows_d, chunks, sum_d, s);
+  reduce_rows(part_l, rows_l, chunks, sum_l, s);
+  std::vector<i64> counts(static_cast<std::size_t>(rows_l));
+  check(cudaMemcpyAsync(inter_host, sum_d + c, static_cast<std::size_t>(c) * 8, cudaMemcpyDeviceToHost, s),
+        who);
+  check(cudaMemcpyAsync(denom_host, sum_d, static_cast<std::size_t>(c) * 8, cudaMemcpyDeviceToHost, s), who);
+  check(
+      cudaMemcpyAsync(counts.data(), sum_l, static_cast<std::size_t>(rows_l) * 8, cudaMemcpyDeviceToHost, s),
+      who);
+  check(cudaStreamSynchronize(s), who);
+  for (i64 k = 0; k < c; ++k) denom_host[k] += static_cast<double>(counts[static_cast<std::size_t>(k)]);
+  *invalid_labels = counts[static_cast<std::size_t>(c)];
+}
+
+void dice_grad_probs(const float* labels, i64 n, i64 c, i64 plane, const float* scale_host,
+                     const float* target_host, float g, float* dP, cudaStream_t s) {
+  const char* who = "dice_grad_probs";
+  const i64 total = n * c * plane;
+  if (n <= 0 || c <= 0 || plane <= 0) return;
+  Scratch scratch(static_cast<std::size_t>(2 * c) * sizeof(float), s, who);
+  auto* scale = static_cast<float*>(scratch.p);
+  float* target = scale + c;
+  check(cudaMemcpyAsync(scale, scale_host, static_cast<std::size_t>(c) * sizeof(float),
+                        cudaMemcpyHostToDevice, s),
+        who);
+  check(cudaMemcpyAsync(target, target_host, static_cast<std::size_t>(c) * sizeof(float),
+                        cudaMemcpyHostToDevice, s),
+        who);
+  // The host arrays may die when we return; pageable copies are not guaranteed to have read them yet.
+  check(cudaStreamSynchronize(s), who);
+  dice_grad_kernel<<<grid_for(total), kBlock, 0, s>>>(labels, c, plane, total, scale, target, g, dP);
+}
+
+}  // namespace dd::cuda::kernels

@@ -1,0 +1,324 @@
+// GPU against CPU: every op, whole U-Net and DDU-Net training steps, the optimizer, the caching
+// allocator, determinism and reduced precision. Each case skips (with a message) on a machine
+// without a GPU, so the binary also runs in CI, where it proves the CUDA build links and starts.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <functional>
+#include <vector>
+
+#include <dd/ddunet.hpp>
+
+#include "dd/backend/cuda/cudnn.hpp"
+
+using namespace dd;
+
+namespace {
+
+bool no_gpu() {
+  if (cuda::available()) return false;
+  MESSAGE("no CUDA device: skipped");
+  return true;
+}
+
+// ||a - b|| / ||b|| on the host (b is the CPU reference).
+double rel_error(const Tensor& a, const Tensor& b) {
+  const std::vector<float> x = a.to_vector(), y = b.to_vector();
+  REQUIRE(x.size() == y.size());
+  double d = 0, n = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) d += double(x[i] - y[i]) * (x[i] - y[i]), n += double(y[i]) * y[i];
+  return std::sqrt(d) / std::max(std::sqrt(n), 1e-30);
+}
+// max |a - b| / max |b|: no single element may be off even when the norm hides it.
+double max_error(const Tensor& a, const Tensor& b) {
+  const std::vector<float> x = a.to_vector(), y = b.to_vector();
+  double d = 0, m = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) d = std::max(d, double(std::fabs(x[i] - y[i]))), m = std::max(m, double(std::fabs(y[i])));
+  return d / std::max(m, 1e-30);
+}
+
+// fp32 convolutions without TF32 and deterministic algorithms, restored afterwards.
+struct ExactConvs {
+  cuda::ConvSettings saved = cuda::conv_settings();
+  ExactConvs() {
+    cuda::conv_settings().precision = cuda::Precision::fp32;
+    cuda::conv_settings().deterministic = true;
+  }
+  ~ExactConvs() { cuda::conv_settings() = saved; }
+};
+
+using OpFn = std::function<Var(const std::vector<Var>&)>;
+
+// Runs op on CPU and GPU copies of the inputs, backpropagates sum(R * y) with the same random R,
+// and compares the output and every input gradient.
+void check_op(const char* name, const std::vector<Tensor>& inputs, const OpFn& op, double fwd_tol = 1e-4,
+              double grad_tol = 1e-3) {
+  CAPTURE(name);
+  ExactConvs exact;
+  std::vector<Var> cpu_in, gpu_in;
+  for (const Tensor& t : inputs) cpu_in.emplace_back(t.clone(), true), gpu_in.emplace_back(t.to(Device::cuda), true);
+  const Var yc = op(cpu_in), yg = op(gpu_in);
+  REQUIRE(yg.value().device() == Device::cuda);
+  CHECK(rel_error(yg.value(), yc.value()) < fwd_tol);
+  CHECK(max_error(yg.value(), yc.value()) < 10 * fwd_tol);
+  const Tensor R = Tensor::randn(yc.shape(), 99);
+  weighted_sum(yc, R).backward();
+  weighted_sum(yg, R).backward();
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    CAPTURE(i);
+    REQUIRE(cpu_in[i].grad().defined() == gpu_in[i].grad().defined());
+    if (!cpu_in[i].grad().defined()) continue;
+    CHECK(gpu_in[i].grad().device() == Device::cuda);
+    CHECK(rel_error(gpu_in[i].grad(), cpu_in[i].grad()) < grad_tol);
+  }
+}
+
+Tensor labels_for(Shape s, int classes, std::uint64_t seed) {
+  Rng rng(seed);
+  Tensor l = Tensor::empty({s.n, 1, s.h, s.w});
+  for (std::int64_t i = 0; i < l.numel(); ++i) l.data()[i] = float(rng.uniform_int(0, classes - 1));
+  return l;
+}
+
+}  // namespace
+
+TEST_CASE("GPU tensors: round trips, strided views, fill, add, scale, norm") {
+  if (no_gpu()) return;
+  const Tensor a = Tensor::randn({2, 3, 5, 7}, 1);
+  const Tensor g = a.to(Device::cuda);
+  CHECK(g.device() == Device::cuda);
+  CHECK(g.to_vector() == a.to_vector());
+  CHECK(g.tile(1, 3, 2, 4).clone().to_vector() == a.tile(1, 3, 2, 4).clone().to_vector());
+  CHECK(g.channels(1, 2).clone().to_vector() == a.channels(1, 2).clone().to_vector());
+  // A strided destination on the GPU, from a CPU source.
+  const Tensor z = Tensor::zeros({2, 3, 5, 7}, Device::cuda);
+  z.tile(0, 2, 1, 3).copy_from(a.tile(3, 2, 4, 3));
+  const Tensor zc = Tensor::zeros({2, 3, 5, 7});
+  zc.tile(0, 2, 1, 3).copy_from(a.tile(3, 2, 4, 3));
+  CHECK(z.to_vector() == zc.to_vector());
+  z.channels(2, 1).fill(5.0f);
+  zc.channels(2, 1).fill(5.0f);
+  CHECK(z.to_vector() == zc.to_vector());
+  const Tensor s = g.clone();
+  s.add_(g);
+  s.scale_(0.25f);
+  for (std::size_t i = 0; const float v : s.to_vector()) CHECK(v == a.to_vector()[i++] * 0.5f);
+  CHECK(l2_norm(g) == doctest::Approx(l2_norm(a)).epsilon(1e-6));
+  CHECK(Tensor::full({1, 1, 1, 1}, 3.5f, Device::cuda).item() == 3.5f);
+}
+
+TEST_CASE("GPU ops match the CPU: forward within 1e-4, gradients within 1e-3") {
+  if (no_gpu()) return;
+  const Tensor x = Tensor::randn({2, 6, 17, 20}, 2);
+  auto conv = [](std::int64_t pad, std::int64_t stride, std::int64_t dil, bool bias) {
+    return [=](const std::vector<Var>& v) { return conv2d(v[0], v[1], bias ? v[2] : Var{}, {pad, stride, dil}); };
+  };
+  check_op("conv 3x3", {x, Tensor::randn({8, 6, 3, 3}, 3, 0.2f)}, conv(1, 1, 1, false));
+  check_op("conv 5x5 bias", {x, Tensor::randn({6, 6, 5, 5}, 4, 0.1f), Tensor::randn({6, 1, 1, 1}, 5)}, conv(2, 1, 1, true));
+  check_op("conv stride 2 dilation 2", {x, Tensor::randn({4, 6, 3, 3}, 6, 0.2f)}, conv(2, 2, 2, false));
+  check_op("conv 1x1 bias", {x, Tensor::randn({3, 6, 1, 1}, 7), Tensor::randn({3, 1, 1, 1}, 8)}, conv(0, 1, 1, true));
+  check_op("upconv", {x, Tensor::randn({6, 4, 2, 2}, 9, 0.3f), Tensor::randn({4, 1, 1, 1}, 10)},
+           [](const std::vector<Var>& v) { return upconv2x2(v[0], v[1], v[2]); });
+  check_op("relu", {x}, [](const std::vector<Var>& v) { return relu(v[0]); });
+  check_op("max pool, odd sizes", {Tensor::randn({2, 3, 7, 9}, 11)}, [](const std::vector<Var>& v) { return max_pool2x2(v[0]); });
+  check_op("concat channels", {x, Tensor::randn({2, 2, 17, 20}, 12)},
+           [](const std::vector<Var>& v) { return concat({v[0], v[1]}, 1); });
+  check_op("concat width + slice", {x, Tensor::randn({2, 6, 17, 3}, 13)},
+           [](const std::vector<Var>& v) { return slice(concat({v[0], v[1]}, 3), 2, 4, 9); });
+  check_op("softmax", {x}, [](const std::vector<Var>& v) { return softmax(v[0]); });
+  check_op("dropout2d (same seed, same mask)", {x}, [](const std::vector<Var>& v) {
+    Rng rng(5);
+    return dropout2d(v[0], 0.3f, rng, true);
+  });
+  for (const bool training : {true, false}) {
+    CAPTURE(training);
+    check_op("batch norm", {x, Tensor::randn({6, 1, 1, 1}, 14), Tensor::randn({6, 1, 1, 1}, 15)},
+             [training](const std::vector<Var>& v) {
+               const Device d = v[0].value().device();
+               const Tensor rm = Tensor::randn({6, 1, 1, 1}, 16).to(d);
+               const Tensor rv = Tensor::full({6, 1, 1, 1}, 1.5f, d);
+               const Var y = batch_norm(v[0], v[1], v[2], rm, rv, {training, 0.1f, 1e-5f});
+               if (training) {  // the running statistics moved the same way
+                 const Tensor rm0 = Tensor::randn({6, 1, 1, 1}, 16);
+                 const Tensor rv0 = Tensor::full({6, 1, 1, 1}, 1.5f);
+                 const Var ref = batch_norm(Var(v[0].value().to(Device::cpu)), Var(v[1].value().to(Device::cpu)),
+                                            Var(v[2].value().to(Device::cpu)), rm0, rv0, {true, 0.1f, 1e-5f});
+                 CHECK(rel_error(rm, rm0) < 1e-5);
+                 CHECK(rel_error(rv, rv0) < 1e-5);
+               }
+               return y;
+             });
+  }
+  for (const bool training : {true, false}) {
+    CAPTURE(training);
+    check_op("fused batch norm -> relu -> dropout", {x, Tensor::randn({6, 1, 1, 1}, 19), Tensor::randn({6, 1, 1, 1}, 20)},
+             [training](const std::vector<Var>& v) {
+               const Device d = v[0].value().device();
+               Rng rng(21);
+               return batch_norm_relu_dropout(v[0], v[1], v[2], Tensor::zeros({6, 1, 1, 1}, d),
+                                              Tensor::full({6, 1, 1, 1}, 1.0f, d), {training, 0.1f, 1e-5f}, 0.3f, &rng);
+             });
+  }
+  const Tensor logits = Tensor::randn({2, 3, 9, 11}, 17), L = labels_for({2, 3, 9, 11}, 3, 18);
+  check_op("cross entropy", {logits}, [&](const std::vector<Var>& v) {
+    return cross_entropy(v[0], L.to(v[0].value().device()));
+  }, 1e-5, 1e-4);
+  check_op("dice loss", {logits}, [&](const std::vector<Var>& v) {
+    return dice_loss(v[0], L.to(v[0].value().device()));
+  }, 1e-5, 1e-4);
+}
+
+TEST_CASE("GPU errors: mixed devices and bad labels are dd::Error with a message") {
+  if (no_gpu()) return;
+  const Var x(Tensor::randn({1, 2, 4, 4}, 1)), w(Tensor::randn({2, 2, 3, 3}, 2).to(Device::cuda));
+  CHECK_THROWS_WITH_AS(conv2d(x, w, Var{}, {1, 1, 1}), doctest::Contains("different devices"), dd::Error);
+  const Var lg(Tensor::randn({1, 3, 4, 4}, 3).to(Device::cuda));
+  Tensor bad = Tensor::zeros({1, 1, 4, 4});
+  bad.data()[5] = 7.0f;
+  CHECK_THROWS_WITH_AS(cross_entropy(lg, bad.to(Device::cuda)), doctest::Contains("not class indices"), dd::Error);
+  CHECK_THROWS_WITH_AS(dice_loss(lg, bad), doctest::Contains("labels on cpu"), dd::Error);
+}
+
+namespace {
+// One training step (forward, Dice loss, backward) of CPU and GPU copies of the same model, compared.
+template <class M>
+void compare_step(M& cpu, M& gpu, const Tensor& x, const Tensor& labels) {
+  ExactConvs exact;
+  gpu.to(Device::cuda);
+  cpu.zero_grad(), gpu.zero_grad();
+  const Var yc = cpu.forward(Var(x)), yg = gpu.forward(Var(x.to(Device::cuda)));
+  CHECK(rel_error(yg.value(), yc.value()) < 1e-4);
+  CHECK(max_error(yg.value(), yc.value()) < 1e-3);
+  const Var lc = dice_loss(yc, labels), lg = dice_loss(yg, labels.to(Device::cuda));
+  CHECK(lg.value().item() == doctest::Approx(lc.value().item()).epsilon(1e-5));
+  lc.backward();
+  lg.backward();
+  const double ge = rel_error(gpu.gradients(), cpu.gradients());
+  MESSAGE("gradient relative error " << ge << ", logits " << rel_error(yg.value(), yc.value()));
+  CHECK(ge < 1e-3);
+  CHECK(rel_error(gpu.buffers(), cpu.buffers()) < 1e-4);  // BN running statistics
+  // Eval mode as well.
+  cpu.eval(), gpu.eval();
+  NoGrad ng;
+  CHECK(rel_error(gpu.forward(Var(x.to(Device::cuda))).value(), cpu.forward(Var(x)).value()) < 1e-4);
+  cpu.train(), gpu.train();
+}
+}  // namespace
+
+TEST_CASE("U-Net(3) on the GPU: forward within 1e-4 and gradients within 1e-3 of the CPU (dropout on)") {
+  if (no_gpu()) return;
+  Model<UNet<3, 1, 3, 4>> cpu(7), gpu(7);
+  const Tensor x = Tensor::randn({4, 1, 64, 64}, 8);
+  compare_step(cpu, gpu, x, labels_for(x.shape(), 3, 9));
+}
+
+TEST_CASE("DDU-Net(3, 32, Y) on a 2x2 grid on the GPU (one stream per clone) matches the CPU") {
+  if (no_gpu()) return;
+  using DDU = DomainDecomposed<UNet<3, 1, 3, 4>, CommNet<32>>;
+  DDU cpu({2, 2}, Exchange::stitched, 11), gpu({2, 2}, Exchange::stitched, 11);
+  const Tensor x = Tensor::randn({2, 1, 128, 128}, 12);
+  compare_step(cpu, gpu, x, labels_for(x.shape(), 3, 13));
+  // The dynamic (tool) network with unequal tiles too.
+  DDUNet dc(DynamicUNet({3, 3, 3, 8}), DynamicCommNet(16), {2, 3}, Exchange::stitched, 14);
+  DDUNet dg(DynamicUNet({3, 3, 3, 8}), DynamicCommNet(16), {2, 3}, Exchange::stitched, 14);
+  const Tensor xr = Tensor::randn({1, 3, 96, 144}, 15);
+  compare_step(dc, dg, xr, labels_for(xr.shape(), 3, 16));
+}
+
+TEST_CASE("Adam on the GPU takes the CPU's step; the trainer runs there") {
+  if (no_gpu()) return;
+  const Tensor p0 = Tensor::randn({1000, 1, 1, 1}, 1), g0 = Tensor::randn({1000, 1, 1, 1}, 2);
+  Tensor pc = p0.clone(), gc = g0.clone(), pg = p0.to(Device::cuda), gg = g0.to(Device::cuda);
+  Adam ac(pc, gc, {0.01f, 0.9f, 0.999f, 1e-8f, 0.01f}), ag(pg, gg, {0.01f, 0.9f, 0.999f, 1e-8f, 0.01f});
+  for (int i = 0; i < 3; ++i) ac.step(), ag.step();
+  CHECK(max_error(pg, pc) < 1e-6);
+  CHECK(rel_error(Tensor::from({1000, 1, 1, 1}, ag.first_moment()), Tensor::from({1000, 1, 1, 1}, ac.first_moment())) < 1e-6);
+
+  const auto train = make_circles(64, 4, {.subimages = 2});
+  const auto val = make_circles(16, 5, {.subimages = 2});
+  DomainDecomposed<UNet<2, 1, 3, 4>, CommNet<4>> m({1, 2}, Exchange::stitched, 6);
+  m.to(Device::cuda);
+  TrainOptions o;
+  o.epochs = 4, o.min_epochs = 4, o.batch = 8, o.lr = 0.01f;
+  const auto hist = fit(m, train, val, 3, o);
+  CHECK(hist.back().train_loss < hist.front().train_loss);
+  CHECK(m.parameters().device() == Device::cuda);
+}
+
+TEST_CASE("caching allocator: after the first step a training step asks the driver for nothing") {
+  if (no_gpu()) return;
+  using DDU = DomainDecomposed<UNet<3, 1, 3, 4>, CommNet<32>>;
+  DDU m({2, 2}, Exchange::stitched, 3);
+  m.to(Device::cuda);
+  Adam adam(m.parameters(), m.gradients(), {1e-3f});
+  const Tensor x = Tensor::randn({4, 1, 128, 128}, 4).to(Device::cuda), L = labels_for({4, 1, 128, 128}, 3, 5).to(Device::cuda);
+  auto step = [&] {
+    m.zero_grad();
+    dice_loss(m.forward(Var(x)), L).backward();
+    adam.step();
+  };
+  step();
+  step();
+  auto& a = cuda::CachingAllocator::instance();
+  const auto before = a.stats();
+  a.reset_peak();
+  for (int i = 0; i < 3; ++i) step();
+  cuda::synchronize_device();
+  const auto after = a.stats();
+  CHECK(after.driver_allocations == before.driver_allocations);
+  CHECK(after.peak_allocated > after.allocated);  // activations came and went
+  CHECK(after.allocated == before.allocated);     // and nothing leaked
+  MESSAGE("DDU-Net(3,32,Y) 4x128x128 step: peak " << after.peak_allocated / 1048576.0 << " MiB, reserved "
+                                                   << after.reserved / 1048576.0 << " MiB");
+}
+
+TEST_CASE("deterministic: same seed, same GPU parameters bit for bit") {
+  if (no_gpu()) return;
+  ExactConvs exact;
+  auto run = [] {
+    using DDU = DomainDecomposed<UNet<3, 1, 3, 4>, CommNet<32>>;
+    DDU m({2, 2}, Exchange::stitched, 21);
+    m.to(Device::cuda);
+    Adam adam(m.parameters(), m.gradients(), {1e-3f});
+    const Tensor x = Tensor::randn({2, 1, 64, 64}, 22).to(Device::cuda), L = labels_for({2, 1, 64, 64}, 3, 23).to(Device::cuda);
+    for (int i = 0; i < 3; ++i) {
+      m.zero_grad();
+      dice_loss(m.forward(Var(x)), L).backward();
+      adam.step();
+    }
+    return m.parameters().to_vector();
+  };
+  CHECK(run() == run());
+}
+
+TEST_CASE("reduced precision: bf16/fp16/tf32 convolutions stay close to fp32; fp16 training with loss scaling learns") {
+  if (no_gpu()) return;
+  const Tensor x = Tensor::randn({2, 16, 32, 32}, 31).to(Device::cuda), w = Tensor::randn({16, 16, 3, 3}, 32, 0.1f).to(Device::cuda);
+  Tensor ref;
+  {
+    ExactConvs exact;
+    ref = conv2d(Var(x), Var(w), Var{}, {1, 1, 1}).value();
+  }
+  for (const auto p : {cuda::Precision::tf32, cuda::Precision::bf16, cuda::Precision::fp16}) {
+    ExactConvs restore;
+    cuda::conv_settings().precision = p;
+    const Var xv(x, true), wv(w, true);
+    const Var y = conv2d(xv, wv, Var{}, {1, 1, 1});
+    const double e = rel_error(y.value(), ref);
+    MESSAGE("precision " << int(p) << ": relative error " << e);
+    CHECK(e < (p == cuda::Precision::bf16 ? 2e-2 : 5e-3));
+    CHECK(e > 0.0);  // it really ran in reduced precision
+    weighted_sum(y, Tensor::randn(y.shape(), 33)).backward();
+    CHECK(std::isfinite(l2_norm(wv.grad())));
+  }
+  ExactConvs restore;
+  cuda::conv_settings().precision = cuda::Precision::fp16;
+  const auto train = make_circles(64, 4, {.subimages = 2});
+  DomainDecomposed<UNet<2, 1, 3, 4>, CommNet<4>> m({1, 2}, Exchange::stitched, 6);
+  m.to(Device::cuda);
+  TrainOptions o;
+  o.epochs = 3, o.min_epochs = 3, o.batch = 8, o.lr = 0.01f, o.loss_scaling = true;
+  const auto hist = fit(m, train, SegmentationSet{}, 3, o);
+  CHECK(std::isfinite(hist.back().train_loss));
+  CHECK(hist.back().train_loss < hist.front().train_loss);
+}
