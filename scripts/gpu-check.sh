@@ -23,7 +23,7 @@ CUDNN_SO=$(find_lib 'libcudnn.so.9')
 NCCL_SO=$(find_lib 'libnccl.so.2')
 CUBLAS_SO=$(find_lib 'libcublas.so.1[0-9]')
 stamp "cuDNN $CUDNN_SO"; stamp "NCCL $NCCL_SO"; stamp "cuBLAS $CUBLAS_SO"
-STAGE=$PWD/build-gpu/stage
+STAGE=/tmp/dd-gpu-stage  # outside the source and build trees (exported include paths)
 mkdir -p "$STAGE/cudnn/lib" "$STAGE/nccl/lib" "$STAGE/cublas/lib"
 stage_root() {  # name, library path: include/ from the package (or .deps/cuda-include), lib/ symlinks
   local dir=$STAGE/$1 so=$2 inc
