@@ -14,6 +14,7 @@
 #include <memory>
 #include <vector>
 
+#include "dd/decomposition/distribution.hpp"
 #include "dd/decomposition/exchange.hpp"
 #include "dd/decomposition/workers.hpp"
 #include "dd/models/comm_net.hpp"
@@ -104,130 +105,200 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
 
 
 
+  // Spreads the clones over the ranks of a process group (nullptr: all in this process). Each
+  // rank then calls forward_tiles with its own subimages.
+  void distribute(std::shared_ptr<Distribution> d) { dist_ = std::move(d); }
+  const std::shared_ptr<Distribution>& distribution() const { return dist_; }
+  // The clones (row-major grid indices) this process runs for a grid of K subimages.
+  std::vector<std::int64_t> local_clones(std::int64_t K) const {
+    if (dist_ && dist_->size() > 1) return dist_->local_clones(K);
+    std::vector<std::int64_t> all(static_cast<std::size_t>(K));
+    for (std::int64_t k = 0; k < K; ++k) all[static_cast<std::size_t>(k)] = k;
+    return all;
+  }
+  // The grid this model cuts an image of the given size into.
+  Grid grid_for(const Shape& image) const { return Grid::split(image.h, image.w, grid_, downsampling()); }
+
   Var forward(const Var& x) {
+    DD_CHECK(!dist_ || dist_->size() == 1, "dd::DomainDecomposed: the model is spread over {} ranks; each rank calls "
+             "forward_tiles with its own subimages", dist_ ? dist_->size() : 1);
     const Shape s = x.shape();
     net_.check_input(s);
-    const Grid g = Grid::split(s.h, s.w, grid_, downsampling());
+    const Grid g = grid_for(s);
+    const std::vector<Var> tiles = g.count() == 1 ? std::vector<Var>{x} : cut(x, g);
+    std::vector<Var> logits = run(g, local_clones(g.count()), tiles);
+    return g.count() == 1 ? logits[0] : stitch(logits, g);
+  }
+  Var operator()(const Var& x) { return forward(x); }
+
+  // This rank's part of a forward pass over an image of shape `image`: tiles are the subimages of
+  // local_clones(K), in that order; returns their logits in the same order. Under a distribution
+  // every rank must call it (the bottleneck exchange and the gradient sum are collective).
+  std::vector<Var> forward_tiles(const Shape& image, const std::vector<Var>& tiles) {
+    net_.check_input(image);
+    const Grid g = grid_for(image);
+    const std::vector<std::int64_t> local = local_clones(g.count());
+    DD_CHECK(tiles.size() == local.size(), "dd::DomainDecomposed::forward_tiles: {} subimages given, this rank runs {}",
+             tiles.size(), local.size());
+    for (std::size_t i = 0; i < local.size(); ++i) {
+      const std::int64_t k = local[i];
+      const Shape want{image.n, image.c, g.heights()[std::size_t(k / g.cols())], g.widths()[std::size_t(k % g.cols())]};
+      DD_CHECK(tiles[i].shape() == want, "dd::DomainDecomposed::forward_tiles: subimage {} has shape {}, the {} grid of "
+               "a {}x{} image needs {}", k, tiles[i].shape(), g.str(), image.h, image.w, want);
+    }
+    return run(g, local, tiles);
+  }
+
+ private:
+  bool on_gpu() const { return params_.device() == Device::cuda; }
+  bool distributed() const { return dist_ && dist_->size() > 1; }
+
+  // Encode, exchange, decode for the clones in `local` (global grid indices) on their subimages.
+  std::vector<Var> run(const Grid& g, const std::vector<std::int64_t>& local, const std::vector<Var>& tiles) {
     const Grid coarse = g.coarsened(downsampling());
-    const std::int64_t K = g.count();
+    const std::int64_t K = g.count(), L = static_cast<std::int64_t>(local.size());
     const bool record = GradMode::enabled();
-    prepare_clones(K, record);
+    prepare_clones(K, L, record);
 
-    const std::vector<Var> tiles = K == 1 ? std::vector<Var>{x} : cut(x, g);
-    auto enc_tapes = std::make_shared<std::vector<Tape>>(static_cast<std::size_t>(K));
-    auto dec_tapes = std::make_shared<std::vector<Tape>>(static_cast<std::size_t>(K));
-    std::vector<UNetFeatures> features(static_cast<std::size_t>(K));
+    auto enc_tapes = std::make_shared<std::vector<Tape>>(static_cast<std::size_t>(L));
+    auto dec_tapes = std::make_shared<std::vector<Tape>>(static_cast<std::size_t>(L));
+    std::vector<UNetFeatures> features(static_cast<std::size_t>(L));
 
-    run_clones(K, [&](std::int64_t k) {
-      TapeScope scope((*enc_tapes)[static_cast<std::size_t>(k)]);
-      Context ctx = clone_context(k, record);
-      features[static_cast<std::size_t>(k)] = net_.encode(ctx, tiles[static_cast<std::size_t>(k)]);
+    run_clones(L, [&](std::int64_t i) {
+      TapeScope scope((*enc_tapes)[static_cast<std::size_t>(i)]);
+      Context ctx = clone_context(i, local[static_cast<std::size_t>(i)], record);
+      features[static_cast<std::size_t>(i)] = net_.encode(ctx, tiles[static_cast<std::size_t>(i)]);
     });
     if (record)  // replayed last: the encoders' backward, then the clone gradients are summed
-      Tape::current().record([this, enc_tapes, K] {
-        run_clones(K, [&](std::int64_t k) { (*enc_tapes)[static_cast<std::size_t>(k)].backward(); });
-        reduce_clone_gradients(K);
+      Tape::current().record([this, enc_tapes, L] {
+        run_clones(L, [&](std::int64_t i) { (*enc_tapes)[static_cast<std::size_t>(i)].backward(); });
+        reduce_clone_gradients();
       });
 
     std::vector<Var> bottlenecks;
     for (const auto& f : features) bottlenecks.push_back(f.bottleneck);
     Context main = main_context(record);
-    const std::vector<Var> exchanged =
-        exchange_bottlenecks(main, comm_, bottlenecks, coarse, mode_, net_params_, net_buffers_);
-    for (std::int64_t k = 0; k < K; ++k) features[static_cast<std::size_t>(k)].bottleneck = exchanged[static_cast<std::size_t>(k)];
+    TileGroup group{dist_.get(), local, K};
+    const std::vector<Var> exchanged = exchange_bottlenecks(main, comm_, bottlenecks, coarse, mode_, net_params_,
+                                                            net_buffers_, distributed() ? &group : nullptr);
+    for (std::int64_t i = 0; i < L; ++i) features[static_cast<std::size_t>(i)].bottleneck = exchanged[static_cast<std::size_t>(i)];
 
-    std::vector<Var> logits(static_cast<std::size_t>(K));
-    run_clones(K, [&](std::int64_t k) {
-      TapeScope scope((*dec_tapes)[static_cast<std::size_t>(k)]);
-      Context ctx = clone_context(k, record);
-      logits[static_cast<std::size_t>(k)] = net_.decode(ctx, features[static_cast<std::size_t>(k)]);
+    std::vector<Var> logits(static_cast<std::size_t>(L));
+    run_clones(L, [&](std::int64_t i) {
+      TapeScope scope((*dec_tapes)[static_cast<std::size_t>(i)]);
+      Context ctx = clone_context(i, local[static_cast<std::size_t>(i)], record);
+      logits[static_cast<std::size_t>(i)] = net_.decode(ctx, features[static_cast<std::size_t>(i)]);
     });
     if (record)
-      Tape::current().record([this, dec_tapes, K] {
-        run_clones(K, [&](std::int64_t k) { (*dec_tapes)[static_cast<std::size_t>(k)].backward(); });
+      Tape::current().record([this, dec_tapes, L] {
+        run_clones(L, [&](std::int64_t i) { (*dec_tapes)[static_cast<std::size_t>(i)].backward(); });
       });
     merge_clone_buffers(K);
-    return K == 1 ? logits[0] : stitch(logits, g);
+    return logits;
   }
-  Var operator()(const Var& x) { return forward(x); }
 
- private:
-  bool on_gpu() const { return params_.device() == Device::cuda; }
-
-  // Runs task(k) for every clone: on the CPU workers, or on the GPU with clone k's work enqueued on
-  // stream k, forked from and joined back into the caller's stream.
-  void run_clones(std::int64_t K, const std::function<void(std::int64_t)>& task) {
+  // Runs task(i) for every local clone i: on the CPU workers, or on the GPU with clone i's work
+  // enqueued on stream i, forked from and joined back into the caller's stream.
+  void run_clones(std::int64_t n, const std::function<void(std::int64_t)>& task) {
     if (!on_gpu()) {
-      workers_.run(K, task);
+      workers_.run(n, task);
       return;
     }
 #if DD_WITH_CUDA
-    if (K == 1) {
+    if (n == 1) {
       task(0);
       return;
     }
     const cudaStream_t caller = cuda::current_stream();
-    for (std::int64_t k = 0; k < K; ++k) {
+    for (std::int64_t k = 0; k < n; ++k) {
       const cudaStream_t s = cuda::clone_stream(static_cast<std::size_t>(k));
       cuda::stream_wait(s, caller);
       cuda::StreamScope scope(s);
       task(k);
     }
-    for (std::int64_t k = 0; k < K; ++k) cuda::stream_wait(caller, cuda::clone_stream(static_cast<std::size_t>(k)));
+    for (std::int64_t k = 0; k < n; ++k) cuda::stream_wait(caller, cuda::clone_stream(static_cast<std::size_t>(k)));
 #else
     detail::no_cuda();
 #endif
   }
 
-  // Per-worker gradient buffers, per-clone BN statistics and dropout streams. One clone uses the
-  // model's own (so a 1x1 grid is exactly the plain network).
-  void prepare_clones(std::int64_t K, bool record) {
-    const auto n = static_cast<std::size_t>(K);
+  // Gradient buffers per worker (per clone on the GPU), BN statistics and dropout streams per local
+  // clone. A grid of one subimage uses the model's own (so a 1x1 grid is exactly the plain network).
+  void prepare_clones(std::int64_t K, std::int64_t L, bool record) {
     clones_ = K;
     clone_rngs_.clear();
     if (K == 1) return;
     // On the GPU every clone has its own stream, hence its own gradient buffer.
-    const auto lanes = on_gpu() ? n : static_cast<std::size_t>(std::max(1, workers_.count()));
+    const auto lanes = on_gpu() ? static_cast<std::size_t>(L) : static_cast<std::size_t>(std::max(1, workers_.count()));
     if (record && (lane_grads_.size() != lanes || lane_grads_[0].device() != grads_.device())) {
       lane_grads_.clear();
       for (std::size_t k = 0; k < lanes; ++k) lane_grads_.push_back(Tensor::zeros(grads_.shape(), grads_.device()));
     }
     if (training_) {
-      clone_buffers_.resize(n);
+      clone_buffers_.resize(static_cast<std::size_t>(L));
       for (auto& b : clone_buffers_) b = buffers_.clone();
+      // Clone k's dropout stream depends on k alone, so every rank draws the same masks for it.
       const std::uint64_t base = dropout_rng_.next();
-      for (std::size_t k = 0; k < n; ++k) clone_rngs_.emplace_back(base + 0x9E3779B97F4A7C15ull * (k + 1));
+      for (std::int64_t k = 0; k < K; ++k) clone_rngs_.emplace_back(base + 0x9E3779B97F4A7C15ull * std::uint64_t(k + 1));
     }
   }
-  Context clone_context(std::int64_t k, bool record) {
+  // Local clone i (global grid index k).
+  Context clone_context(std::int64_t i, std::int64_t k, bool record) {
     if (clones_ == 1) return main_context(record);
-    const auto i = static_cast<std::size_t>(k);
-    // The calling worker's gradient buffer: clone k runs on the same thread in every phase.
-    const auto lane = on_gpu() ? i : static_cast<std::size_t>(omp_get_thread_num());
+    // The calling worker's gradient buffer: clone i runs on the same thread in every phase.
+    const auto lane = on_gpu() ? static_cast<std::size_t>(i) : static_cast<std::size_t>(omp_get_thread_num());
     DD_CHECK(!record || lane < lane_grads_.size(), "dd::DomainDecomposed: worker thread {} outside the pool of {}",
              lane, lane_grads_.size());
     // In eval the statistics are only read and dropout is off, so clones share the model's.
-    return Context{params_, record ? lane_grads_[lane] : Tensor{}, training_ ? clone_buffers_[i] : buffers_, training_,
-                   training_ ? &clone_rngs_[i] : &dropout_rng_};
+    return Context{params_, record ? lane_grads_[lane] : Tensor{},
+                   training_ ? clone_buffers_[static_cast<std::size_t>(i)] : buffers_, training_,
+                   training_ ? &clone_rngs_[static_cast<std::size_t>(k)] : &dropout_rng_};
   }
   Context main_context(bool record) {
     return Context{params_, record ? grads_ : Tensor{}, buffers_, training_, &dropout_rng_};
   }
-  // Shared weights: the true gradient is the sum over clones, taken in worker order.
-  void reduce_clone_gradients(std::int64_t K) {
-    if (K == 1) return;
+  // Shared weights: the true gradient is the sum over clones, taken in worker order (then over the
+  // ranks, in rank order, when distributed; the communication network ran on every rank alike and
+  // needs no sum).
+  void reduce_clone_gradients() {
+    if (clones_ == 1 || lane_grads_.empty()) return;
     const auto n = static_cast<std::int64_t>(net_params_);
     const Tensor g = grads_.slice(0, 0, n);
+    if (!distributed()) {
+      for (auto& cg : lane_grads_) {
+        const Tensor c = cg.slice(0, 0, n);
+        g.add_(c);
+        c.fill(0.0f);
+      }
+      return;
+    }
+    // Only this backward's contribution is summed over the ranks (grads_ may hold earlier ones).
+    Tensor mine = Tensor::zeros(g.shape(), g.device());
     for (auto& cg : lane_grads_) {
       const Tensor c = cg.slice(0, 0, n);
-      g.add_(c);
+      mine.add_(c);
       c.fill(0.0f);
     }
+    Tensor host = mine.to(Device::cpu).contiguous();
+    dist_->all_reduce_sum(host.data(), host.numel());
+    g.add_(host.to(g.device()));
   }
-  // Running statistics: each clone moved its own copy; the model keeps their mean.
+  // Running statistics: each clone moved its own copy; the model keeps their mean over all K clones.
   void merge_clone_buffers(std::int64_t K) {
     if (K == 1 || !training_) return;
     const std::int64_t n = static_cast<std::int64_t>(net_buffers_);
+    if (distributed()) {  // double sums of the local copies, summed over the ranks
+      std::vector<double> sum(static_cast<std::size_t>(n), 0.0);
+      for (const auto& cb : clone_buffers_) {
+        const std::vector<float> v = cb.slice(0, 0, n).to_vector();
+        for (std::int64_t i = 0; i < n; ++i) sum[std::size_t(i)] += v[std::size_t(i)];
+      }
+      dist_->all_reduce_sum(sum.data(), n);
+      Tensor mean = Tensor::empty({n, 1, 1, 1});
+      for (std::int64_t i = 0; i < n; ++i) mean.data()[i] = static_cast<float>(sum[std::size_t(i)] / double(K));
+      buffers_.slice(0, 0, n).copy_from(mean);
+      return;
+    }
     if (on_gpu()) {  // float sums on the device
       const Tensor b = buffers_.slice(0, 0, n);
       b.fill(0.0f);
@@ -251,6 +322,7 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   std::vector<Tensor> lane_grads_, clone_buffers_;
   std::vector<Rng> clone_rngs_;
   std::int64_t clones_ = 1;
+  std::shared_ptr<Distribution> dist_;
 };
 
 }  // namespace dd

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "dd/decomposition/stitch.hpp"
+#include "dd/decomposition/tile_collectives.hpp"
 #include "dd/layers/context.hpp"
 
 namespace dd {
@@ -26,10 +27,13 @@ std::int64_t comm_channels(const Comm& comm) {
 }
 
 // bottlenecks: one per clone, in row-major grid order; coarse: the grid at bottleneck resolution.
-// po/bo: where the communication network's parameters and buffers start in ctx.
+// po/bo: where the communication network's parameters and buffers start in ctx. With a group, the
+// bottlenecks are this rank's clones only: the sent maps of all ranks are gathered, every rank runs
+// the communication network on the whole coarse map, and keeps its own clones' part.
 template <class Comm>
 std::vector<Var> exchange_bottlenecks(Context& ctx, const Comm& comm, const std::vector<Var>& bottlenecks,
-                                      const Grid& coarse, Exchange mode, std::size_t po, std::size_t bo) {
+                                      const Grid& coarse, Exchange mode, std::size_t po, std::size_t bo,
+                                      const TileGroup* group = nullptr) {
   const std::int64_t F = comm_channels(comm);
   if (F == 0) return bottlenecks;
   const std::int64_t C = bottlenecks.at(0).shape().c;
@@ -40,7 +44,14 @@ std::vector<Var> exchange_bottlenecks(Context& ctx, const Comm& comm, const std:
     sent.push_back(C > F ? slice(b, 1, C - F, F) : b);
   }
   std::vector<Var> received;
-  if (mode == Exchange::stitched) {
+  if (mode == Exchange::stitched && group) {
+    std::vector<Shape> shapes;
+    for (std::int64_t k = 0; k < coarse.count(); ++k)
+      shapes.push_back({sent.at(0).shape().n, F, coarse.heights()[std::size_t(k / coarse.cols())],
+                        coarse.widths()[std::size_t(k % coarse.cols())]});
+    const std::vector<Var> all = gather_tiles(sent, shapes, *group);
+    received = keep_local(cut(comm.forward(ctx, stitch(all, coarse), po, bo), coarse), *group);
+  } else if (mode == Exchange::stitched) {
     received = cut(comm.forward(ctx, stitch(sent, coarse), po, bo), coarse);
   } else {
     for (const Var& s : sent) received.push_back(comm.forward(ctx, s, po, bo));

@@ -1,6 +1,10 @@
 #pragma once
 // Dice loss of PAPER_NOTES section 5: p = softmax(logits); per class c,
 // dice_c = 2 sum(p t) / max(sum(p) + sum(t), 1e-7) over the whole batch; loss = mean_c (1 - dice_c).
+// The loss depends on the pixels only through two sums per class, so a loss over several pieces of
+// an image (the subimages of one rank, or of all ranks) adds the pieces' sums first: pass a
+// reduction that sums them over the ranks, and every rank gets the loss of the whole image.
+#include <functional>
 #include <vector>
 
 #include "dd/kernels/cpu/softmax.hpp"
@@ -8,19 +12,26 @@
 
 namespace dd {
 
-inline Var dice_loss(const Var& logits, const Tensor& labels) {
-  auto [s, L, P] = detail::softmax_targets(logits, labels, "dice_loss");
+// Sums 2C doubles (per-class intersections, then denominators) over the ranks of a process group, in place.
+using DiceSumReduction = std::function<void(double*, std::int64_t)>;
+
+namespace detail {
+
+// Adds one piece's per-class sums into inter / denom.
+inline void dice_sums(const SoftmaxTargets& t, std::vector<double>& inter, std::vector<double>& denom) {
+  const auto& [s, L, P] = t;
   const std::int64_t plane = s.h * s.w, C = s.c;
-  const bool gpu = detail::on_gpu(P);
-  std::vector<double> inter(static_cast<std::size_t>(C), 0.0), denom(static_cast<std::size_t>(C), 0.0);
-  if (gpu) {
+  if (on_gpu(P)) {
 #if DD_WITH_CUDA
+    std::vector<double> i2(static_cast<std::size_t>(C)), d2(static_cast<std::size_t>(C));
     std::int64_t invalid = 0;
-    gpu::dice_sums(P.data(), L.data(), s.n, C, plane, inter.data(), denom.data(), &invalid);
-    detail::check_labels(invalid, C, "dice_loss");
+    gpu::dice_sums(P.data(), L.data(), s.n, C, plane, i2.data(), d2.data(), &invalid);
+    check_labels(invalid, C, "dice_loss");
+    for (std::size_t c = 0; c < i2.size(); ++c) inter[c] += i2[c], denom[c] += d2[c];
 #endif
+    return;
   }
-  for (std::int64_t b = 0; b < (gpu ? 0 : s.n); ++b) {
+  for (std::int64_t b = 0; b < s.n; ++b) {
     for (std::int64_t c = 0; c < C; ++c) {
       const float* p = P.data() + (b * C + c) * plane;
       double sp = 0;
@@ -28,10 +39,59 @@ inline Var dice_loss(const Var& logits, const Tensor& labels) {
       denom[static_cast<std::size_t>(c)] += sp;
     }
     for (std::int64_t i = 0; i < plane; ++i) {
-      const std::int64_t k = detail::label_at(L, b * plane + i, C);
+      const std::int64_t k = label_at(L, b * plane + i, C);
       inter[static_cast<std::size_t>(k)] += P.data()[(b * C + k) * plane + i];
       denom[static_cast<std::size_t>(k)] += 1.0;
     }
+  }
+}
+
+// dL/dlogits of one piece, given the per-class factors of dL/dp and the incoming gradient g.
+inline Tensor dice_backward(const SoftmaxTargets& t, const std::vector<float>& dP_scale,
+                            const std::vector<float>& dP_target, float g) {
+  const auto& [s, L, P] = t;
+  const std::int64_t plane = s.h * s.w;
+  Tensor dP = Tensor::empty(s, P.device());
+  if (on_gpu(P)) {
+    DD_GPU(dice_grad_probs(L.data(), s.n, s.c, plane, dP_scale.data(), dP_target.data(), g, dP.data()));
+    return softmax_backward_of(P, dP);
+  }
+  for (std::int64_t b = 0; b < s.n; ++b)
+    for (std::int64_t c = 0; c < s.c; ++c) {
+      float* d = dP.data() + (b * s.c + c) * plane;
+      for (std::int64_t i = 0; i < plane; ++i) d[i] = g * dP_scale[static_cast<std::size_t>(c)];
+    }
+  for (std::int64_t b = 0; b < s.n; ++b)
+    for (std::int64_t i = 0; i < plane; ++i) {
+      const auto k = static_cast<std::int64_t>(L.data()[b * plane + i]);
+      dP.data()[(b * s.c + k) * plane + i] += g * dP_target[static_cast<std::size_t>(k)];
+    }
+  return softmax_backward_of(P, dP);
+}
+
+}  // namespace detail
+
+// The Dice loss of an image given in pieces (logits[i] with labels[i]; all with the same classes),
+// optionally summed over the ranks of a process group by `reduce`.
+inline Var dice_loss(const std::vector<Var>& logits, const std::vector<Tensor>& labels,
+                     const DiceSumReduction& reduce = {}) {
+  DD_CHECK(!logits.empty() && logits.size() == labels.size(), "dd::dice_loss: {} logit pieces for {} label pieces",
+           logits.size(), labels.size());
+  std::vector<detail::SoftmaxTargets> pieces;
+  for (std::size_t i = 0; i < logits.size(); ++i) {
+    pieces.push_back(detail::softmax_targets(logits[i], labels[i], "dice_loss"));
+    DD_CHECK(pieces.back().shape.c == pieces[0].shape.c, "dd::dice_loss: pieces with {} and {} classes",
+             pieces[0].shape.c, pieces.back().shape.c);
+  }
+  const std::int64_t C = pieces[0].shape.c;
+  std::vector<double> inter(static_cast<std::size_t>(C), 0.0), denom(static_cast<std::size_t>(C), 0.0);
+  for (const auto& t : pieces) detail::dice_sums(t, inter, denom);
+  if (reduce) {
+    std::vector<double> both(inter);
+    both.insert(both.end(), denom.begin(), denom.end());
+    reduce(both.data(), 2 * C);
+    std::copy(both.begin(), both.begin() + C, inter.begin());
+    std::copy(both.begin() + C, both.end(), denom.begin());
   }
   double loss = 0;
   std::vector<float> dP_scale(static_cast<std::size_t>(C)), dP_target(static_cast<std::size_t>(C));
@@ -44,33 +104,23 @@ inline Var dice_loss(const Var& logits, const Tensor& labels) {
     dP_target[u] = static_cast<float>(-2.0 / S / static_cast<double>(C));
     dP_scale[u] = clamped ? 0.0f : static_cast<float>(2.0 * inter[u] / (S * S) / static_cast<double>(C));
   }
-  const bool rec = detail::should_record({&logits});
-  Var out(Tensor::full({1, 1, 1, 1}, static_cast<float>(loss / static_cast<double>(C)), P.device()), rec);
+  bool rec = false;
+  for (const Var& l : logits) rec = rec || detail::should_record({&l});
+  const Device dev = pieces[0].probs.device();
+  Var out(Tensor::full({1, 1, 1, 1}, static_cast<float>(loss / static_cast<double>(C)), dev), rec);
   if (rec)
-    Tape::current().record([logits, out, P, L, s, plane, dP_scale, dP_target, gpu] {
+    Tape::current().record([logits, out, pieces, dP_scale, dP_target] {
       const Tensor& dl = out.grad();
       if (!dl.defined()) return;
       const float g = dl.item();
-      if (gpu) {
-        Tensor dP = Tensor::empty(s, P.device());
-        DD_GPU(dice_grad_probs(L.data(), s.n, s.c, plane, dP_scale.data(), dP_target.data(), g, dP.data()));
-        logits.accumulate_grad(detail::softmax_backward_of(P, dP));
-        return;
-      }
-      Tensor dP = Tensor::empty(s);
-      for (std::int64_t b = 0; b < s.n; ++b)
-        for (std::int64_t c = 0; c < s.c; ++c) {
-          float* d = dP.data() + (b * s.c + c) * plane;
-          for (std::int64_t i = 0; i < plane; ++i) d[i] = g * dP_scale[static_cast<std::size_t>(c)];
-        }
-      for (std::int64_t b = 0; b < s.n; ++b)
-        for (std::int64_t i = 0; i < plane; ++i) {
-          const auto k = static_cast<std::int64_t>(L.data()[b * plane + i]);
-          dP.data()[(b * s.c + k) * plane + i] += g * dP_target[static_cast<std::size_t>(k)];
-        }
-      logits.accumulate_grad(detail::softmax_backward_of(P, dP));
+      for (std::size_t i = 0; i < logits.size(); ++i)
+        if (logits[i].requires_grad()) logits[i].accumulate_grad(detail::dice_backward(pieces[i], dP_scale, dP_target, g));
     });
   return out;
+}
+
+inline Var dice_loss(const Var& logits, const Tensor& labels) {
+  return dice_loss(std::vector<Var>{logits}, std::vector<Tensor>{labels});
 }
 
 }  // namespace dd

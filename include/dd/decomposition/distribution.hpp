@@ -1,0 +1,36 @@
+#pragma once
+// Distribution: where the clones of a DDU-Net run. By default all in this process; with a
+// distribution (the MPI backend, backend/mpi/distribution.hpp) the clones of the grid are spread
+// over the ranks of a process group in contiguous blocks of the row-major grid, and the model asks
+// the distribution to combine what the ranks computed. Keeping this an interface keeps MPI out of
+// every header but the backend's.
+#include <cstdint>
+#include <vector>
+
+#include "dd/core/error.hpp"
+
+namespace dd {
+
+class Distribution {
+ public:
+  virtual ~Distribution() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Every rank's values concatenated in rank order; counts receives each rank's count.
+  virtual std::vector<float> all_gather(const float* local, std::int64_t n, std::vector<std::int64_t>& counts) = 0;
+  // In-place sums over the ranks; every rank gets bit-identical results.
+  virtual void all_reduce_sum(float* x, std::int64_t n) = 0;
+  virtual void all_reduce_sum(double* x, std::int64_t n) = 0;
+
+  // The clones rank r runs out of K: [first(r), first(r + 1)).
+  std::int64_t first_clone(int r, std::int64_t K) const { return std::int64_t(r) * K / size(); }
+  std::vector<std::int64_t> local_clones(std::int64_t K) const {
+    DD_CHECK(K >= size(), "dd::Distribution: a grid of {} subimages cannot be spread over {} ranks (each rank needs "
+             "at least one subimage)", K, size());
+    std::vector<std::int64_t> v;
+    for (std::int64_t k = first_clone(rank(), K); k < first_clone(rank() + 1, K); ++k) v.push_back(k);
+    return v;
+  }
+};
+
+}  // namespace dd
