@@ -14,6 +14,8 @@ PACKAGES=(
   libstb-dev
   zlib1g-dev
   libcli11-dev
+  libopenmpi-dev
+  openmpi-bin
 )
 
 missing=()

@@ -5,6 +5,7 @@
 // the distribution to combine what the ranks computed. Keeping this an interface keeps MPI out of
 // every header but the backend's.
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "dd/core/error.hpp"
@@ -18,9 +19,15 @@ class Distribution {
   virtual int size() const = 0;
   // Every rank's values concatenated in rank order; counts receives each rank's count.
   virtual std::vector<float> all_gather(const float* local, std::int64_t n, std::vector<std::int64_t>& counts) = 0;
+  virtual std::vector<double> all_gather(const double* local, std::int64_t n) = 0;
   // In-place sums over the ranks; every rank gets bit-identical results.
   virtual void all_reduce_sum(float* x, std::int64_t n) = 0;
   virtual void all_reduce_sum(double* x, std::int64_t n) = 0;
+  // A running sum passed along the ranks in order: rank r receives it from r - 1 (rank 0 starts
+  // from zeros), add_mine adds this rank's terms to it, and the last rank's result reaches every
+  // rank. The sum is then exactly the sequential sum in rank order, the order one process uses,
+  // so a distributed model gets the single process's gradients bit for bit.
+  virtual void chain_sum(float* running, std::int64_t n, const std::function<void(float*)>& add_mine) = 0;
 
   // The clones rank r runs out of K: [first(r), first(r + 1)).
   std::int64_t first_clone(int r, std::int64_t K) const { return std::int64_t(r) * K / size(); }

@@ -5,7 +5,8 @@
 //
 // Clones run concurrently, each recording on its own tape: on the CPU worker pool, or on the GPU
 // one CUDA stream per clone (the streams fork from and join the caller's stream around each phase,
-// which also keeps the caching allocator's per-stream reuse safe). Gradients of the
+// which also keeps the caching allocator's per-stream reuse safe), or spread over the ranks of a
+// process group (distribute(), forward_tiles()). Gradients of the
 // shared weights accumulate into one buffer per worker thread (a clone always runs on the same
 // thread, forward and backward, so no buffer is shared between threads), summed in thread order
 // afterwards: deterministic for a given worker count, and memory grows with the workers, not
@@ -228,8 +229,8 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
     clones_ = K;
     clone_rngs_.clear();
     if (K == 1) return;
-    // On the GPU every clone has its own stream, hence its own gradient buffer.
-    const auto lanes = on_gpu() ? static_cast<std::size_t>(L) : static_cast<std::size_t>(std::max(1, workers_.count()));
+    per_clone_lanes_ = per_clone_lanes(L);
+    const auto lanes = per_clone_lanes_ ? static_cast<std::size_t>(L) : static_cast<std::size_t>(std::max(1, workers_.count()));
     if (record && (lane_grads_.size() != lanes || lane_grads_[0].device() != grads_.device())) {
       lane_grads_.clear();
       for (std::size_t k = 0; k < lanes; ++k) lane_grads_.push_back(Tensor::zeros(grads_.shape(), grads_.device()));
@@ -246,7 +247,7 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   Context clone_context(std::int64_t i, std::int64_t k, bool record) {
     if (clones_ == 1) return main_context(record);
     // The calling worker's gradient buffer: clone i runs on the same thread in every phase.
-    const auto lane = on_gpu() ? static_cast<std::size_t>(i) : static_cast<std::size_t>(omp_get_thread_num());
+    const auto lane = per_clone_lanes_ ? static_cast<std::size_t>(i) : static_cast<std::size_t>(omp_get_thread_num());
     DD_CHECK(!record || lane < lane_grads_.size(), "dd::DomainDecomposed: worker thread {} outside the pool of {}",
              lane, lane_grads_.size());
     // In eval the statistics are only read and dropout is off, so clones share the model's.
@@ -257,45 +258,56 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   Context main_context(bool record) {
     return Context{params_, record ? grads_ : Tensor{}, buffers_, training_, &dropout_rng_};
   }
-  // Shared weights: the true gradient is the sum over clones, taken in worker order (then over the
-  // ranks, in rank order, when distributed; the communication network ran on every rank alike and
-  // needs no sum).
+  // One gradient buffer per clone (then the sum is in clone order: the same bits for any worker
+  // count, and for any number of ranks) unless that would take more than 512 MiB; then one per
+  // worker (memory grows with the workers, not the grid; the bits depend on the worker count).
+  // The GPU and a distributed model always keep one per local clone.
+  bool per_clone_lanes(std::int64_t L) const {
+    return on_gpu() || distributed() || L * static_cast<std::int64_t>(net_params_) * 4 <= (std::int64_t{512} << 20);
+  }
+
+  // Shared weights: the true gradient is the sum over clones, accumulated from zero in clone order
+  // (per-clone buffers; in worker order with per-worker ones), then added to the gradients. A
+  // distributed model passes the running sum along the ranks (Distribution::chain_sum), so it gets
+  // one process's bits. The communication network ran on every rank alike and needs no sum.
   void reduce_clone_gradients() {
     if (clones_ == 1 || lane_grads_.empty()) return;
     const auto n = static_cast<std::int64_t>(net_params_);
     const Tensor g = grads_.slice(0, 0, n);
+    auto add_lanes = [&](const Tensor& running) {
+      for (auto& cg : lane_grads_) running.add_(cg.slice(0, 0, n).to(running.device()));
+    };
     if (!distributed()) {
-      for (auto& cg : lane_grads_) {
-        const Tensor c = cg.slice(0, 0, n);
-        g.add_(c);
-        c.fill(0.0f);
-      }
-      return;
+      const Tensor running = Tensor::zeros(g.shape(), g.device());
+      add_lanes(running);
+      g.add_(running);
+    } else {
+      const Tensor running = Tensor::empty(g.shape());  // on the host: it travels between the ranks
+      dist_->chain_sum(running.data(), n, [&](float*) { add_lanes(running); });
+      g.add_(running.to(g.device()));
     }
-    // Only this backward's contribution is summed over the ranks (grads_ may hold earlier ones).
-    Tensor mine = Tensor::zeros(g.shape(), g.device());
-    for (auto& cg : lane_grads_) {
-      const Tensor c = cg.slice(0, 0, n);
-      mine.add_(c);
-      c.fill(0.0f);
-    }
-    Tensor host = mine.to(Device::cpu).contiguous();
-    dist_->all_reduce_sum(host.data(), host.numel());
-    g.add_(host.to(g.device()));
+    for (auto& cg : lane_grads_) cg.slice(0, 0, n).fill(0.0f);
   }
   // Running statistics: each clone moved its own copy; the model keeps their mean over all K clones.
   void merge_clone_buffers(std::int64_t K) {
     if (K == 1 || !training_) return;
     const std::int64_t n = static_cast<std::int64_t>(net_buffers_);
-    if (distributed()) {  // double sums of the local copies, summed over the ranks
-      std::vector<double> sum(static_cast<std::size_t>(n), 0.0);
+    if (distributed()) {  // every clone's copy, gathered, and the one-process mean in clone order
+      std::vector<float> mine;
       for (const auto& cb : clone_buffers_) {
         const std::vector<float> v = cb.slice(0, 0, n).to_vector();
-        for (std::int64_t i = 0; i < n; ++i) sum[std::size_t(i)] += v[std::size_t(i)];
+        mine.insert(mine.end(), v.begin(), v.end());
       }
-      dist_->all_reduce_sum(sum.data(), n);
+      std::vector<std::int64_t> counts;
+      const std::vector<float> all = dist_->all_gather(mine.data(), std::int64_t(mine.size()), counts);
+      DD_CHECK(std::int64_t(all.size()) == K * n, "dd::DomainDecomposed: the ranks sent {} statistics, {} clones "
+               "hold {}", all.size(), K, K * n);
       Tensor mean = Tensor::empty({n, 1, 1, 1});
-      for (std::int64_t i = 0; i < n; ++i) mean.data()[i] = static_cast<float>(sum[std::size_t(i)] / double(K));
+      for (std::int64_t i = 0; i < n; ++i) {
+        double s = 0;
+        for (std::int64_t k = 0; k < K; ++k) s += all[std::size_t(k * n + i)];
+        mean.data()[i] = static_cast<float>(s / static_cast<double>(K));
+      }
       buffers_.slice(0, 0, n).copy_from(mean);
       return;
     }
@@ -322,6 +334,7 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   std::vector<Tensor> lane_grads_, clone_buffers_;
   std::vector<Rng> clone_rngs_;
   std::int64_t clones_ = 1;
+  bool per_clone_lanes_ = false;
   std::shared_ptr<Distribution> dist_;
 };
 

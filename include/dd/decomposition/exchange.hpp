@@ -43,16 +43,23 @@ std::vector<Var> exchange_bottlenecks(Context& ctx, const Comm& comm, const std:
     if (C > F) kept.push_back(slice(b, 1, 0, C - F));
     sent.push_back(C > F ? slice(b, 1, C - F, F) : b);
   }
+  // The shapes of every clone's sent maps (for gathering them from the ranks).
+  std::vector<Shape> shapes;
+  for (std::int64_t k = 0; group && k < coarse.count(); ++k)
+    shapes.push_back({sent.at(0).shape().n, F, coarse.heights()[std::size_t(k / coarse.cols())],
+                      coarse.widths()[std::size_t(k % coarse.cols())]});
   std::vector<Var> received;
   if (mode == Exchange::stitched && group) {
-    std::vector<Shape> shapes;
-    for (std::int64_t k = 0; k < coarse.count(); ++k)
-      shapes.push_back({sent.at(0).shape().n, F, coarse.heights()[std::size_t(k / coarse.cols())],
-                        coarse.widths()[std::size_t(k % coarse.cols())]});
     const std::vector<Var> all = gather_tiles(sent, shapes, *group);
     received = keep_local(cut(comm.forward(ctx, stitch(all, coarse), po, bo), coarse), *group);
   } else if (mode == Exchange::stitched) {
     received = cut(comm.forward(ctx, stitch(sent, coarse), po, bo), coarse);
+  } else if (group) {
+    // C = N across ranks: every rank runs the network on every subimage in grid order, so the
+    // dropout draws and running statistics are one process's (an ablation, not a fast path).
+    std::vector<Var> all_out;
+    for (const Var& s : gather_tiles(sent, shapes, *group)) all_out.push_back(comm.forward(ctx, s, po, bo));
+    received = keep_local(all_out, *group);
   } else {
     for (const Var& s : sent) received.push_back(comm.forward(ctx, s, po, bo));
   }

@@ -2,8 +2,9 @@
 // Dice loss of PAPER_NOTES section 5: p = softmax(logits); per class c,
 // dice_c = 2 sum(p t) / max(sum(p) + sum(t), 1e-7) over the whole batch; loss = mean_c (1 - dice_c).
 // The loss depends on the pixels only through two sums per class, so a loss over several pieces of
-// an image (the subimages of one rank, or of all ranks) adds the pieces' sums first: pass a
-// reduction that sums them over the ranks, and every rank gets the loss of the whole image.
+// an image (the subimages of one rank, or of all ranks) adds the pieces' sums, in piece order:
+// pass a gathering of every rank's piece sums, and every rank gets the loss of the whole image,
+// the same bits as one process computing it from the same pieces.
 #include <functional>
 #include <vector>
 
@@ -12,8 +13,9 @@
 
 namespace dd {
 
-// Sums 2C doubles (per-class intersections, then denominators) over the ranks of a process group, in place.
-using DiceSumReduction = std::function<void(double*, std::int64_t)>;
+// Given this rank's pieces' sums (2C doubles per piece: per-class intersections, then denominators),
+// returns every rank's, concatenated in rank order (= piece order of the whole image).
+using DicePieceGather = std::function<std::vector<double>(const std::vector<double>&)>;
 
 namespace detail {
 
@@ -74,7 +76,7 @@ inline Tensor dice_backward(const SoftmaxTargets& t, const std::vector<float>& d
 // The Dice loss of an image given in pieces (logits[i] with labels[i]; all with the same classes),
 // optionally summed over the ranks of a process group by `reduce`.
 inline Var dice_loss(const std::vector<Var>& logits, const std::vector<Tensor>& labels,
-                     const DiceSumReduction& reduce = {}) {
+                     const DicePieceGather& gather = {}) {
   DD_CHECK(!logits.empty() && logits.size() == labels.size(), "dd::dice_loss: {} logit pieces for {} label pieces",
            logits.size(), labels.size());
   std::vector<detail::SoftmaxTargets> pieces;
@@ -84,15 +86,19 @@ inline Var dice_loss(const std::vector<Var>& logits, const std::vector<Tensor>& 
              pieces[0].shape.c, pieces.back().shape.c);
   }
   const std::int64_t C = pieces[0].shape.c;
-  std::vector<double> inter(static_cast<std::size_t>(C), 0.0), denom(static_cast<std::size_t>(C), 0.0);
-  for (const auto& t : pieces) detail::dice_sums(t, inter, denom);
-  if (reduce) {
-    std::vector<double> both(inter);
-    both.insert(both.end(), denom.begin(), denom.end());
-    reduce(both.data(), 2 * C);
-    std::copy(both.begin(), both.begin() + C, inter.begin());
-    std::copy(both.begin() + C, both.end(), denom.begin());
+  const auto uC = static_cast<std::size_t>(C);
+  std::vector<double> sums;  // per piece: inter[C], denom[C]
+  for (const auto& t : pieces) {
+    std::vector<double> inter(uC, 0.0), denom(uC, 0.0);
+    detail::dice_sums(t, inter, denom);
+    sums.insert(sums.end(), inter.begin(), inter.end());
+    sums.insert(sums.end(), denom.begin(), denom.end());
   }
+  if (gather) sums = gather(sums);
+  DD_CHECK(sums.size() % (2 * uC) == 0, "dd::dice_loss: the ranks' pieces have different class counts");
+  std::vector<double> inter(uC, 0.0), denom(uC, 0.0);
+  for (std::size_t at = 0; at < sums.size(); at += 2 * uC)
+    for (std::size_t c = 0; c < uC; ++c) inter[c] += sums[at + c], denom[c] += sums[at + uC + c];
   double loss = 0;
   std::vector<float> dP_scale(static_cast<std::size_t>(C)), dP_target(static_cast<std::size_t>(C));
   for (std::int64_t c = 0; c < C; ++c) {

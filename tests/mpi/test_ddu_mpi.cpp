@@ -1,0 +1,143 @@
+// DomainDecomposed across MPI ranks gives what one process gives. Run under mpirun with 2 or 4
+// ranks (ctest: mpi_ddu_np2, mpi_ddu_np4): every rank also computes the single-process reference
+// itself (same seeds), then compares its own subimages' logits, the loss, and after 5 Adam steps
+// the parameters and BN statistics.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <memory>
+
+#include <dd/ddunet.hpp>
+
+#include "dd/backend/mpi/distribution.hpp"
+#include "dd/backend/mpi/environment.hpp"
+
+using namespace dd;
+
+namespace {
+
+mpi::Communicator* world = nullptr;
+
+double max_rel(const Tensor& a, const Tensor& b) {
+  const auto x = a.to_vector(), y = b.to_vector();
+  REQUIRE(x.size() == y.size());
+  double d = 0, m = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) d = std::max(d, double(std::fabs(x[i] - y[i]))), m = std::max(m, double(std::fabs(y[i])));
+  return d / std::max(m, 1e-30);
+}
+
+Tensor labels_for(Shape s, std::uint64_t seed) {
+  Rng rng(seed);
+  Tensor l = Tensor::empty({s.n, 1, s.h, s.w});
+  for (std::int64_t i = 0; i < l.numel(); ++i) l.data()[i] = float(rng.uniform_int(0, 2));
+  return l;
+}
+
+// The subimages of the clones this rank owns, as separate (contiguous) tensors.
+template <class M>
+std::vector<Tensor> my_tiles(const M& m, const Tensor& image) {
+  const Grid g = m.grid_for(image.shape());
+  std::vector<Tensor> out;
+  for (const std::int64_t k : m.local_clones(g.count())) {
+    const std::int64_t i = k / g.cols(), j = k % g.cols();
+    out.push_back(image.tile(g.row_offset(i), g.heights()[std::size_t(i)], g.col_offset(j), g.widths()[std::size_t(j)]).clone());
+  }
+  return out;
+}
+
+template <class DDU>
+void compare_with_one_process(GridSpec grid, Exchange mode, Shape image) {
+  CAPTURE(world->size());
+  CAPTURE(grid.rows);
+  CAPTURE(grid.cols);
+  const Tensor x = Tensor::randn(image, 7), labels = labels_for(image, 8);
+  DDU ref(grid, mode, 3, CpuWorkers(1)), dist(grid, mode, 3, CpuWorkers(1));
+  auto md = std::make_shared<mpi::MpiDistribution>(*world);
+  dist.distribute(md);
+  const Grid g = ref.grid_for(image);
+  std::vector<Tensor> all_labels;  // the reference's loss is taken over the same pieces
+  for (std::int64_t k = 0; k < g.count(); ++k) {
+    const std::int64_t i = k / g.cols(), j = k % g.cols();
+    all_labels.push_back(labels.tile(g.row_offset(i), g.heights()[std::size_t(i)], g.col_offset(j), g.widths()[std::size_t(j)]).clone());
+  }
+  Adam a_ref(ref.parameters(), ref.gradients(), {1e-3f}), a_dist(dist.parameters(), dist.gradients(), {1e-3f});
+  const std::vector<Tensor> xt = my_tiles(dist, x), lt = my_tiles(dist, labels);
+  for (int step = 0; step < 5; ++step) {
+    CAPTURE(step);
+    ref.zero_grad();
+    const Var y_ref = ref.forward(Var(x));
+    const Var l_ref = dice_loss(cut(y_ref, g), all_labels);
+    l_ref.backward();
+    a_ref.step();
+
+    dist.zero_grad();
+    std::vector<Var> in;
+    for (const Tensor& t : xt) in.emplace_back(t);
+    const std::vector<Var> y = dist.forward_tiles(image, in);
+    const Var l = dice_loss(y, lt, mpi::sum_over(*md));
+    l.backward();
+    a_dist.step();
+
+    CHECK(l.value().item() == l_ref.value().item());
+    // This rank's logits are the reference's at its subimages.
+    const std::vector<Tensor> ref_tiles = my_tiles(dist, y_ref.value());
+    for (std::size_t i = 0; i < y.size(); ++i) CHECK(max_rel(y[i].value(), ref_tiles[i]) < 1e-5);
+  }
+  const double dp = max_rel(dist.parameters(), ref.parameters()), db = max_rel(dist.buffers(), ref.buffers());
+  MESSAGE("after 5 steps: parameters differ by " << dp << ", BN statistics by " << db << " (max |diff| / max |value|)");
+  CHECK(dp < 1e-5);
+  CHECK(db < 1e-5);
+  // Stronger, and true by construction: the same bits (the ranks sum gradients, Dice sums and BN
+  // statistics in one process's order).
+  CHECK(dp == 0.0);
+  CHECK(db == 0.0);
+  // Every rank holds the same parameters (bit for bit: the gradient sums are in rank order).
+  std::vector<std::int64_t> counts;
+  const auto p = dist.parameters().to_vector();
+  const auto all = world->all_gather_v(p.data(), std::int64_t(p.size()), counts);
+  for (int r = 1; r < world->size(); ++r)
+    CHECK(std::equal(p.begin(), p.end(), all.begin() + std::ptrdiff_t(r) * std::ptrdiff_t(p.size())));
+  // Evaluation mode: no dropout, running statistics; logits still match.
+  ref.eval(), dist.eval();
+  NoGrad ng;
+  std::vector<Var> in;
+  for (const Tensor& t : xt) in.emplace_back(t);
+  const std::vector<Var> y = dist.forward_tiles(image, in);
+  const std::vector<Tensor> ref_tiles = my_tiles(dist, ref.forward(Var(x)).value());
+  for (std::size_t i = 0; i < y.size(); ++i) CHECK(max_rel(y[i].value(), ref_tiles[i]) < 1e-5);
+}
+
+}  // namespace
+
+TEST_CASE("DDU-Net(3, 16, Y) on a 2x2 grid across the ranks: forward and 5 training steps as one process") {
+  compare_with_one_process<DomainDecomposed<UNet<3, 1, 3, 4>, CommNet<16>>>({2, 2}, Exchange::stitched, {2, 1, 64, 64});
+}
+
+TEST_CASE("unequal ownership: a 2x3 grid of unequal subimages, DDU-Net(2, 8, Y) and (2, 8, N)") {
+  using DDU = DomainDecomposed<UNet<2, 1, 3, 4>, CommNet<8>>;
+  compare_with_one_process<DDU>({2, 3}, Exchange::stitched, {1, 1, 40, 52});
+  compare_with_one_process<DDU>({2, 3}, Exchange::local, {1, 1, 40, 52});
+}
+
+TEST_CASE("bad calls: forward() of a distributed model, and the wrong number of subimages, are clear errors") {
+  DomainDecomposed<UNet<2, 1, 3, 4>, CommNet<8>> m({2, 2}, Exchange::stitched, 1);
+  m.distribute(std::make_shared<mpi::MpiDistribution>(*world));
+  if (world->size() > 1) CHECK_THROWS_WITH_AS(m.forward(Var(Tensor::zeros({1, 1, 16, 16}))), doctest::Contains("forward_tiles"), Error);
+  CHECK_THROWS_WITH_AS(m.forward_tiles({1, 1, 16, 16}, {}), doctest::Contains("subimages given"), Error);
+  DomainDecomposed<UNet<2, 1, 3, 4>, CommNet<8>> tiny({1, 1}, Exchange::stitched, 1);
+  tiny.distribute(std::make_shared<mpi::MpiDistribution>(*world));
+  if (world->size() > 1) CHECK_THROWS_WITH_AS(tiny.local_clones(1), doctest::Contains("at least one subimage"), Error);
+}
+
+int main(int argc, char** argv) {
+  mpi::Environment env(argc, argv);
+  mpi::Communicator comm = mpi::Communicator::world();
+  world = &comm;
+  doctest::Context ctx(argc, argv);
+  int failed = ctx.run();
+  double f = failed ? 1.0 : 0.0;
+  comm.all_reduce_sum(&f, 1);  // every rank reports the job's result
+  if (comm.rank() == 0) std::printf("ranks: %d, ranks with failures: %g\n", comm.size(), f);
+  return f > 0 ? 1 : 0;
+}
