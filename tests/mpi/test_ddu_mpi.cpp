@@ -12,6 +12,7 @@
 
 #include "dd/backend/mpi/distribution.hpp"
 #include "dd/backend/mpi/environment.hpp"
+#include "dd/backend/mpi/rank_grid.hpp"
 
 using namespace dd;
 
@@ -118,6 +119,56 @@ TEST_CASE("unequal ownership: a 2x3 grid of unequal subimages, DDU-Net(2, 8, Y) 
   using DDU = DomainDecomposed<UNet<2, 1, 3, 4>, CommNet<8>>;
   compare_with_one_process<DDU>({2, 3}, Exchange::stitched, {1, 1, 40, 52});
   compare_with_one_process<DDU>({2, 3}, Exchange::local, {1, 1, 40, 52});
+}
+
+TEST_CASE("subimage x data parallel: 2 groups take one image each; as one process taking both (no dropout)") {
+  if (world->size() % 2 != 0) return;
+  using DDU = DomainDecomposed<UNet<2, 1, 3, 4, 0.0f>, CommNet<8, 3, 5, 0.0f>>;
+  mpi::RankGrid grid(*world, world->size() / 2);
+  const Tensor x = Tensor::randn({2, 1, 32, 32}, 31), labels = labels_for({2, 1, 32, 32}, 32);
+  const Shape one{1, 1, 32, 32};
+  DDU ref({2, 2}, Exchange::stitched, 5, CpuWorkers(1)), dp({2, 2}, Exchange::stitched, 5, CpuWorkers(1));
+  dp.distribute(grid.subimage_distribution());
+  Adam a_ref(ref.parameters(), ref.gradients(), {1e-3f}), a_dp(dp.parameters(), dp.gradients(), {1e-3f});
+  auto tiles_of = [](const DDU& m, const Tensor& img, const std::vector<std::int64_t>& which) {
+    const Grid g = m.grid_for(img.shape());
+    std::vector<Tensor> out;
+    for (const std::int64_t k : which) {
+      const std::int64_t i = k / g.cols(), j = k % g.cols();
+      out.push_back(img.tile(g.row_offset(i), g.heights()[std::size_t(i)], g.col_offset(j), g.widths()[std::size_t(j)]).clone());
+    }
+    return out;
+  };
+  const std::vector<std::int64_t> all_k{0, 1, 2, 3};
+  for (int step = 0; step < 3; ++step) {
+    CAPTURE(step);
+    // One process: both images, one forward each, one loss over all their pieces.
+    ref.zero_grad();
+    std::vector<Var> pieces;
+    std::vector<Tensor> piece_labels;
+    for (std::int64_t b = 0; b < 2; ++b) {
+      const auto xt = tiles_of(ref, x.batch(b), all_k), lt = tiles_of(ref, labels.batch(b), all_k);
+      const auto y = ref.forward_tiles(one, std::vector<Var>(xt.begin(), xt.end()));
+      pieces.insert(pieces.end(), y.begin(), y.end());
+      piece_labels.insert(piece_labels.end(), lt.begin(), lt.end());
+    }
+    const Var l_ref = dice_loss(pieces, piece_labels);
+    l_ref.backward();
+    a_ref.step();
+    // The rank grid: this rank's group takes image group(), this rank its subimages of it.
+    dp.zero_grad();
+    const auto mine = dp.local_clones(4);
+    const auto xt = tiles_of(dp, x.batch(grid.group()), mine), lt = tiles_of(dp, labels.batch(grid.group()), mine);
+    const Var l = dice_loss(dp.forward_tiles(one, std::vector<Var>(xt.begin(), xt.end())), lt, grid.loss_gather());
+    l.backward();
+    grid.reduce_gradients(dp);
+    a_dp.step();
+    grid.average_buffers(dp);
+    CHECK(l.value().item() == l_ref.value().item());
+  }
+  const double d = max_rel(dp.parameters(), ref.parameters());
+  MESSAGE("rank grid " << grid.groups() << " groups x " << grid.ranks_per_image() << " ranks: parameters differ by " << d);
+  CHECK(d < 1e-5);
 }
 
 TEST_CASE("bad calls: forward() of a distributed model, and the wrong number of subimages, are clear errors") {
