@@ -14,11 +14,62 @@
 
 #include <dd/ddunet.hpp>
 #include <dd/io/png_stream.hpp>
+#include <dd/io/region_reader.hpp>
 #include <dd/models/summary.hpp>
+#if DD_WITH_MPI
+#include <dd/backend/mpi/distribution.hpp>
+#include <dd/backend/mpi/environment.hpp>
+#endif
 
 namespace fs = std::filesystem;
 
 namespace {
+
+// ---------------------------------------------------------------- MPI
+// Under mpirun (a DD_MPI build) every rank runs the same command: the model's subimages are spread
+// over the ranks, each rank reads only its own subimages of a predicted image, and rank 0 alone
+// prints, logs and writes files.
+struct Ranks {
+#if DD_WITH_MPI
+  std::optional<dd::mpi::Environment> env;
+  std::optional<dd::mpi::Communicator> world;
+  std::shared_ptr<dd::mpi::MpiDistribution> dist;
+#endif
+  int rank = 0, size = 1;
+  bool root() const { return rank == 0; }
+  // Spreads a model over the ranks (nothing when there is one).
+  void place(dd::DDUNet& model) const {
+#if DD_WITH_MPI
+    if (dist) model.distribute(dist);
+#else
+    (void)model;
+#endif
+  }
+};
+Ranks ranks;
+
+bool launched_by_mpirun() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+void start_ranks(int& argc, char**& argv) {
+#if DD_WITH_MPI
+  if (!launched_by_mpirun()) return;
+  ranks.env.emplace(argc, argv);
+  ranks.world.emplace(dd::mpi::Communicator::world());
+  ranks.rank = ranks.world->rank();
+  ranks.size = ranks.world->size();
+  if (ranks.size > 1) ranks.dist = std::make_shared<dd::mpi::MpiDistribution>(*ranks.world);
+  if (!ranks.root() && !std::freopen("/dev/null", "w", stdout)) dd::fail("rank {}: cannot silence stdout", ranks.rank);
+#else
+  (void)argc, (void)argv;
+  if (launched_by_mpirun())
+    std::fprintf(stderr, "ddunet: warning: started by mpirun, but this build has no MPI backend (DD_MPI=OFF): every "
+                         "rank runs the whole job alone\n");
+#endif
+}
 
 dd::GridSpec parse_grid(const std::string& s) {
   long r = 0, c = 0;
@@ -154,20 +205,23 @@ int run_train(TrainCmd& c) {
              c.spec.describe());
   }
   dd::DDUNet model = dd::make_model(c.spec, c.seed, dd::CpuWorkers(c.threads));
+  ranks.place(model);
+  if (!ranks.root()) c.quiet = true;
   dd::Trainer<dd::DDUNet> trainer(model, c.spec.net.classes, c.fit);
   if (resumed) {
     dd::load_weights(*resumed, model, last);
     dd::load_training_state(*resumed, model, trainer, last);
     std::printf("resuming %s after epoch %d\n", last.c_str(), trainer.epochs_done());
   }
-  std::printf("training %s, %zu parameters, receptive field %lld px, %d threads\n", c.spec.describe().c_str(),
+  std::printf("training %s, %zu parameters, receptive field %lld px, %d threads, %d ranks\n", c.spec.describe().c_str(),
               model.num_params(),
               (long long)(model.network().receptive_field() +
                           (c.spec.F > 0 ? model.communication().receptive_field_on_coarse_grid() - 1 : 0) *
                               model.downsampling()),
-              dd::num_threads());
-  std::ofstream csv(log, resumed ? std::ios::app : std::ios::trunc);
-  if (!resumed) csv << "epoch,train_loss,val_loss,val_miou,val_pixel_accuracy,lr,seconds,images_per_second\n";
+              dd::num_threads(), ranks.size);
+  std::ofstream csv;
+  if (ranks.root()) csv.open(log, resumed ? std::ios::app : std::ios::trunc);
+  if (ranks.root() && !resumed) csv << "epoch,train_loss,val_loss,val_miou,val_pixel_accuracy,lr,seconds,images_per_second\n";
 
   const auto t_start = std::chrono::steady_clock::now();
   while (!trainer.done()) {
@@ -195,9 +249,11 @@ int run_train(TrainCmd& c) {
       val_miou = m.mean_iou();
       val_acc = m.pixel_accuracy();
     }
-    std::fprintf(stderr, "%sepoch %3d: train %.4f  val %.4f  val mIoU %.4f  val acc %.4f  %.1fs  %.1f img/s%s\n",
-                 c.quiet ? "" : "\r", st.epoch, st.train_loss, val_loss, val_miou, val_acc, st.seconds,
-                 st.images_per_second, st.best ? "  *" : "");
+    if (ranks.root())
+      std::fprintf(stderr, "%sepoch %3d: train %.4f  val %.4f  val mIoU %.4f  val acc %.4f  %.1fs  %.1f img/s%s\n",
+                   c.quiet ? "" : "\r", st.epoch, st.train_loss, val_loss, val_miou, val_acc, st.seconds,
+                   st.images_per_second, st.best ? "  *" : "");
+    if (!ranks.root()) continue;  // every rank holds the same model; rank 0 writes it
     csv << fmt::format("{},{},{},{},{},{},{},{}\n", st.epoch, st.train_loss, val_loss, val_miou, val_acc, st.lr,
                        st.seconds, st.images_per_second)
         << std::flush;
@@ -225,6 +281,7 @@ dd::DDUNet load_model(const std::string& path, const std::string& grid, int thre
   if (!grid.empty()) spec.grid = parse_grid(grid);
   dd::DDUNet model = dd::make_model(spec, 0, dd::CpuWorkers(threads));
   dd::load_weights(f, model, path);
+  ranks.place(model);
   model.eval();
   if (spec_out) *spec_out = spec;
   return model;
@@ -257,7 +314,10 @@ struct PredictCmd {
   int threads = 0;
 };
 
+int run_predict_ranks(PredictCmd& c);
+
 int run_predict(PredictCmd& c) {
+  if (ranks.size > 1) return run_predict_ranks(c);
   if (c.threads > 0) dd::set_num_threads(c.threads);
   dd::ModelSpec spec;
   dd::DDUNet model = load_model(c.checkpoint, c.grid, c.threads, &spec);
@@ -320,6 +380,99 @@ int run_predict(PredictCmd& c) {
     std::printf("wrote overlay %s\n", c.overlay.c_str());
   }
   return 0;
+}
+
+// predict under mpirun: each rank reads only its own subimages of the input (region reader), the
+// ranks run the DDU-Net together, and rank 0 writes the class map (and overlay) band by band, one
+// row of subimages gathered at a time.
+int run_predict_ranks(PredictCmd& c) {
+#if DD_WITH_MPI
+  if (c.threads > 0) dd::set_num_threads(c.threads);
+  dd::ModelSpec spec;
+  dd::DDUNet model = load_model(c.checkpoint, c.grid, c.threads, &spec);
+  const dd::io::ImageInfo info = dd::io::image_info(c.input);
+  const std::int64_t H = info.height, W = info.width, C = spec.net.in_channels;
+  const dd::Shape image{1, C, H, W};
+  const dd::Grid g = model.grid_for(image);
+  const std::vector<std::int64_t> mine = model.local_clones(g.count());
+  std::printf("segmenting %s (%lldx%lld) with %s on %d ranks; %lld subimages of at most %lldx%lld\n", c.input.c_str(),
+              (long long)W, (long long)H, spec.describe().c_str(), ranks.size, (long long)g.count(),
+              (long long)g.widths()[0], (long long)g.heights()[0]);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<dd::Var> tiles;
+  for (const std::int64_t k : mine) {
+    const std::int64_t i = k / g.cols(), j = k % g.cols(), h = g.heights()[std::size_t(i)], w = g.widths()[std::size_t(j)];
+    tiles.emplace_back(dd::io::read_region(c.input, g.row_offset(i), g.col_offset(j), h, w, int(C)).tile(0, h, 0, w));
+  }
+  std::vector<dd::Tensor> classes;  // this rank's class maps
+  {
+    dd::NoGrad ng;
+    for (const dd::Var& y : model.forward_tiles(image, tiles)) classes.push_back(dd::io::argmax_classes(y.value()));
+  }
+  tiles.clear();
+  // Rows of subimages, gathered to every rank (a band is small) and written by rank 0.
+  std::vector<std::uint8_t> band;
+  std::int64_t band_row = -1, band_y = 0, band_h = 0;
+  auto gather_row = [&](std::int64_t row) {
+    std::vector<float> send;
+    for (std::size_t t = 0; t < mine.size(); ++t)
+      if (mine[t] / g.cols() == row) {
+        const std::vector<float> v = classes[t].to_vector();
+        send.insert(send.end(), v.begin(), v.end());
+      }
+    std::vector<std::int64_t> counts;
+    const std::vector<float> all = ranks.world->all_gather_v(send.data(), std::int64_t(send.size()), counts);
+    band_y = g.row_offset(row), band_h = g.heights()[std::size_t(row)];
+    band.assign(std::size_t(band_h * W), 0);
+    std::size_t at = 0;  // clones are owned in contiguous blocks: rank order is column order
+    for (std::int64_t j = 0; j < g.cols(); ++j) {
+      const std::int64_t w = g.widths()[std::size_t(j)], x0 = g.col_offset(j);
+      for (std::int64_t yy = 0; yy < band_h; ++yy)
+        for (std::int64_t xx = 0; xx < w; ++xx) band[std::size_t(yy * W + x0 + xx)] = static_cast<std::uint8_t>(all[at++]);
+    }
+  };
+  auto band_for = [&](std::int64_t y) {
+    while (y >= band_y + band_h) gather_row(++band_row);
+  };
+  if (ranks.root()) {
+    dd::io::save_gray_png_rows(c.output, int(W), int(H), [&](int row0, int rows, std::uint8_t* buf) {
+      for (int r = 0; r < rows; ++r) {
+        band_for(row0 + r);
+        std::memcpy(buf + std::size_t(r) * std::size_t(W), band.data() + std::size_t((row0 + r - band_y) * W), std::size_t(W));
+      }
+    });
+  } else {
+    for (std::int64_t row = 0; row < g.rows(); ++row) gather_row(row);  // the same collectives as rank 0
+  }
+  ranks.world->barrier();
+  std::printf("wrote class map %s in %.1fs\n", c.output.c_str(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  if (!c.overlay.empty() && ranks.root()) {
+    const auto table = parse_colors(c.colors);
+    const dd::io::ColorTable colors = table ? *table : palette(spec.net.classes);
+    DD_CHECK(int(colors.colors.size()) >= spec.net.classes, "--colors has {} colours for {} classes",
+             colors.colors.size(), spec.net.classes);
+    // Rows of the input and of the written class map, read back a few at a time.
+    dd::io::save_rgb_png_rows(c.overlay, int(W), int(H), [&](int row0, int rows, std::uint8_t* buf) {
+      const dd::io::Image in = dd::io::read_region(c.input, row0, 0, rows, W, int(C));
+      const dd::io::Image cls = dd::io::read_region(c.output, row0, 0, rows, W, 1);
+      for (int r = 0; r < rows; ++r)
+        for (std::int64_t x = 0; x < W; ++x) {
+          const auto& col = colors.colors[cls.at(r, x, 0)];
+          for (int ch = 0; ch < 3; ++ch) {
+            const float v = in.at(r, x, C == 3 ? ch : 0);
+            buf[(std::size_t(r) * std::size_t(W) + std::size_t(x)) * 3 + std::size_t(ch)] =
+                static_cast<std::uint8_t>(0.5f * v + 0.5f * col[std::size_t(ch)] + 0.5f);
+          }
+        }
+    });
+    std::printf("wrote overlay %s\n", c.overlay.c_str());
+  }
+  return 0;
+#else
+  (void)c;
+  dd::fail("predict on several ranks needs a build with the MPI backend");
+#endif
 }
 
 // ---------------------------------------------------------------- summary
@@ -453,13 +606,19 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
+    start_ranks(argc, argv);
     if (*train) return run_train(tc);
     if (*eval) return run_eval(ec);
     if (*predict) return run_predict(pc);
     if (*summary) return run_summary(sc);
     if (*synth) return run_synth(yc);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "\nddunet: error: %s\n", e.what());
+    if (ranks.size > 1) std::fprintf(stderr, "\nddunet rank %d of %d: error: %s\n", ranks.rank, ranks.size, e.what());
+    else std::fprintf(stderr, "\nddunet: error: %s\n", e.what());
+#if DD_WITH_MPI
+    // The other ranks may be waiting in a collective: end the whole job now instead of hanging.
+    if (ranks.size > 1) dd::mpi::Environment::abort(1);
+#endif
     return 1;
   }
   return 0;

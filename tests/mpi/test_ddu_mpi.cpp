@@ -171,6 +171,26 @@ TEST_CASE("subimage x data parallel: 2 groups take one image each; as one proces
   CHECK(d < 1e-5);
 }
 
+TEST_CASE("fit() trains a model spread over the ranks as one process trains it") {
+  const auto train = make_circles(32, 4, {.subimages = 4});
+  const auto val = make_circles(8, 5, {.subimages = 4});
+  using DDU = DomainDecomposed<UNet<2, 1, 3, 4>, CommNet<8>>;
+  DDU ref({1, 4}, Exchange::stitched, 6, CpuWorkers(1)), dist({1, 4}, Exchange::stitched, 6, CpuWorkers(1));
+  dist.distribute(std::make_shared<mpi::MpiDistribution>(*world));
+  TrainOptions o;
+  o.epochs = 3, o.min_epochs = 3, o.batch = 8, o.lr = 0.01f;
+  const auto h_ref = fit(ref, train, val, 3, o), h = fit(dist, train, val, 3, o);
+  REQUIRE(h.size() == h_ref.size());
+  for (std::size_t e = 0; e < h.size(); ++e) {
+    CAPTURE(e);
+    // Dice sums over pieces instead of the whole image: equal up to double rounding.
+    CHECK(h[e].train_loss == doctest::Approx(h_ref[e].train_loss).epsilon(1e-4));
+    CHECK(h[e].val_loss == doctest::Approx(h_ref[e].val_loss).epsilon(1e-4));
+    CHECK(h[e].val_miou == doctest::Approx(h_ref[e].val_miou).epsilon(1e-3));
+  }
+  CHECK(max_rel(dist.parameters(), ref.parameters()) < 1e-3);
+}
+
 TEST_CASE("bad calls: forward() of a distributed model, and the wrong number of subimages, are clear errors") {
   DomainDecomposed<UNet<2, 1, 3, 4>, CommNet<8>> m({2, 2}, Exchange::stitched, 1);
   m.distribute(std::make_shared<mpi::MpiDistribution>(*world));

@@ -481,6 +481,7 @@ inline Image read_region(const std::string& path, std::int64_t y0, std::int64_t 
 
   // PNG: inflate row by row into `cur`, unfilter against `prev`, keep the wanted columns.
   const std::size_t row_bytes = static_cast<std::size_t>(W) * static_cast<std::size_t>(hd.stream_bpp);
+  DD_CHECK(row_bytes < 0xFFFFFFFFu, "{}: '{}': rows of {} bytes are too long to inflate", who, path, row_bytes);
   std::vector<unsigned char> cur(row_bytes + 1), prev(row_bytes + 1, 0), in(detail::kRegionInputBytes);
   stats.add(cur.size() + prev.size() + in.size());
   // Palette indices are expanded into `expanded` (one region row of RGB/RGBA) before conversion.

@@ -41,6 +41,8 @@ class ConfusionMatrix {
   }
 
   std::int64_t count(int truth, int predicted) const { return counts_[std::size_t(truth) * classes_ + predicted]; }
+  // All counts, row-major [truth][predicted] (e.g. to sum them over the ranks of a job).
+  std::vector<std::int64_t>& counts() { return counts_; }
   double iou(int c) const {
     std::int64_t tp = count(c, c), fp = 0, fn = 0;
     for (int k = 0; k < classes_; ++k)

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "dd/data/circles.hpp"
+#include "dd/decomposition/distribution.hpp"
+#include "dd/decomposition/grid.hpp"
 #include "dd/ops/dice_loss.hpp"
 #include "dd/training/adam.hpp"
 #include "dd/training/loss_scaler.hpp"
@@ -48,6 +50,56 @@ inline Var segmentation_loss(const Var& logits, const Tensor& labels, LossKind k
   return k == LossKind::dice ? dice_loss(logits, labels) : cross_entropy(logits, labels);
 }
 
+namespace detail {
+// The model's distribution over ranks, if it has one spread over more than one rank.
+template <class M>
+Distribution* spread(M& model) {
+  if constexpr (requires { model.distribution(); }) {
+    Distribution* d = model.distribution().get();
+    return d && d->size() > 1 ? d : nullptr;
+  } else {
+    return nullptr;
+  }
+}
+
+// This rank's subimages of a batch (images or labels), as separate tensors on device dev.
+template <class M>
+std::vector<Tensor> local_tiles(const M& model, const Tensor& batch, Device dev) {
+  const Grid g = model.grid_for(batch.shape());
+  std::vector<Tensor> out;
+  for (const std::int64_t k : model.local_clones(g.count())) {
+    const std::int64_t i = k / g.cols(), j = k % g.cols();
+    out.push_back(batch.tile(g.row_offset(i), g.heights()[std::size_t(i)], g.col_offset(j), g.widths()[std::size_t(j)])
+                      .clone()
+                      .to(dev));
+  }
+  return out;
+}
+
+// Forward and loss of one batch. A model spread over ranks sees only this rank's subimages, and
+// the Dice loss sums every rank's pieces (the loss of the whole batch, the same on every rank).
+// logits_out, when given, receives this rank's logits (whole batch, or its subimages in order).
+template <class M>
+Var batch_loss(M& model, const SegmentationSet& b, LossKind k, std::vector<Var>* logits_out = nullptr) {
+  const Device dev = model.device();
+  if (Distribution* d = spread(model)) {
+    if constexpr (requires { model.distribution(); }) {
+      DD_CHECK(k == LossKind::dice, "dd::Trainer: a model spread over ranks trains with the Dice loss only");
+      const std::vector<Tensor> x = local_tiles(model, b.images, dev), y = local_tiles(model, b.labels, dev);
+      std::vector<Var> logits = model.forward_tiles(b.images.shape(), std::vector<Var>(x.begin(), x.end()));
+      Var loss = dice_loss(logits, y, [d](const std::vector<double>& mine) {
+        return d->all_gather(mine.data(), std::int64_t(mine.size()));
+      });
+      if (logits_out) *logits_out = std::move(logits);
+      return loss;
+    }
+  }
+  const Var logits = model.forward(Var(b.images.to(dev)));
+  if (logits_out) *logits_out = {logits};
+  return segmentation_loss(logits, b.labels.to(dev), k);
+}
+}  // namespace detail
+
 // Copies the listed images into one contiguous batch.
 inline SegmentationSet gather(const SegmentationSet& set, const std::vector<std::int64_t>& idx, std::int64_t start,
                               std::int64_t len) {
@@ -75,9 +127,19 @@ Evaluation evaluate(M& model, const SegmentationSet& set, int classes, int batch
   for (std::int64_t s = 0; s < set.size(); s += batch) {
     const std::int64_t len = std::min<std::int64_t>(batch, set.size() - s);
     const SegmentationSet b = set.batch(s, len);
-    const Var logits = model.forward(Var(b.images.to(model.device())));
-    e.loss += segmentation_loss(logits, b.labels.to(model.device()), k).value().item() * double(len);
-    e.confusion.add(logits.value().to(Device::cpu), b.labels);
+    std::vector<Var> logits;
+    e.loss += detail::batch_loss(model, b, k, &logits).value().item() * double(len);
+    if (logits.size() == 1 && !detail::spread(model)) {
+      e.confusion.add(logits[0].value().to(Device::cpu), b.labels);
+    } else {  // this rank's subimages
+      const std::vector<Tensor> labels = detail::local_tiles(model, b.labels, Device::cpu);
+      for (std::size_t i = 0; i < logits.size(); ++i) e.confusion.add(logits[i].value().to(Device::cpu), labels[i]);
+    }
+  }
+  if (Distribution* d = detail::spread(model)) {  // every rank's pixels counted, on every rank
+    std::vector<double> c(e.confusion.counts().begin(), e.confusion.counts().end());
+    d->all_reduce_sum(c.data(), std::int64_t(c.size()));
+    for (std::size_t i = 0; i < c.size(); ++i) e.confusion.counts()[i] = static_cast<std::int64_t>(c[i]);
   }
   e.loss /= double(std::max<std::int64_t>(1, set.size()));
   model.train(was_training);
@@ -121,8 +183,7 @@ class Trainer {
       const std::int64_t start = b * o_.batch, len = std::min<std::int64_t>(o_.batch, train.size() - start);
       const SegmentationSet batch = gather(train, order, start, len);
       model_.zero_grad();
-      const Device dev = model_.device();
-      const Var loss = segmentation_loss(model_.forward(Var(batch.images.to(dev))), batch.labels.to(dev), o_.loss);
+      const Var loss = detail::batch_loss(model_, batch, o_.loss);
       if (o_.loss_scaling) {
         scaler_.backward(loss);
         if (scaler_.unscale(model_.gradients())) {  // else: overflow, step skipped
