@@ -129,9 +129,9 @@ Evaluation evaluate(M& model, const SegmentationSet& set, int classes, int batch
     const SegmentationSet b = set.batch(s, len);
     std::vector<Var> logits;
     e.loss += detail::batch_loss(model, b, k, &logits).value().item() * double(len);
-    if (logits.size() == 1 && !detail::spread(model)) {
+    if (!detail::spread(model)) {
       e.confusion.add(logits[0].value().to(Device::cpu), b.labels);
-    } else {  // this rank's subimages
+    } else if constexpr (requires { model.distribution(); }) {  // this rank's subimages
       const std::vector<Tensor> labels = detail::local_tiles(model, b.labels, Device::cpu);
       for (std::size_t i = 0; i < logits.size(); ++i) e.confusion.add(logits[i].value().to(Device::cpu), labels[i]);
     }
