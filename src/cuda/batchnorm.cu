@@ -5,56 +5,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "common.cuh"
 #include "dd/kernels/cuda/kernels.hpp"
 
 namespace dd::cuda::kernels {
 namespace {
 
-using i64 = std::int64_t;
-constexpr int kBlock = 256;      // a power of two (block_sum)
 constexpr i64 kPartials = 2048;  // blocks of the first pass, about, over all channels
-
-unsigned grid_for(i64 n) {
-  return static_cast<unsigned>(std::min<i64>((n + kBlock - 1) / kBlock, 65535));
-}
-__device__ i64 first_index() {
-  return static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ i64 grid_stride() {
-  return static_cast<i64>(gridDim.x) * blockDim.x;
-}
-
-void check(cudaError_t e, const char* who) {
-  if (e != cudaSuccess)
-    throw std::runtime_error(std::string("dd::cuda::kernels::") + who + ": " + cudaGetErrorString(e));
-}
-
-// Stream-ordered device scratch, freed (stream-ordered) on every exit path.
-struct Scratch {
-  void* p = nullptr;
-  cudaStream_t s;
-  Scratch(std::size_t bytes, cudaStream_t stream, const char* who) : s(stream) {
-    check(cudaMallocAsync(&p, bytes, s), who);
-  }
-  ~Scratch() {
-    if (p) (void)cudaFreeAsync(p, s);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
-
-// Tree sum over the block in a fixed order (deterministic); every thread gets the result.
-__device__ double block_sum(double v, double* sh) {
-  sh[threadIdx.x] = v;
-  __syncthreads();
-  for (int half = kBlock / 2; half > 0; half >>= 1) {
-    if (threadIdx.x < half) sh[threadIdx.x] += sh[threadIdx.x + half];
-    __syncthreads();
-  }
-  const double r = sh[0];
-  __syncthreads();  // sh may be reused right away
-  return r;
-}
 
 // Explicitly rounded ops: the same IEEE float result as the CPU's 1.0f / std::sqrt(var + eps).
 __global__ void invstd_kernel(const float* var, i64 c, float eps, float* invstd) {

@@ -6,24 +6,11 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common.cuh"
 #include "dd/kernels/cuda/kernels.hpp"
 
 namespace dd::cuda::kernels {
 namespace {
-
-using i64 = std::int64_t;
-constexpr int kBlock = 256;
-
-// Grid-stride loops cover any n, so the grid is capped; n == 0 must not reach a launch.
-unsigned grid_for(i64 n) {
-  return static_cast<unsigned>(std::min<i64>((n + kBlock - 1) / kBlock, 65535));
-}
-__device__ i64 first_index() {
-  return static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ i64 grid_stride() {
-  return static_cast<i64>(gridDim.x) * blockDim.x;
-}
 
 __global__ void fill_kernel(float* x, i64 n, float v) {
   for (i64 i = first_index(); i < n; i += grid_stride()) x[i] = v;

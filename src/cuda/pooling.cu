@@ -2,23 +2,11 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common.cuh"
 #include "dd/kernels/cuda/kernels.hpp"
 
 namespace dd::cuda::kernels {
 namespace {
-
-using i64 = std::int64_t;
-constexpr int kBlock = 256;
-
-unsigned grid_for(i64 n) {
-  return static_cast<unsigned>(std::min<i64>((n + kBlock - 1) / kBlock, 65535));
-}
-__device__ i64 first_index() {
-  return static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ i64 grid_stride() {
-  return static_cast<i64>(gridDim.x) * blockDim.x;
-}
 
 // One thread per output; the comparisons are the CPU's, in its order (first maximum wins, NaN never wins).
 __global__ void maxpool_forward_kernel(const float* x, i64 h, i64 w, i64 ho, i64 wo, i64 total, float* y,

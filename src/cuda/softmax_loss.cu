@@ -7,63 +7,19 @@
 #include <string>
 #include <vector>
 
+#include "common.cuh"
 #include "dd/kernels/cuda/kernels.hpp"
 
 namespace dd::cuda::kernels {
 namespace {
 
-using i64 = std::int64_t;
-constexpr int kBlock = 256;      // a power of two (block_sum)
 constexpr i64 kPartials = 1024;  // blocks of a first reduction pass, at most
-
-unsigned grid_for(i64 n) {
-  return static_cast<unsigned>(std::min<i64>((n + kBlock - 1) / kBlock, 65535));
-}
-__device__ i64 first_index() {
-  return static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ i64 grid_stride() {
-  return static_cast<i64>(gridDim.x) * blockDim.x;
-}
-
-void check(cudaError_t e, const char* who) {
-  if (e != cudaSuccess)
-    throw std::runtime_error(std::string("dd::cuda::kernels::") + who + ": " + cudaGetErrorString(e));
-}
-
-// Stream-ordered device scratch, freed (stream-ordered) on every exit path.
-struct Scratch {
-  void* p = nullptr;
-  cudaStream_t s;
-  Scratch(std::size_t bytes, cudaStream_t stream, const char* who) : s(stream) {
-    check(cudaMallocAsync(&p, bytes, s), who);
-  }
-  ~Scratch() {
-    if (p) (void)cudaFreeAsync(p, s);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
 
 // A label is a class index iff it is an integer in [0, c); NaN fails the range test.
 __device__ bool label_index(float v, i64 c, i64& k) {
   if (!(v >= 0.0f && static_cast<double>(v) < static_cast<double>(c))) return false;
   k = static_cast<i64>(v);
   return static_cast<float>(k) == v && k < c;
-}
-
-// Tree sum over the block in a fixed order (deterministic); every thread gets the result.
-template <class T>
-__device__ T block_sum(T v, T* sh) {
-  sh[threadIdx.x] = v;
-  __syncthreads();
-  for (int half = kBlock / 2; half > 0; half >>= 1) {
-    if (threadIdx.x < half) sh[threadIdx.x] += sh[threadIdx.x + half];
-    __syncthreads();
-  }
-  const T r = sh[0];
-  __syncthreads();  // sh may be reused right away
-  return r;
 }
 
 // out[r] = sum of part[r * cols .. r * cols + cols), one block per row.
