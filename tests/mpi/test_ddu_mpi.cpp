@@ -53,7 +53,8 @@ void compare_with_one_process(GridSpec grid, Exchange mode, Shape image) {
   CAPTURE(grid.rows);
   CAPTURE(grid.cols);
   const Tensor x = Tensor::randn(image, 7), labels = labels_for(image, 8);
-  DDU ref(grid, mode, 3, CpuWorkers(1)), dist(grid, mode, 3, CpuWorkers(1));
+  DDU ref(grid, mode, 3, CpuWorkers(1)), dist(grid, mode, 3, CpuWorkers(1)), whole(grid, mode, 3, CpuWorkers(1));
+  Adam a_whole(whole.parameters(), whole.gradients(), {1e-3f});
   auto md = std::make_shared<mpi::MpiDistribution>(*world);
   dist.distribute(md);
   const Grid g = ref.grid_for(image);
@@ -71,6 +72,10 @@ void compare_with_one_process(GridSpec grid, Exchange mode, Shape image) {
     const Var l_ref = dice_loss(cut(y_ref, g), all_labels);
     l_ref.backward();
     a_ref.step();
+    // The plain single-process run: Dice over the whole stitched image (sums in another order).
+    whole.zero_grad();
+    dice_loss(whole.forward(Var(x)), labels).backward();
+    a_whole.step();
 
     dist.zero_grad();
     std::vector<Var> in;
@@ -86,7 +91,10 @@ void compare_with_one_process(GridSpec grid, Exchange mode, Shape image) {
     for (std::size_t i = 0; i < y.size(); ++i) CHECK(max_rel(y[i].value(), ref_tiles[i]) < 1e-5);
   }
   const double dp = max_rel(dist.parameters(), ref.parameters()), db = max_rel(dist.buffers(), ref.buffers());
-  MESSAGE("after 5 steps: parameters differ by " << dp << ", BN statistics by " << db << " (max |diff| / max |value|)");
+  const double dw = max_rel(dist.parameters(), whole.parameters());
+  MESSAGE("after 5 steps: parameters differ by " << dp << ", BN statistics by " << db << " (max |diff| / max |value|); "
+          "from the run with the Dice loss over the whole image by " << dw);
+  CHECK(dw < 1e-5);
   CHECK(dp < 1e-5);
   CHECK(db < 1e-5);
   // Stronger, and true by construction: the same bits (the ranks sum gradients, Dice sums and BN
