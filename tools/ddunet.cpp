@@ -179,7 +179,13 @@ struct TrainCmd {
   bool no_augment = false, resume = false, quiet = false;
   std::uint64_t seed = 1;
   int threads = 0;
+  std::string device = "cpu";
 };
+
+dd::Device parse_device(const std::string& d) {
+  DD_CHECK(d == "cpu" || d == "cuda", "--device {}: use cpu or cuda (cuda needs a build with -DDD_CUDA=ON)", d);
+  return d == "cuda" ? dd::Device::cuda : dd::Device::cpu;
+}
 
 int run_train(TrainCmd& c) {
   if (c.threads > 0) dd::set_num_threads(c.threads);
@@ -205,6 +211,7 @@ int run_train(TrainCmd& c) {
              c.spec.describe());
   }
   dd::DDUNet model = dd::make_model(c.spec, c.seed, dd::CpuWorkers(c.threads));
+  model.to(parse_device(c.device));  // before the optimizer: it keeps views of the parameters
   ranks.place(model);
   if (!ranks.root()) c.quiet = true;
   dd::Trainer<dd::DDUNet> trainer(model, c.spec.net.classes, c.fit);
@@ -273,6 +280,7 @@ struct EvalCmd {
   std::string checkpoint, grid;
   std::uint64_t seed = 1;
   int threads = 0;
+  std::string device = "cpu";
 };
 
 dd::DDUNet load_model(const std::string& path, const std::string& grid, int threads, dd::ModelSpec* spec_out = nullptr) {
@@ -291,6 +299,7 @@ int run_eval(EvalCmd& c) {
   if (c.threads > 0) dd::set_num_threads(c.threads);
   dd::ModelSpec spec;
   dd::DDUNet model = load_model(c.checkpoint, c.grid, c.threads, &spec);
+  model.to(parse_device(c.device));
   c.data.classes = spec.net.classes;
   c.data.channels = spec.net.in_channels;
   const Data data = load_data(c.data, c.seed, false);
@@ -563,6 +572,7 @@ int main(int argc, char** argv) {
   train->add_option("--lr", tc.fit.lr, "Adam learning rate")->capture_default_str()->check(CLI::PositiveNumber);
   train->add_option("--seed", tc.seed, "seed for weights, data order, crops and dropout")->capture_default_str();
   train->add_option("--threads", tc.threads, "worker threads (0: all cores)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  train->add_option("--device", tc.device, "cpu, or cuda (a build with -DDD_CUDA=ON)")->capture_default_str();
   train->add_option("--out", tc.out, "folder for last.safetensors (every epoch), best.safetensors and log.csv")->capture_default_str();
   train->add_flag("--resume", tc.resume, "continue from OUT/last.safetensors with identical results");
   train->add_flag("--quiet", tc.quiet, "no progress bar");
@@ -574,6 +584,7 @@ int main(int argc, char** argv) {
   add_data_flags(eval, ec.data, false);
   eval->add_option("--seed", ec.seed, "circles: data seed (the training seed gives its validation set)")->capture_default_str();
   eval->add_option("--threads", ec.threads, "worker threads (0: all cores)")->capture_default_str();
+  eval->add_option("--device", ec.device, "cpu, or cuda (a build with -DDD_CUDA=ON)")->capture_default_str();
 
   PredictCmd pc;
   auto* predict = app.add_subcommand("predict", "segment one image of any size, tile by tile with bounded memory");
