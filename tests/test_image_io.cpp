@@ -17,6 +17,7 @@
 #include <zlib.h>
 
 #include "dd/core/tensor.hpp"
+#include "test_files.hpp"
 #include "dd/io/image.hpp"
 #include "dd/io/png_stream.hpp"
 
@@ -24,36 +25,14 @@ namespace fs = std::filesystem;
 using dd::Tensor;
 using dd::io::ColorTable;
 
+using ddtest::contains;
+using ddtest::error_of;
+
 namespace {
 
-// A fresh directory under the system temp dir, removed with everything in it.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto tick = std::chrono::steady_clock::now().time_since_epoch().count();
-    dir = fs::temp_directory_path() /
-          ("dd_image_io_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + "_" + std::to_string(tick));
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string operator/(const std::string& name) const { return (dir / name).string(); }
-  std::size_t entries() const { return static_cast<std::size_t>(std::distance(fs::directory_iterator(dir), {})); }
+struct TempDir : ddtest::TempDir {
+  TempDir() : ddtest::TempDir("dd_image_io") {}
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const dd::Error& e) {
-    return e.what();
-  }
-  return "<no dd::Error thrown>";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 void write_png(const std::string& path, int w, int h, int comp, const std::vector<std::uint8_t>& px) {
   REQUIRE(px.size() == std::size_t(w) * h * comp);

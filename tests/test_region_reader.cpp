@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "test_files.hpp"
 #include "dd/io/image.hpp"
 #include "dd/io/png_stream.hpp"
 #include "dd/io/region_reader.hpp"
@@ -28,33 +29,14 @@ namespace fs = std::filesystem;
 using dd::io::Image;
 using dd::io::kStoredChannels;
 
+using ddtest::contains;
+using ddtest::error_of;
+
 namespace {
 
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto tick = std::chrono::steady_clock::now().time_since_epoch().count();
-    dir = fs::temp_directory_path() / ("dd_region_reader_" + std::to_string(::getpid()) + "_" +
-                                       std::to_string(counter++) + "_" + std::to_string(tick));
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string operator/(const std::string& name) const { return (dir / name).string(); }
+struct TempDir : ddtest::TempDir {
+  TempDir() : ddtest::TempDir("dd_region_reader") {}
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const dd::Error& e) {
-    return e.what();
-  }
-  return "<no dd::Error thrown>";
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::vector<std::uint8_t> file_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
