@@ -16,18 +16,25 @@ void blocked(std::int64_t n, Fn&& fn) {
 }
 }  // namespace detail
 
+// Local restrict copies of the pointers: through the lambda's captures the compiler must assume the
+// stores alias them, reloads every element and does not vectorise (measured 10x slower).
 inline void relu_forward(const float* x, std::int64_t n, float* y) {
-  detail::blocked(n, [&](std::int64_t lo, std::int64_t hi) {
+  detail::blocked(n, [x, y](std::int64_t lo, std::int64_t hi) {
+    const float* __restrict in = x;
+    float* __restrict out = y;
 #pragma omp simd
-    for (std::int64_t i = lo; i < hi; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    for (std::int64_t i = lo; i < hi; ++i) out[i] = in[i] > 0.0f ? in[i] : 0.0f;
   });
 }
 
 // dx = dy where the forward output was positive (y > 0 iff x > 0).
 inline void relu_backward(const float* y, const float* dy, std::int64_t n, float* dx) {
-  detail::blocked(n, [&](std::int64_t lo, std::int64_t hi) {
+  detail::blocked(n, [y, dy, dx](std::int64_t lo, std::int64_t hi) {
+    const float* __restrict out = y;
+    const float* __restrict g = dy;
+    float* __restrict gx = dx;
 #pragma omp simd
-    for (std::int64_t i = lo; i < hi; ++i) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    for (std::int64_t i = lo; i < hi; ++i) gx[i] = out[i] > 0.0f ? g[i] : 0.0f;
   });
 }
 
