@@ -431,6 +431,7 @@ int run_predict_ranks(PredictCmd& c) {
       }
     std::vector<std::int64_t> counts;
     const std::vector<float> all = ranks.world->all_gather_v(send.data(), std::int64_t(send.size()), counts);
+    if (!ranks.root()) return;  // only rank 0 writes
     band_y = g.row_offset(row), band_h = g.heights()[std::size_t(row)];
     band.assign(std::size_t(band_h * W), 0);
     std::size_t at = 0;  // clones are owned in contiguous blocks: rank order is column order

@@ -40,4 +40,10 @@ class Distribution {
   }
 };
 
+// Every rank's values gathered in rank order (for a loss taken over all ranks' pieces: pass to
+// dice_loss as its piece gathering).
+inline std::function<std::vector<double>(const std::vector<double>&)> gather_pieces(Distribution& d) {
+  return [&d](const std::vector<double>& mine) { return d.all_gather(mine.data(), std::int64_t(mine.size())); };
+}
+
 }  // namespace dd

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "dd/core/rng.hpp"
+#include "dd/kernels/cpu/activation.hpp"
 #include "dd/ops/recording.hpp"
 #if DD_WITH_CUDA
 #include "dd/kernels/gpu/kernels.hpp"
@@ -32,14 +33,10 @@ inline Var dropout2d(const Var& x, float p, Rng& rng, bool training) {
   const std::int64_t plane = s.h * s.w;
   // y = x * scale per (sample, channel) plane.
   auto apply = [plane](const Tensor& in, const Tensor& k, const Tensor& out) {
-    if (detail::on_gpu(in)) {
+    if (detail::on_gpu(in))
       DD_GPU(scale_planes(in.data(), k.data(), k.numel(), plane, out.data()));
-      return;
-    }
-    parallel_for(k.numel(), [&](std::int64_t nc) {
-      const float f = k.data()[nc];
-      for (std::int64_t i = 0; i < plane; ++i) out.data()[nc * plane + i] = in.data()[nc * plane + i] * f;
-    });
+    else
+      cpu::scale_planes(in.data(), k.data(), k.numel(), plane, out.data());
   };
   Tensor Y = Tensor::empty(s, X.device());
   apply(X, scale, Y);

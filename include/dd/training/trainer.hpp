@@ -82,14 +82,12 @@ std::vector<Tensor> local_tiles(const M& model, const Tensor& batch, Device dev)
 template <class M>
 Var batch_loss(M& model, const SegmentationSet& b, LossKind k, std::vector<Var>* logits_out = nullptr) {
   const Device dev = model.device();
-  if (Distribution* d = spread(model)) {
-    if constexpr (requires { model.distribution(); }) {
+  if constexpr (requires { model.distribution(); }) {
+    if (Distribution* d = spread(model)) {
       DD_CHECK(k == LossKind::dice, "dd::Trainer: a model spread over ranks trains with the Dice loss only");
       const std::vector<Tensor> x = local_tiles(model, b.images, dev), y = local_tiles(model, b.labels, dev);
       std::vector<Var> logits = model.forward_tiles(b.images.shape(), std::vector<Var>(x.begin(), x.end()));
-      Var loss = dice_loss(logits, y, [d](const std::vector<double>& mine) {
-        return d->all_gather(mine.data(), std::int64_t(mine.size()));
-      });
+      Var loss = dice_loss(logits, y, gather_pieces(*d));
       if (logits_out) *logits_out = std::move(logits);
       return loss;
     }

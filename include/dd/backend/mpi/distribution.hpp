@@ -4,7 +4,7 @@
 //   dd::mpi::Environment env(argc, argv);
 //   model.distribute(std::make_shared<dd::mpi::MpiDistribution>(dd::mpi::Communicator::world()));
 //   auto logits = model.forward_tiles(image_shape, my_tiles);          // my_tiles: local_clones(K)
-//   auto loss = dd::dice_loss(logits, my_labels, dd::mpi::sum_over(comm));
+//   auto loss = dd::dice_loss(logits, my_labels, dd::mpi::sum_over(*dist));
 // Exchange choice: the F-channel bottleneck tiles are ALL-GATHERED and every rank runs the (small)
 // communication network on the whole coarse map, instead of gathering to one owner and scattering
 // back. Both move the same bytes per rank (each rank's tiles out, all tiles in, versus tiles out
@@ -81,7 +81,7 @@ class MpiDistribution : public Distribution {
 
 // The gathering that makes a Dice loss over this rank's subimages the loss of the whole image.
 inline DicePieceGather sum_over(MpiDistribution& dist) {
-  return [&dist](const std::vector<double>& mine) { return dist.all_gather(mine.data(), std::int64_t(mine.size())); };
+  return gather_pieces(dist);
 }
 
 }  // namespace dd::mpi

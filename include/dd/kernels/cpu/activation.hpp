@@ -38,6 +38,16 @@ inline void relu_backward(const float* y, const float* dy, std::int64_t n, float
   });
 }
 
+// y[p, i] = x[p, i] * scale[p] for planes p of `plane` elements (dropout2d).
+inline void scale_planes(const float* x, const float* scale, std::int64_t planes, std::int64_t plane, float* y) {
+  parallel_for(planes, [&](std::int64_t p) {
+    const float* in = x + p * plane;
+    float* out = y + p * plane;
+    const float k = scale[p];
+    for (std::int64_t i = 0; i < plane; ++i) out[i] = in[i] * k;
+  });
+}
+
 // The activation tail of a conv block, in place: y = relu(y) * scale[plane] (dropout2d's kept-plane
 // factor; scale may be null: relu only). planes of `plane` elements each.
 inline void relu_scale_planes(float* y, const float* scale, std::int64_t planes, std::int64_t plane) {

@@ -86,15 +86,9 @@ inline std::int64_t count_nonfinite(const float* x, std::int64_t n) {
   return n > 0 ? detail::launch("count_nonfinite", k::count_nonfinite, x, n) : 0;
 }
 
-}  // namespace dd::gpu
-
-namespace dd::gpu {
 inline void batchnorm_invstd(const float* var, std::int64_t c, float eps, float* invstd) {
   detail::launch("batchnorm_invstd", k::batchnorm_invstd, var, c, eps, invstd);
 }
-}  // namespace dd::gpu
-
-namespace dd::gpu {
 // Losses: the parts of cross entropy and Dice that touch every pixel (see ops/loss.hpp, dice_loss.hpp).
 inline double cross_entropy_sum(const float* p, const float* labels, std::int64_t n, std::int64_t c,
                                 std::int64_t plane, std::int64_t* invalid) {
