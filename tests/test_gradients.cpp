@@ -50,6 +50,69 @@ TEST_CASE("conv2d backward matches finite differences") {
   }
 }
 
+TEST_CASE("conv2d over channel parts: finite differences, and the same as over the concatenation") {
+  struct Case {
+    std::vector<std::int64_t> parts;  // channels of each part
+    Shape x;                          // n, (unused), h, w
+    std::int64_t cout, k, pad, stride;
+  };
+  const Case cases[] = {
+      {{2, 3}, {2, 0, 7, 6}, 3, 3, 1, 1},    // the decoder's [skip, up]
+      {{1, 2, 1}, {1, 0, 9, 8}, 2, 5, 2, 1},  // three parts, 5x5
+      {{2, 2}, {2, 0, 9, 7}, 3, 3, 1, 2},    // stride 2: the col2im path
+      {{3, 1}, {2, 0, 5, 4}, 4, 1, 0, 1},    // 1x1: no im2col for a single part, parts need it
+      {{8, 8}, {1, 0, 40, 64}, 4, 3, 1, 1},  // several row blocks
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.parts.size());
+    CAPTURE(c.k);
+    CAPTURE(c.stride);
+    std::int64_t cin = 0;
+    std::vector<Tensor> in;
+    for (std::size_t i = 0; i < c.parts.size(); ++i) {
+      in.push_back(Tensor::randn({c.x.n, c.parts[i], c.x.h, c.x.w}, 30 + i));
+      cin += c.parts[i];
+    }
+    const std::size_t np = c.parts.size();
+    in.push_back(Tensor::randn({c.cout, cin, c.k, c.k}, 40, 0.3f));
+    in.push_back(Tensor::randn({c.cout, 1, 1, 1}, 41));
+    const dd::Conv2dOptions o{c.pad, c.stride, 1};
+    const auto parts_op = [&](const std::vector<Var>& v) {
+      return dd::conv2d(std::vector<Var>(v.begin(), v.begin() + np), v[np], v[np + 1], o);
+    };
+    const auto concat_op = [&](const std::vector<Var>& v) {
+      return dd::conv2d(dd::concat(std::vector<Var>(v.begin(), v.begin() + np), 1), v[np], v[np + 1], o);
+    };
+    if (c.x.h * c.x.w < 1000) CHECK(check_op(parts_op, in) < tol);
+
+    std::vector<Var> a, b;
+    for (const Tensor& t : in) a.emplace_back(t, true), b.emplace_back(t, true);
+    const Var ya = parts_op(a);
+    const Tensor r = Tensor::randn(ya.shape(), 42);
+    dd::weighted_sum(ya, r).backward();  // one graph per backward: it replays and clears the tape
+    const Var yb = concat_op(b);
+    dd::weighted_sum(yb, r).backward();
+    CHECK(ya.value().to_vector() == yb.value().to_vector());  // the same col blocks, the same GEMMs
+    for (std::size_t i = 0; i < in.size(); ++i) {
+      CAPTURE(i);
+      const auto ga = a[i].grad().to_vector(), gb = b[i].grad().to_vector();
+      REQUIRE(ga.size() == gb.size());
+      double diff = 0, norm = 0;
+      for (std::size_t j = 0; j < ga.size(); ++j) {
+        diff = std::max(diff, double(std::abs(ga[j] - gb[j])));
+        norm = std::max(norm, double(std::abs(gb[j])));
+      }
+      CHECK(diff <= 1e-6 * std::max(norm, 1.0));
+    }
+  }
+  const Var x1(Tensor::randn({1, 2, 6, 6}, 1)), x2(Tensor::randn({1, 2, 5, 6}, 2));
+  const Var w(Tensor::randn({1, 4, 3, 3}, 3));
+  CHECK_THROWS_WITH_AS(dd::conv2d(std::vector<Var>{x1, x2}, w, Var{}, {1, 1, 1}), doctest::Contains("differ outside"),
+                       dd::Error);
+  CHECK_THROWS_WITH_AS(dd::conv2d(std::vector<Var>{x1, x1, x1}, w, Var{}, {1, 1, 1}),
+                       doctest::Contains("input has 6 channels"), dd::Error);
+}
+
 TEST_CASE("batch_norm backward matches finite differences (train and eval)") {
   for (bool training : {true, false}) {
     CAPTURE(training);

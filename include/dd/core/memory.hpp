@@ -1,6 +1,7 @@
 #pragma once
-// Storage: aligned host memory with a process-wide byte counter (current and peak), which the
-// memory benchmarks read, or device memory from the CUDA caching allocator (its own counters).
+// Storage: aligned host memory (from the caching HostAllocator) with a process-wide byte counter of
+// live tensors (current and peak), which the memory benchmarks read, or device memory from the
+// CUDA caching allocator (its own counters).
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -9,6 +10,7 @@
 
 #include "dd/core/config.hpp"
 #include "dd/core/error.hpp"
+#include "dd/core/host_allocator.hpp"
 #if DD_WITH_CUDA
 #include "dd/backend/cuda/allocator.hpp"
 #endif
@@ -42,7 +44,7 @@ class MemoryStats {
 // One contiguous float buffer. Tensors share it through shared_ptr; views keep it alive.
 class Storage {
  public:
-  static constexpr std::size_t alignment = 64;  // a cache line; also enough for AVX-512 loads
+  static constexpr std::size_t alignment = HostAllocator::alignment;
 
   explicit Storage(std::size_t count, Device device = Device::cpu) : count_(count), device_(device) {
     if (device == Device::cuda) {
@@ -53,9 +55,8 @@ class Storage {
       detail::no_cuda();
 #endif
     }
-    const std::size_t bytes = ((count * sizeof(float) + alignment - 1) / alignment) * alignment;
-    data_ = static_cast<float*>(std::aligned_alloc(alignment, bytes == 0 ? alignment : bytes));
-    if (!data_) throw std::bad_alloc();
+    const std::size_t bytes = HostAllocator::rounded(count * sizeof(float));
+    data_ = static_cast<float*>(HostAllocator::instance().allocate(bytes));
     bytes_ = static_cast<std::int64_t>(bytes);
     MemoryStats::add(bytes_);
   }
@@ -66,7 +67,7 @@ class Storage {
       return;
     }
 #endif
-    std::free(data_);
+    HostAllocator::instance().release(data_, static_cast<std::size_t>(bytes_));
     MemoryStats::sub(bytes_);
   }
   Storage(const Storage&) = delete;

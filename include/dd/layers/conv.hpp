@@ -35,6 +35,12 @@ struct Conv {
     const Var b = Bias ? ctx.param(po + weight_count, {Out, 1, 1, 1}) : Var{};
     return conv2d(x, w, b, {Pad, Stride, Dilation});
   }
+  // Over the channel concatenation of `parts`, without building it (see dd::conv2d).
+  static Var forward(Context& ctx, const std::vector<Var>& parts, std::size_t po, std::size_t) {
+    const Var w = ctx.param(po, {Out, In, K, K});
+    const Var b = Bias ? ctx.param(po + weight_count, {Out, 1, 1, 1}) : Var{};
+    return conv2d(parts, w, b, {Pad, Stride, Dilation});
+  }
 };
 
 }  // namespace dd

@@ -4,6 +4,7 @@
 #include <array>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "dd/layers/layer.hpp"
 
@@ -78,6 +79,14 @@ struct Seq {
   static Var forward(Context& ctx, const Var& x, std::size_t po, std::size_t bo) {
     return run(ctx, x, po, bo, std::make_index_sequence<size>{});
   }
+  // The first layer takes the channel concatenation of `parts` (a convolution reads it without
+  // building it), the others follow as usual.
+  static Var forward(Context& ctx, const std::vector<Var>& parts, std::size_t po, std::size_t bo)
+    requires requires { std::tuple_element_t<0, Layers>::forward(ctx, parts, po, bo); }
+  {
+    const Var x = std::tuple_element_t<0, Layers>::forward(ctx, parts, po, bo);
+    return run_rest(ctx, x, po, bo, std::make_index_sequence<size - 1>{});
+  }
 
  private:
   template <std::size_t... I>
@@ -87,6 +96,12 @@ struct Seq {
   template <std::size_t... I>
   static Var run(Context& ctx, Var x, std::size_t po, std::size_t bo, std::index_sequence<I...>) {
     ((x = Ls::forward(ctx, x, po + param_offsets[I], bo + buffer_offsets[I])), ...);
+    return x;
+  }
+  template <std::size_t... I>
+  static Var run_rest(Context& ctx, Var x, std::size_t po, std::size_t bo, std::index_sequence<I...>) {
+    ((x = std::tuple_element_t<I + 1, Layers>::forward(ctx, x, po + param_offsets[I + 1], bo + buffer_offsets[I + 1])),
+     ...);
     return x;
   }
 };

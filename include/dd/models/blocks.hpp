@@ -37,7 +37,8 @@ struct Up {
   }
   static Var forward(Context& ctx, const Var& below, const Var& skip, std::size_t po, std::size_t bo) {
     const Var up = Upsample::forward(ctx, below, po, bo);
-    return Fuse::forward(ctx, concat({skip, up}, 1), po + Upsample::param_count, bo + Upsample::buffer_count);
+    // [skip, up] as parts: the first convolution reads both without a concatenated copy.
+    return Fuse::forward(ctx, std::vector<Var>{skip, up}, po + Upsample::param_count, bo + Upsample::buffer_count);
   }
 };
 

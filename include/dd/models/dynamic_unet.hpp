@@ -38,11 +38,13 @@ struct ConvSpec {
     for (std::size_t i = 0; i < w; ++i) p[po + i] = std * rng.normal();
     for (std::size_t i = w; i < count(); ++i) p[po + i] = 0.0f;
   }
-  Var forward(Context& ctx, const Var& x) const {
+  // Over the channel concatenation of `parts` (one or more, never built: see dd::conv2d).
+  Var forward(Context& ctx, const std::vector<Var>& parts) const {
     const std::size_t w = std::size_t(out) * in * k * k;
-    return conv2d(x, ctx.param(po, {out, in, k, k}), bias ? ctx.param(po + w, {out, 1, 1, 1}) : Var{},
+    return conv2d(parts, ctx.param(po, {out, in, k, k}), bias ? ctx.param(po + w, {out, 1, 1, 1}) : Var{},
                   {k / 2, 1, 1});
   }
+  Var forward(Context& ctx, const Var& x) const { return forward(ctx, std::vector<Var>{x}); }
   void slots(const std::string& name, std::vector<TensorSlot>& ps) const {
     ps.push_back({name + ".weight", po, {out, in, k, k}});
     if (bias) ps.push_back({name + ".bias", po + std::size_t(out) * in * k * k, {out, 1, 1, 1}});
@@ -91,10 +93,14 @@ struct ConvBlock {
   void init(Rng& rng, float* p, float* b) const {
     for (std::size_t i = 0; i < convs.size(); ++i) convs[i].init(rng, p), norms[i].init(p, b);
   }
-  Var forward(Context& ctx, Var x) const {
-    for (std::size_t i = 0; i < convs.size(); ++i) x = norms[i].forward(ctx, convs[i].forward(ctx, x), dropout);
+  // The first convolution takes the channel concatenation of `parts`.
+  Var forward(Context& ctx, const std::vector<Var>& parts) const {
+    Var x = parts.size() == 1 ? parts[0] : Var{};
+    for (std::size_t i = 0; i < convs.size(); ++i)
+      x = norms[i].forward(ctx, i == 0 ? convs[0].forward(ctx, parts) : convs[i].forward(ctx, x), dropout);
     return x;
   }
+  Var forward(Context& ctx, const Var& x) const { return forward(ctx, std::vector<Var>{x}); }
   void slots(const std::string& name, std::vector<TensorSlot>& ps, std::vector<TensorSlot>& bs) const {
     for (std::size_t i = 0; i < convs.size(); ++i) {
       convs[i].slots(name + ".conv" + std::to_string(i + 1), ps);
@@ -188,7 +194,7 @@ class DynamicUNet {
       const UpSpec& u = up_conv_[i];
       const std::size_t w = std::size_t(u.in) * u.out * 4;
       const Var up = upconv2x2(h, ctx.param(u.po, {u.in, u.out, 2, 2}), ctx.param(u.po + w, {u.out, 1, 1, 1}));
-      h = up_[i].forward(ctx, concat({f.skips[std::size_t(c_.depth) - 1 - i], up}, 1));
+      h = up_[i].forward(ctx, {f.skips[std::size_t(c_.depth) - 1 - i], up});
     }
     return head_.forward(ctx, h);
   }

@@ -46,7 +46,7 @@ inline Var concat(const std::vector<Var>& parts, int dim) {
       std::int64_t at = 0;
       for (const Var& p : parts) {
         const std::int64_t len = detail::extent(p.shape(), dim);
-        if (p.requires_grad()) p.accumulate_grad(dy.slice(dim, at, len).clone());
+        if (p.requires_grad()) p.accumulate_grad(dy.slice(dim, at, len));  // a contiguous slice is not copied
         at += len;
       }
     });

@@ -1,15 +1,23 @@
 #pragma once
-// Conv2d on the CPU: im2col over blocks of output rows + Eigen GEMM (the col buffer stays a few
-// MB however large the image), 1x1 stride-1 convolutions skip im2col. Work is split over images
-// when there are enough of them (one single-threaded GEMM per thread), otherwise the GEMM and the
-// im2col of one image are threaded. Weight layout [Cout, Cin, K, K] as in PyTorch.
+// Conv2d on the CPU: im2col over blocks of output rows + GEMM (kernels/cpu/gemm.hpp). The work is
+// a list of (image, row block) items spread over the threads (kernels/cpu/work_split.hpp), each
+// item one single-threaded GEMM on a col block small enough to stay in L2, built in scratch that
+// lives as long as the thread: no allocation, page fault or zero fill per call, and never
+// Eigen's own threaded GEMM, which on the U-Nets' 16-64 output rows spends its time waiting.
+// Stride-1 input gradients are the convolution of dy with the flipped, transposed weights, so
+// they run through the same forward path and write dx (no col2im scatter, no zero-filled dx).
+// The input may be spread over several tensors (ChannelParts: a channel concat that is never
+// materialised, as the U-Net decoder's [skip, up]). Weight layout [Cout, Cin, K, K] as in PyTorch.
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <vector>
 
+#include "dd/core/error.hpp"
 #include "dd/core/parallel.hpp"
-#include "dd/core/tensor.hpp"
 #include "dd/kernels/cpu/gemm.hpp"
+#include "dd/kernels/cpu/scratch.hpp"
+#include "dd/kernels/cpu/work_split.hpp"
 
 namespace dd::cpu {
 
@@ -21,23 +29,55 @@ struct Conv2dGeometry {
   std::int64_t out_w() const { return (w + 2 * pad - dilation * (k - 1) - 1) / stride + 1; }
   std::int64_t patch() const { return cin * k * k; }
   bool pointwise() const { return k == 1 && stride == 1 && pad == 0; }
-  // Output rows per block so that one col block holds about 1M floats (4 MB).
-  std::int64_t rows_per_block() const {
-    const std::int64_t per_row = std::max<std::int64_t>(1, patch() * out_w());
-    return std::clamp<std::int64_t>((std::int64_t{1} << 20) / per_row, 1, out_h());
+  // dL/dx is a stride-1 convolution of dy with the flipped weights (pad' = dilation*(k-1) - pad).
+  bool input_gradient_is_conv() const { return stride == 1 && pad <= dilation * (k - 1); }
+};
+
+// The channels of an NCHW activation held by up to four tensors one after the other: part p has
+// channels[p] channels of every image (T = float or const float).
+template <class T>
+struct ChannelParts {
+  static constexpr int max_parts = 4;
+  std::array<T*, max_parts> data{};
+  std::array<std::int64_t, max_parts> channels{};
+  int count = 0;
+
+  ChannelParts() = default;
+  ChannelParts(T* p, std::int64_t c) : count(1) { data[0] = p, channels[0] = c; }
+  void add(T* p, std::int64_t c) {
+    DD_CHECK(count < max_parts, "dd::cpu::ChannelParts: more than {} parts", max_parts);
+    data[static_cast<std::size_t>(count)] = p;
+    channels[static_cast<std::size_t>(count++)] = c;
+  }
+  std::int64_t total() const {
+    std::int64_t t = 0;
+    for (int p = 0; p < count; ++p) t += channels[static_cast<std::size_t>(p)];
+    return t;
+  }
+  // The plane (H*W = hw floats) of channel c of image n.
+  T* plane(std::int64_t n, std::int64_t c, std::int64_t hw) const {
+    int p = 0;
+    while (p + 1 < count && c >= channels[static_cast<std::size_t>(p)]) c -= channels[static_cast<std::size_t>(p++)];
+    return data[static_cast<std::size_t>(p)] + (n * channels[static_cast<std::size_t>(p)] + c) * hw;
   }
 };
+using InputParts = ChannelParts<const float>;
+using OutputParts = ChannelParts<float>;
 
 namespace detail {
 
-// Fills col[(ci*K+ky)*K+kx][(oy-row0)*Wo+ox] = x[ci][oy*s-p+ky*d][ox*s-p+kx*d] (0 outside).
-inline void im2col(const float* x, const Conv2dGeometry& g, std::int64_t row0, std::int64_t rows, float* col,
-                   bool threaded) {
+inline RowBlocks row_blocks(const Conv2dGeometry& g) {
+  return RowBlocks(g.n, g.out_h(), (g.pointwise() ? g.cout : g.patch()) * g.out_w());
+}
+
+// Fills col[(ci*K+ky)*K+kx][(oy-row0)*Wo+ox] = x[n][ci][oy*s-p+ky*d][ox*s-p+kx*d] (0 outside).
+inline void im2col(const InputParts& x, const Conv2dGeometry& g, std::int64_t n, std::int64_t row0, std::int64_t rows,
+                   float* col) {
   const std::int64_t Wo = g.out_w(), cols = rows * Wo, kk = g.k * g.k;
-  auto fill_row = [&](std::int64_t r) {
+  for (std::int64_t r = 0; r < g.patch(); ++r) {
     const std::int64_t ci = r / kk, ky = (r / g.k) % g.k, kx = r % g.k;
     float* dst = col + r * cols;
-    const float* plane = x + ci * g.h * g.w;
+    const float* plane = x.plane(n, ci, g.h * g.w);
     const std::int64_t ix0 = kx * g.dilation - g.pad;
     for (std::int64_t oy = row0; oy < row0 + rows; ++oy) {
       float* d = dst + (oy - row0) * Wo;
@@ -60,156 +100,132 @@ inline void im2col(const float* x, const Conv2dGeometry& g, std::int64_t row0, s
         }
       }
     }
-  };
-  const std::int64_t patch = g.patch();
-  if (threaded)
-    parallel_for(patch, fill_row);
-  else
-    for (std::int64_t r = 0; r < patch; ++r) fill_row(r);
+  }
 }
 
-// Adjoint of im2col: dx[ci][iy][ix] += dcol[...]. Threads split over input channels, so no two
-// threads write the same plane.
-inline void col2im(const float* dcol, const Conv2dGeometry& g, std::int64_t row0, std::int64_t rows, float* dx,
-                   bool threaded) {
-  const std::int64_t Wo = g.out_w(), cols = rows * Wo;
-  auto channel = [&](std::int64_t ci) {
-    float* plane = dx + ci * g.h * g.w;
+// The [patch x cols] GEMM operand of one item: the input rows themselves for a 1x1 convolution of
+// one tensor, else a col block in this thread's scratch.
+inline GemmOperand patches(const InputParts& x, const Conv2dGeometry& g, const RowBlocks::Item& it, bool transposed) {
+  const std::int64_t Wo = g.out_w(), cols = it.rows * Wo;
+  if (g.pointwise() && x.count == 1) return {x.plane(it.image, 0, g.h * g.w) + it.row0 * Wo, g.h * g.w, transposed};
+  float* col = thread_scratch(Scratch::col, g.patch() * cols);
+  im2col(x, g, it.image, it.row0, it.rows, col);
+  return {col, cols, transposed};
+}
+
+// Y = A * patches for one item, the rows of Y (output channels) going to y's parts in order;
+// A is [cout x patch] row-major (transposed: stored [patch x cout]).
+inline void gemm_into_parts(const float* a, bool a_transposed, const GemmOperand& b, const Conv2dGeometry& g,
+                            const OutputParts& y, const RowBlocks::Item& it) {
+  const std::int64_t Wo = g.out_w(), P = g.out_h() * Wo, cols = it.rows * Wo, patch = g.patch();
+  std::int64_t first = 0;
+  for (int p = 0; p < y.count; ++p) {
+    const std::int64_t c = y.channels[static_cast<std::size_t>(p)];
+    const GemmOperand rows = a_transposed ? GemmOperand{a + first, g.cout, true} : GemmOperand{a + first * patch, patch};
+    gemm(c, cols, patch, rows, b, y.plane(it.image, first, P) + it.row0 * Wo, P, false);
+    first += c;
+  }
+}
+
+// Adjoint of im2col for one image: dx[ci][iy][ix] += dcol[...], threads over input channels.
+// Only for strided convolutions (the others take the flipped-weight path).
+inline void col2im(const float* dcol, const Conv2dGeometry& g, std::int64_t n, const OutputParts& dx) {
+  const std::int64_t Wo = g.out_w(), cols = g.out_h() * Wo;
+  parallel_for(g.cin, [&](std::int64_t ci) {
+    float* plane = dx.plane(n, ci, g.h * g.w);
     for (std::int64_t ky = 0; ky < g.k; ++ky)
       for (std::int64_t kx = 0; kx < g.k; ++kx) {
         const float* src = dcol + ((ci * g.k + ky) * g.k + kx) * cols;
         const std::int64_t ix0 = kx * g.dilation - g.pad;
-        for (std::int64_t oy = row0; oy < row0 + rows; ++oy) {
+        for (std::int64_t oy = 0; oy < g.out_h(); ++oy) {
           const std::int64_t iy = oy * g.stride - g.pad + ky * g.dilation;
           if (iy < 0 || iy >= g.h) continue;
-          const float* s = src + (oy - row0) * Wo;
+          const float* s = src + oy * Wo;
           float* d = plane + iy * g.w;
-          if (g.stride == 1) {
-            const std::int64_t lo = std::clamp<std::int64_t>(-ix0, 0, Wo);
-            const std::int64_t hi = std::clamp<std::int64_t>(g.w - ix0, lo, Wo);
-            float* dd = d + ix0;
-#pragma omp simd
-            for (std::int64_t ox = lo; ox < hi; ++ox) dd[ox] += s[ox];
-          } else {
-            for (std::int64_t ox = 0; ox < Wo; ++ox) {
-              const std::int64_t ix = ox * g.stride + ix0;
-              if (ix >= 0 && ix < g.w) d[ix] += s[ox];
-            }
+          for (std::int64_t ox = 0; ox < Wo; ++ox) {
+            const std::int64_t ix = ox * g.stride + ix0;
+            if (ix >= 0 && ix < g.w) d[ix] += s[ox];
           }
         }
       }
-  };
-  if (threaded)
-    parallel_for(g.cin, channel);
-  else
-    for (std::int64_t ci = 0; ci < g.cin; ++ci) channel(ci);
+  });
 }
 
-// True when there are enough images to give each thread whole images.
-inline bool split_over_images(std::int64_t n) {
-  return n >= num_threads() && num_threads() > 1 && !in_parallel_region();
+inline void input_gradient_strided(const float* w, const float* dy, const Conv2dGeometry& g, const OutputParts& dx) {
+  const std::int64_t P = g.out_h() * g.out_w(), patch = g.patch();
+  for (std::int64_t n = 0; n < g.n; ++n)
+    for (std::int64_t c = 0; c < g.cin; ++c) std::fill_n(dx.plane(n, c, g.h * g.w), g.h * g.w, 0.0f);
+  std::vector<float> col(static_cast<std::size_t>(patch * P));
+  for (std::int64_t n = 0; n < g.n; ++n) {
+    gemm(patch, P, g.cout, {w, patch, true}, {dy + n * g.cout * P, P}, col.data(), P, false);
+    col2im(col.data(), g, n, dx);
+  }
+}
+
+// conv(x, w) + b into y's parts; the forward pass and the stride-1 input gradient.
+inline void conv2d_forward_parts(const InputParts& x, const float* w, const float* b, const Conv2dGeometry& g,
+                                 const OutputParts& y) {
+  const std::int64_t Wo = g.out_w(), P = g.out_h() * Wo;
+  const auto blocks = row_blocks(g);
+  parallel_for(blocks.count(), [&](std::int64_t i) {
+    const auto it = blocks[i];
+    gemm_into_parts(w, false, patches(x, g, it, false), g, y, it);
+    if (b)
+      for (std::int64_t co = 0; co < g.cout; ++co)
+        for (float *q = y.plane(it.image, co, P) + it.row0 * Wo, *e = q + it.rows * Wo; q < e; ++q) *q += b[co];
+  });
 }
 
 }  // namespace detail
 
-// y[n, Cout, Ho, Wo] = conv(x, w) + b. b may be null.
+// y[n, Cout, Ho, Wo] = conv(x, w) + b, x the channel concatenation of its parts. b may be null.
+inline void conv2d_forward(const InputParts& x, const float* w, const float* b, const Conv2dGeometry& g, float* y) {
+  detail::conv2d_forward_parts(x, w, b, g, OutputParts(y, g.cout));
+}
 inline void conv2d_forward(const float* x, const float* w, const float* b, const Conv2dGeometry& g, float* y) {
-  const std::int64_t Ho = g.out_h(), Wo = g.out_w(), P = Ho * Wo, patch = g.patch();
-  const std::int64_t rpb = g.pointwise() ? Ho : g.rows_per_block();
-  const auto W = matrix(w, g.cout, patch, patch);
-
-  auto image = [&](std::int64_t n, std::vector<float>& col, bool threaded) {
-    const float* xi = x + n * g.cin * g.h * g.w;
-    float* yi = y + n * g.cout * P;
-    for (std::int64_t r0 = 0; r0 < Ho; r0 += rpb) {
-      const std::int64_t rows = std::min(rpb, Ho - r0), cols = rows * Wo;
-      auto Y = matrix(yi + r0 * Wo, g.cout, cols, P);
-      if (g.pointwise()) {
-        Y.noalias() = W * matrix(xi + r0 * Wo, g.cin, cols, g.h * g.w);
-      } else {
-        col.resize(static_cast<std::size_t>(patch * cols));
-        detail::im2col(xi, g, r0, rows, col.data(), threaded);
-        Y.noalias() = W * matrix(col.data(), patch, cols, cols);
-      }
-      if (b)
-        for (std::int64_t co = 0; co < g.cout; ++co) Y.row(co).array() += b[co];
-    }
-  };
-
-  if (detail::split_over_images(g.n)) {
-#pragma omp parallel
-    {
-      std::vector<float> col;
-#pragma omp for schedule(static)
-      for (std::int64_t n = 0; n < g.n; ++n) image(n, col, false);
-    }
-  } else {
-    std::vector<float> col;
-    for (std::int64_t n = 0; n < g.n; ++n) image(n, col, true);
-  }
+  conv2d_forward(InputParts(x, g.cin), w, b, g, y);
 }
 
-// Gradients of conv2d. dx (zero-filled by the caller, may be null) receives dL/dx;
-// dw and db (may be null) are ACCUMULATED into, which is what shared weights need.
+// dL/dx WRITTEN into dx's parts (none: no input gradient); dL/dw and dL/db ACCUMULATED into dw
+// and db (may be null), which is what shared weights need (summed per thread, then in thread order).
+inline void conv2d_backward(const InputParts& x, const float* w, const float* dy, const Conv2dGeometry& g,
+                            const OutputParts& dx, float* dw, float* db) {
+  const std::int64_t Ho = g.out_h(), Wo = g.out_w(), P = Ho * Wo, patch = g.patch();
+  if (dx.count > 0) {
+    if (g.pointwise()) {  // dx = W^T dy
+      const auto blocks = detail::row_blocks(g);
+      parallel_for(blocks.count(), [&](std::int64_t i) {
+        const auto it = blocks[i];
+        const Conv2dGeometry back{g.n, g.cout, Ho, Wo, g.cin, 1, 0, 1, 1};
+        detail::gemm_into_parts(w, true, {dy + it.image * g.cout * P + it.row0 * Wo, P}, back, dx, it);
+      });
+    } else if (g.input_gradient_is_conv()) {
+      // wf[ci][co][ky][kx] = w[co][ci][K-1-ky][K-1-kx]
+      const std::int64_t kk = g.k * g.k;
+      std::vector<float> wf(static_cast<std::size_t>(g.cin * g.cout * kk));
+      for (std::int64_t co = 0; co < g.cout; ++co)
+        for (std::int64_t ci = 0; ci < g.cin; ++ci)
+          for (std::int64_t t = 0; t < kk; ++t)
+            wf[static_cast<std::size_t>((ci * g.cout + co) * kk + t)] = w[(co * g.cin + ci) * kk + (kk - 1 - t)];
+      const Conv2dGeometry back{g.n, g.cout, Ho, Wo, g.cin, g.k, g.dilation * (g.k - 1) - g.pad, 1, g.dilation};
+      detail::conv2d_forward_parts(InputParts(dy, g.cout), wf.data(), nullptr, back, dx);
+    } else {
+      detail::input_gradient_strided(w, dy, g, dx);
+    }
+  }
+  const auto blocks = detail::row_blocks(g);
+  accumulate_over_threads(blocks.count(), dw, g.cout * patch, db, g.cout, [&](std::int64_t i, float* dW, float* dB) {
+    const auto it = blocks[i];
+    const std::int64_t cols = it.rows * Wo;
+    const float* dY = dy + it.image * g.cout * P + it.row0 * Wo;
+    if (dW) gemm(g.cout, patch, cols, {dY, P}, detail::patches(x, g, it, true), dW, patch, true);
+    if (dB)
+      for (std::int64_t co = 0; co < g.cout; ++co) dB[co] += sum_of(dY + co * P, cols);
+  });
+}
 inline void conv2d_backward(const float* x, const float* w, const float* dy, const Conv2dGeometry& g, float* dx,
                             float* dw, float* db) {
-  const std::int64_t Ho = g.out_h(), Wo = g.out_w(), P = Ho * Wo, patch = g.patch();
-  const std::int64_t rpb = g.pointwise() ? Ho : g.rows_per_block();
-  const auto W = matrix(w, g.cout, patch, patch);
-
-  // dW_acc, dB_acc: where this image's weight gradients go (per-thread when split over images).
-  auto image = [&](std::int64_t n, std::vector<float>& col, float* dW_acc, float* dB_acc, bool threaded) {
-    const float* xi = x + n * g.cin * g.h * g.w;
-    const float* dyi = dy + n * g.cout * P;
-    float* dxi = dx ? dx + n * g.cin * g.h * g.w : nullptr;
-    for (std::int64_t r0 = 0; r0 < Ho; r0 += rpb) {
-      const std::int64_t rows = std::min(rpb, Ho - r0), cols = rows * Wo;
-      const auto dY = matrix(dyi + r0 * Wo, g.cout, cols, P);
-      if (g.pointwise()) {
-        const auto X = matrix(xi + r0 * Wo, g.cin, cols, g.h * g.w);
-        if (dW_acc) matrix(dW_acc, g.cout, patch, patch).noalias() += dY * X.transpose();
-        if (dxi) matrix(dxi + r0 * Wo, g.cin, cols, g.h * g.w).noalias() = W.transpose() * dY;
-      } else {
-        col.resize(static_cast<std::size_t>(patch * cols));
-        auto C = matrix(col.data(), patch, cols, cols);
-        if (dW_acc) {
-          detail::im2col(xi, g, r0, rows, col.data(), threaded);
-          matrix(dW_acc, g.cout, patch, patch).noalias() += dY * C.transpose();
-        }
-        if (dxi) {
-          C.noalias() = W.transpose() * dY;
-          detail::col2im(col.data(), g, r0, rows, dxi, threaded);
-        }
-      }
-      if (dB_acc)
-        for (std::int64_t co = 0; co < g.cout; ++co) dB_acc[co] += dY.row(co).sum();
-    }
-  };
-
-  if (detail::split_over_images(g.n)) {
-    // Per-thread partial weight gradients, summed in thread order: deterministic for a given
-    // thread count.
-    const int T = num_threads();
-    const std::int64_t wn = dw ? g.cout * patch : 0, bn = db ? g.cout : 0;
-    std::vector<std::vector<float>> part(static_cast<std::size_t>(T));
-#pragma omp parallel num_threads(T)
-    {
-      auto& mine = part[static_cast<std::size_t>(omp_get_thread_num())];
-      mine.assign(static_cast<std::size_t>(wn + bn), 0.0f);
-      std::vector<float> col;
-#pragma omp for schedule(static)
-      for (std::int64_t n = 0; n < g.n; ++n)
-        image(n, col, dw ? mine.data() : nullptr, db ? mine.data() + wn : nullptr, false);
-    }
-    for (const auto& p : part) {
-      if (p.empty()) continue;
-      for (std::int64_t i = 0; i < wn; ++i) dw[i] += p[static_cast<std::size_t>(i)];
-      for (std::int64_t i = 0; i < bn; ++i) db[i] += p[static_cast<std::size_t>(wn + i)];
-    }
-  } else {
-    std::vector<float> col;
-    for (std::int64_t n = 0; n < g.n; ++n) image(n, col, dw, db, true);
-  }
+  conv2d_backward(InputParts(x, g.cin), w, dy, g, dx ? OutputParts(dx, g.cin) : OutputParts{}, dw, db);
 }
 
 }  // namespace dd::cpu
