@@ -3,11 +3,11 @@
 # circles main job on the GPU, and prints a summary. For a machine with an NVIDIA GPU, nvcc, CMake
 # and PyTorch (whose pip packages provide cuDNN, cuBLAS and NCCL) but no package manager: carry the
 # header-only dependencies there in .deps/ (scripts/stage-gpu-deps.sh makes it).
-#   usage: scripts/gpu-check.sh [LOGDIR]      (DD_GPU_CHECK_PARTS="tests bench circles" to choose)
+#   usage: scripts/gpu-check.sh [LOGDIR]      (DD_GPU_CHECK_PARTS="tests bench circles cli" to choose)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 LOG=${1:-gpu-check-logs}
-PARTS=${DD_GPU_CHECK_PARTS:-"tests bench circles"}
+PARTS=${DD_GPU_CHECK_PARTS:-"tests bench circles cli"}
 mkdir -p "$LOG"
 PY=${PYTHON:-python3}
 start=$(date +%s)
@@ -39,11 +39,11 @@ export LD_LIBRARY_PATH="$(dirname "$CUDNN_SO"):$(dirname "$NCCL_SO"):$(dirname "
 stamp "configure"
 GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
 cmake -S . -B build-gpu "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DDD_CUDA=ON -DDD_DEPS_DIR="$PWD/.deps" \
-  -DDD_CUDNN_ROOT="$STAGE/cudnn" -DDD_NCCL_ROOT="$STAGE/nccl" -DDD_CUBLAS_ROOT="$STAGE/cublas" -DDD_BUILD_TOOLS=OFF \
+  -DDD_CUDNN_ROOT="$STAGE/cudnn" -DDD_NCCL_ROOT="$STAGE/nccl" -DDD_CUBLAS_ROOT="$STAGE/cublas" -DDD_BUILD_TOOLS=ON \
   -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" >"$LOG/configure.log" 2>&1 \
   || { tail -40 "$LOG/configure.log"; exit 1; }
 stamp "build"
-cmake --build build-gpu -j"$(nproc)" --target dd_cuda_tests bench_gpu circles >"$LOG/build.log" 2>&1 \
+cmake --build build-gpu -j"$(nproc)" --target dd_cuda_tests bench_gpu circles ddunet >"$LOG/build.log" 2>&1 \
   || { grep -E "error|Error" "$LOG/build.log" | head -40; exit 1; }
 stamp "built"
 
@@ -52,7 +52,7 @@ if [[ " $PARTS " == *" tests "* ]]; then
   stamp "GPU tests"
   ./build-gpu/tests/dd_cuda_tests -s 2>&1 | grep -vE "^\s*$" >"$LOG/tests.log"
   rc=${PIPESTATUS[0]}
-  grep -E "MESSAGE|relative error|peak|test cases|assertions|Status|ERROR|FAILED|CHECK" "$LOG/tests.log" | head -80
+  grep -E "MESSAGE|relative error|peak|test cases|assertions|Status|ERROR|FAILED" "$LOG/tests.log" | head -80
   [ "$rc" = 0 ] || status=1
 fi
 if [[ " $PARTS " == *" bench "* ]]; then
@@ -63,6 +63,45 @@ if [[ " $PARTS " == *" circles "* ]]; then
   stamp "circles main job on the GPU"
   timeout "${DD_CIRCLES_TIMEOUT:-3600}" ./build-gpu/examples/circles --device cuda --quiet ${DD_CIRCLES_ARGS:-} 2>&1 \
     | tee "$LOG/circles.log" || status=1
+fi
+if [[ " $PARTS " == *" cli "* ]]; then
+  # The tool on the GPU: the same tiny training on both devices (per-epoch losses must agree), then
+  # eval of the GPU checkpoint on both devices (same metrics).
+  stamp "ddunet train / eval --device cuda against --device cpu"
+  T=./build-gpu/tools/ddunet W=$(mktemp -d)
+  mkdir -p "$W/img" "$W/mask"
+  for i in 1 2 3 4; do
+    $T synth --output "$W/img/$i.png" --size 96x96 --seed $i >/dev/null && cp "$W/img/$i.png" "$W/mask/$i.png"
+  done
+  data=(--images "$W/img" --masks "$W/mask" --colors binary --holdout 1)
+  net=(--depth 3 --base 8 --F 8 --grid 2x2 --crop 64 --crops-per-image 2 --batch 2 --epochs 3 --quiet)
+  for d in cpu cuda; do
+    $T train "${data[@]}" "${net[@]}" --device $d --out "$W/$d" >"$LOG/cli_train_$d.log" 2>&1 || status=1
+    cp "$W/$d/log.csv" "$LOG/cli_log_$d.csv" 2>/dev/null
+  done
+  for d in cpu cuda; do
+    $T eval --checkpoint "$W/cuda/best.safetensors" "${data[@]}" --device $d 2>&1 | tee "$LOG/cli_eval_$d.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  done
+  cmp <(grep -v evaluating "$LOG/cli_eval_cpu.log") <(grep -v evaluating "$LOG/cli_eval_cuda.log") >/dev/null \
+    && echo "cli: eval of the GPU checkpoint prints the same metrics on both devices" \
+    || echo "cli: eval metrics differ between the devices (see cli_eval_*.log)"
+  $PY - "$LOG/cli_log_cpu.csv" "$LOG/cli_log_cuda.csv" <<'PYEOF' || status=1
+import csv, sys
+rows = [list(csv.DictReader(open(p))) for p in sys.argv[1:]]
+assert rows[0] and len(rows[0]) == len(rows[1]), "different epoch counts"
+worst = 0.0
+for a, b in zip(*rows):
+    for k in a:
+        if "loss" in k or "miou" in k:
+            x, y = float(a[k]), float(b[k])
+            if "loss" in k:
+                worst = max(worst, abs(x - y) / max(abs(x), 1e-3))
+            print(f"epoch {a.get('epoch')} {k}: cpu {x:.6f} cuda {y:.6f}")
+print(f"cli: worst relative loss difference cpu vs cuda {worst:.2e} (3 epochs; float sums differ in order)")
+sys.exit(0 if worst < 5e-2 else 1)
+PYEOF
+  rm -rf "$W"
 fi
 stamp "done (status $status)"
 exit $status

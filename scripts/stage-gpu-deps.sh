@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rm -rf .deps && mkdir -p .deps/include .deps/lib .deps/cuda-include
 cp -r /usr/include/eigen3 .deps/eigen3
 rm -rf .deps/eigen3/unsupported
-cp -r /usr/include/fmt /usr/include/doctest /usr/include/stb .deps/include/
+cp -r /usr/include/fmt /usr/include/doctest /usr/include/stb /usr/include/CLI .deps/include/
 cp /usr/include/zlib.h /usr/include/zconf.h .deps/include/
 cp -L /lib/x86_64-linux-gnu/libz.so.1 .deps/lib/libz.so.1
 cp -L "$(find /usr/lib -name 'libstb.so' | head -1)" .deps/lib/libstb.so

@@ -176,6 +176,7 @@ std::vector<KernelCase> kernels() {
   return {
       {"conv3x3_4to4_256", [] { return conv_case(1, 4, 256, 3, false); }},
       {"conv3x3_16to16_128", [] { return conv_case(1, 16, 128, 3, false); }},
+      {"conv3x3_16to16_1024", [] { return conv_case(1, 16, 1024, 3, false); }},
       {"conv3x3_64to64_32", [] { return conv_case(1, 64, 32, 3, false); }},
       {"conv3x3_256to256_16_n4", [] { return conv_case(4, 256, 16, 3, false); }},
       {"conv5x5_32to32_32", [] { return conv_case(1, 32, 32, 5, true); }},

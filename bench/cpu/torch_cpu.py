@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "gpu"))
 import torch_reference  # noqa: E402  (define_models: the U-Net / DDU-Net with our names)
 
 KERNELS = [
-    "conv3x3_4to4_256", "conv3x3_16to16_128", "conv3x3_64to64_32", "conv3x3_256to256_16_n4",
+    "conv3x3_4to4_256", "conv3x3_16to16_128", "conv3x3_16to16_1024", "conv3x3_64to64_32", "conv3x3_256to256_16_n4",
     "conv5x5_32to32_32", "bn_16_128", "bnrelu_16_128", "relu_16_128", "maxpool_16_128",
     "upconv_16to8_128", "concat_16+16_128",
 ]
@@ -135,7 +135,8 @@ def kernel_step(torch, F, name, mf):
     s16 = (1, 16, 128, 128)
     if name.startswith("conv"):
         k = int(name[4])
-        spec = {"conv3x3_4to4_256": (1, 4, 256), "conv3x3_16to16_128": (1, 16, 128), "conv3x3_64to64_32": (1, 64, 32),
+        spec = {"conv3x3_4to4_256": (1, 4, 256), "conv3x3_16to16_128": (1, 16, 128), "conv3x3_16to16_1024": (1, 16, 1024),
+                "conv3x3_64to64_32": (1, 64, 32),
                 "conv3x3_256to256_16_n4": (4, 256, 16), "conv5x5_32to32_32": (1, 32, 32)}[name]
         n, c, hw = spec
         w = param(c, c, k, k)

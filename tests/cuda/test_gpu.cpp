@@ -214,6 +214,12 @@ void compare_step(M& cpu, M& gpu, const Tensor& x, const Tensor& labels) {
 TEST_CASE("U-Net(3) on the GPU: forward within 1e-4 and gradients within 1e-3 of the CPU (dropout on)") {
   if (no_gpu()) return;
   Model<UNet<3, 1, 3, 4>> cpu(7), gpu(7);
+  // Dropout masks under which no pre-ReLU value lies within rounding of zero: with the default
+  // masks one value of the last block does, and which side of the kink it lands on depends on
+  // the summation order (the CPU kernels' GEMM blocking flipped it: one pixel's gradient, spread
+  // by batch norm to every parameter upstream, 0.8 %). Both sides match a double-precision
+  // reference on this seed (tests/test_gradients.cpp does that check on the CPU).
+  cpu.reseed_dropout(24), gpu.reseed_dropout(24);
   const Tensor x = Tensor::randn({4, 1, 64, 64}, 8);
   compare_step(cpu, gpu, x, labels_for(x.shape(), 3, 9));
 }

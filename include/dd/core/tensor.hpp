@@ -64,7 +64,15 @@ class Tensor {
   std::int64_t numel() const { return shape_.numel(); }
   bool empty_extent() const { return numel() == 0; }
   Device device() const { return storage_ ? storage_->device() : Device::cpu; }
-  bool is_contiguous() const { return strides_ == contiguous_strides(shape_); }
+  // Dense in NCHW order; the stride of a dimension of extent 1 does not matter (a channel slice
+  // of a batch-1 tensor is contiguous).
+  bool is_contiguous() const {
+    const auto want = contiguous_strides(shape_);
+    const std::int64_t ext[4] = {shape_.n, shape_.c, shape_.h, shape_.w};
+    for (int d = 0; d < 4; ++d)
+      if (ext[d] != 1 && strides_[static_cast<std::size_t>(d)] != want[static_cast<std::size_t>(d)]) return false;
+    return true;
+  }
   // Two tensors alias when they view the same storage.
   bool shares_storage(const Tensor& o) const { return storage_ == o.storage_; }
 
