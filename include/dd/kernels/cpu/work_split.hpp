@@ -48,9 +48,19 @@ void accumulate_over_threads(std::int64_t items, float* dw, std::int64_t wn, flo
   if (!dw) wn = 0;
   if (!db) bn = 0;
   if (wn + bn == 0 || items <= 0) return;
+  // The call's whole contribution is summed from zero and added to dw/db once: the result must
+  // not depend on what they held before (one process accumulating two images must give the
+  // bits of two ranks each computing one, then summed).
+  auto add_to_gradients = [&](std::int64_t lo, std::int64_t hi, auto&& value) {
+    for (std::int64_t e = lo; e < std::min(hi, wn); ++e) dw[e] += value(e);
+    for (std::int64_t e = std::max(lo, wn); e < hi; ++e) db[e - wn] += value(e);
+  };
   const int T = in_parallel_region() ? 1 : static_cast<int>(std::min<std::int64_t>(num_threads(), items));
   if (T <= 1) {
-    for (std::int64_t i = 0; i < items; ++i) body(i, dw, db);
+    float* sum = thread_scratch(Scratch::partial, wn + bn);
+    std::fill_n(sum, wn + bn, 0.0f);
+    for (std::int64_t i = 0; i < items; ++i) body(i, dw ? sum : nullptr, db ? sum + wn : nullptr);
+    add_to_gradients(0, wn + bn, [&](std::int64_t e) { return sum[e]; });
     return;
   }
   std::vector<const float*> partial(static_cast<std::size_t>(T));
@@ -65,11 +75,11 @@ void accumulate_over_threads(std::int64_t items, float* dw, std::int64_t wn, flo
   // The partials stay valid after the region: pool threads keep their scratch.
   constexpr std::int64_t chunk = 4096;
   parallel_for((wn + bn + chunk - 1) / chunk, [&](std::int64_t c) {
-    const std::int64_t lo = c * chunk, hi = std::min(wn + bn, lo + chunk);
-    for (const float* p : partial) {
-      for (std::int64_t e = lo; e < std::min(hi, wn); ++e) dw[e] += p[e];
-      for (std::int64_t e = std::max(lo, wn); e < hi; ++e) db[e - wn] += p[e];
-    }
+    add_to_gradients(c * chunk, std::min(wn + bn, (c + 1) * chunk), [&](std::int64_t e) {
+      float s = 0;
+      for (const float* p : partial) s += p[e];
+      return s;
+    });
   });
 }
 
