@@ -49,11 +49,6 @@ struct ChannelParts {
     data[static_cast<std::size_t>(count)] = p;
     channels[static_cast<std::size_t>(count++)] = c;
   }
-  std::int64_t total() const {
-    std::int64_t t = 0;
-    for (int p = 0; p < count; ++p) t += channels[static_cast<std::size_t>(p)];
-    return t;
-  }
   // The plane (H*W = hw floats) of channel c of image n.
   T* plane(std::int64_t n, std::int64_t c, std::int64_t hw) const {
     int p = 0;
@@ -113,16 +108,15 @@ inline GemmOperand patches(const InputParts& x, const Conv2dGeometry& g, const R
   return {col, cols, transposed};
 }
 
-// Y = A * patches for one item, the rows of Y (output channels) going to y's parts in order;
-// A is [cout x patch] row-major (transposed: stored [patch x cout]).
-inline void gemm_into_parts(const float* a, bool a_transposed, const GemmOperand& b, const Conv2dGeometry& g,
-                            const OutputParts& y, const RowBlocks::Item& it) {
+// Y = W * patches for one item (W [cout x patch] row-major), the rows of Y (output channels) going
+// to y's parts in order.
+inline void gemm_into_parts(const float* w, const GemmOperand& b, const Conv2dGeometry& g, const OutputParts& y,
+                            const RowBlocks::Item& it) {
   const std::int64_t Wo = g.out_w(), P = g.out_h() * Wo, cols = it.rows * Wo, patch = g.patch();
   std::int64_t first = 0;
   for (int p = 0; p < y.count; ++p) {
     const std::int64_t c = y.channels[static_cast<std::size_t>(p)];
-    const GemmOperand rows = a_transposed ? GemmOperand{a + first, g.cout, true} : GemmOperand{a + first * patch, patch};
-    gemm(c, cols, patch, rows, b, y.plane(it.image, first, P) + it.row0 * Wo, P, false);
+    gemm(c, cols, patch, {w + first * patch, patch}, b, y.plane(it.image, first, P) + it.row0 * Wo, P, false);
     first += c;
   }
 }
@@ -169,7 +163,7 @@ inline void conv2d_forward_parts(const InputParts& x, const float* w, const floa
   const auto blocks = row_blocks(g);
   parallel_for(blocks.count(), [&](std::int64_t i) {
     const auto it = blocks[i];
-    gemm_into_parts(w, false, patches(x, g, it, false), g, y, it);
+    gemm_into_parts(w, patches(x, g, it, false), g, y, it);
     if (b)
       for (std::int64_t co = 0; co < g.cout; ++co)
         for (float *q = y.plane(it.image, co, P) + it.row0 * Wo, *e = q + it.rows * Wo; q < e; ++q) *q += b[co];
@@ -192,14 +186,7 @@ inline void conv2d_backward(const InputParts& x, const float* w, const float* dy
                             const OutputParts& dx, float* dw, float* db) {
   const std::int64_t Ho = g.out_h(), Wo = g.out_w(), P = Ho * Wo, patch = g.patch();
   if (dx.count > 0) {
-    if (g.pointwise()) {  // dx = W^T dy
-      const auto blocks = detail::row_blocks(g);
-      parallel_for(blocks.count(), [&](std::int64_t i) {
-        const auto it = blocks[i];
-        const Conv2dGeometry back{g.n, g.cout, Ho, Wo, g.cin, 1, 0, 1, 1};
-        detail::gemm_into_parts(w, true, {dy + it.image * g.cout * P + it.row0 * Wo, P}, back, dx, it);
-      });
-    } else if (g.input_gradient_is_conv()) {
+    if (g.input_gradient_is_conv()) {  // 1x1 too: then wf is W^T and dy needs no im2col
       // wf[ci][co][ky][kx] = w[co][ci][K-1-ky][K-1-kx]
       const std::int64_t kk = g.k * g.k;
       std::vector<float> wf(static_cast<std::size_t>(g.cin * g.cout * kk));
