@@ -3,7 +3,8 @@
 # circles main job on the GPU, and prints a summary. For a machine with an NVIDIA GPU, nvcc, CMake
 # and PyTorch (whose pip packages provide cuDNN, cuBLAS and NCCL) but no package manager: carry the
 # header-only dependencies there in .deps/ (scripts/stage-gpu-deps.sh makes it).
-#   usage: scripts/gpu-check.sh [LOGDIR]      (DD_GPU_CHECK_PARTS="tests bench circles cli" to choose)
+#   usage: scripts/gpu-check.sh [LOGDIR]      (DD_GPU_CHECK_PARTS="tests bench circles cli" to choose;
+#          part "profile" lists the kernels of a U-Net training step by time, with Nsight Compute)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 LOG=${1:-gpu-check-logs}
@@ -58,6 +59,20 @@ fi
 if [[ " $PARTS " == *" bench "* ]]; then
   stamp "benchmark against PyTorch"
   $PY bench/gpu/compare.py --ours build-gpu/bench/gpu/bench_gpu ${DD_BENCH_ARGS:---rounds 3} 2>&1 | tee "$LOG/bench.log" || status=1
+fi
+if [[ " $PARTS " == *" profile "* ]]; then
+  # Where the time of one U-Net(4) training step goes, per kernel (Nsight Compute, cuDNN heuristics so
+  # no algorithm-search kernels), and our step in both activation layouts.
+  stamp "profile"
+  for spec in unet_train:fp32:no unet_train:fp32:yes unet_train:bf16:yes ddu_infer:fp32:yes ddu_infer:bf16:yes; do
+    IFS=: read -r c d cl <<<"$spec"
+    ./build-gpu/bench/gpu/bench_gpu --case "$c" --dtype "$d" --iters 10 --channels-last "$cl"
+  done
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  timeout 300 "$NCU" --metrics gpu__time_duration.sum --csv --launch-skip 0 \
+    ./build-gpu/bench/gpu/bench_gpu --case unet_train --iters 1 --warmup 1 --find no ${DD_PROFILE_ARGS:-} \
+    >"$LOG/ncu.csv" 2>"$LOG/ncu.err" || tail -5 "$LOG/ncu.err"
+  $PY bench/gpu/ncu_top.py "$LOG/ncu.csv"
 fi
 if [[ " $PARTS " == *" circles "* ]]; then
   stamp "circles main job on the GPU"

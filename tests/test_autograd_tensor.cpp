@@ -98,3 +98,53 @@ TEST_CASE("a tape can be scoped: recording goes to the innermost tape") {
   }
   CHECK(dd::Tape::current().empty());
 }
+
+TEST_CASE("channels-last tensors: layout queries, copies between orders, gradients of either order") {
+  using dd::MemoryFormat;
+  const Tensor a = Tensor::randn({2, 3, 4, 5}, 3);
+  const Tensor b = a.clone_as(MemoryFormat::nhwc);
+  CHECK(b.strides() == Tensor::Strides{60, 1, 15, 3});
+  CHECK(b.format() == MemoryFormat::nhwc);
+  CHECK(b.is_dense(MemoryFormat::nhwc));
+  CHECK(!b.is_contiguous());
+  CHECK(a.format() == MemoryFormat::nchw);
+  for (std::int64_t n = 0; n < 2; ++n)
+    for (std::int64_t c = 0; c < 3; ++c)
+      for (std::int64_t h = 0; h < 4; ++h)
+        for (std::int64_t w = 0; w < 5; ++w) REQUIRE(b.at(n, c, h, w) == a.at(n, c, h, w));
+  CHECK(b.contiguous().to_vector() == a.to_vector());
+  CHECK(b.dense().shares_storage(b));  // already dense in its own order: no copy
+  // Views keep reporting the order of their tensor, so their copies stay channels-last.
+  CHECK(b.channels(1, 2).format() == MemoryFormat::nhwc);
+  CHECK(!b.channels(1, 2).is_dense(MemoryFormat::nhwc));
+  CHECK(b.channels(1, 2).clone().is_dense(MemoryFormat::nhwc));
+  CHECK(b.tile(1, 2, 1, 3).clone().to_vector() == a.tile(1, 2, 1, 3).clone().to_vector());
+  // One channel, or one pixel: both orders are the same memory.
+  const Tensor one = Tensor::randn({2, 1, 4, 5}, 4);
+  CHECK(one.is_dense(MemoryFormat::nhwc));
+  CHECK(one.as_format(MemoryFormat::nhwc).shares_storage(one));
+  CHECK(Tensor::empty({2, 3, 1, 1}, dd::Device::cpu, MemoryFormat::nhwc).is_contiguous());
+  // add_ wants one order on both sides and says so otherwise.
+  CHECK_THROWS_WITH_AS(a.clone().add_(b), doctest::Contains("same memory format"), dd::Error);
+  const Tensor s = b.clone();
+  s.add_(a.dense_like(b));
+  for (std::size_t i = 0; const float v : s.contiguous().to_vector()) CHECK(v == 2.0f * a.to_vector()[i++]);
+  // Gradients of a value arrive in either order (and as views) and sum.
+  const Var x(Tensor::zeros({2, 3, 4, 5}), true);
+  x.accumulate_grad(b);
+  x.accumulate_grad(a);
+  x.accumulate_grad(Tensor::zeros({2, 3, 8, 5}).tile(0, 4, 0, 5));
+  for (std::size_t i = 0; const float v : x.grad().contiguous().to_vector()) CHECK(v == 2.0f * a.to_vector()[i++]);
+}
+
+TEST_CASE("CPU ops take channels-last inputs and give the NCHW results") {
+  using dd::MemoryFormat;
+  const Tensor x = Tensor::randn({2, 4, 6, 7}, 5), w = Tensor::randn({3, 4, 3, 3}, 6, 0.3f);
+  auto run = [&](const Tensor& in) {
+    const Var xv(in, true), wv(w.clone(), true);
+    const Var y = dd::max_pool2x2(dd::relu(dd::conv2d(xv, wv, Var{}, {1, 1, 1})));
+    dd::weighted_sum(y, Tensor::randn(y.shape(), 7)).backward();
+    return std::vector<std::vector<float>>{y.value().to_vector(), xv.grad().to_vector(), wv.grad().to_vector()};
+  };
+  CHECK(run(x.clone_as(MemoryFormat::nhwc)) == run(x));
+}

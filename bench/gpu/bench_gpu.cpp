@@ -18,6 +18,7 @@ namespace {
 
 struct Args {
   std::string which = "unet_train", dtype = "fp32";
+  bool channels_last = true, find = true;
   int iters = 20, warmup = 5;
 };
 
@@ -29,7 +30,10 @@ Args parse(int argc, char** argv) {
     else if (k == "--dtype") a.dtype = v;
     else if (k == "--iters") a.iters = std::stoi(v);
     else if (k == "--warmup") a.warmup = std::stoi(v);
-    else dd::fail("unknown flag {} (flags: --case unet_train|ddu_infer --dtype fp32|bf16|fp16 --iters N --warmup N)", k);
+    else if (k == "--channels-last") a.channels_last = v != "no";
+    else if (k == "--find") a.find = v != "no";  // no: cuDNN's heuristics (for profilers: no search kernels)
+    else dd::fail("unknown flag {} (flags: --case unet_train|ddu_infer --dtype fp32|bf16|fp16 --iters N --warmup N "
+                  "--channels-last yes|no --find yes|no)", k);
   }
   DD_CHECK(a.which == "unet_train" || a.which == "ddu_infer", "--case {}: unet_train or ddu_infer", a.which);
   DD_CHECK(a.dtype == "fp32" || a.dtype == "bf16" || a.dtype == "fp16", "--dtype {}: fp32, bf16 or fp16", a.dtype);
@@ -54,9 +58,11 @@ void measure(const Args& a, const Step& step) {
   DD_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf(
       "{\"framework\": \"ddunet\", \"case\": \"%s\", \"dtype\": \"%s\", \"median_ms\": %.4f, \"min_ms\": %.4f, "
-      "\"peak_mem_bytes\": %lld, \"reserved_bytes\": %lld, \"tf32\": %s, \"cudnn\": %zu, \"device\": \"%s\"}\n",
+      "\"peak_mem_bytes\": %lld, \"reserved_bytes\": %lld, \"tf32\": %s, \"channels_last\": %s, \"cudnn\": %zu, "
+      "\"device\": \"%s\"}\n",
       a.which.c_str(), a.dtype.c_str(), ms[ms.size() / 2], ms.front(), (long long)alloc.stats().peak_allocated,
-      (long long)alloc.stats().peak_reserved, a.dtype == "fp32" ? "true" : "false", cudnnGetVersion(), prop.name);
+      (long long)alloc.stats().peak_reserved, a.dtype == "fp32" ? "true" : "false", a.channels_last ? "true" : "false",
+      cudnnGetVersion(), prop.name);
 }
 
 }  // namespace
@@ -65,8 +71,9 @@ int main(int argc, char** argv) try {
   const Args a = parse(argc, argv);
   DD_CHECK(dd::cuda::available(), "bench_gpu: no CUDA device");
   auto& cs = dd::cuda::conv_settings();
-  cs.benchmark = true;  // as torch.backends.cudnn.benchmark = True
+  cs.benchmark = a.find;  // as torch.backends.cudnn.benchmark = True
   cs.deterministic = false;
+  cs.channels_last = a.channels_last;
   // fp32 as PyTorch runs it by default: cuDNN convolutions may use TF32 tensor cores.
   cs.precision = a.dtype == "bf16" ? dd::cuda::Precision::bf16
                  : a.dtype == "fp16" ? dd::cuda::Precision::fp16

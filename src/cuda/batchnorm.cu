@@ -24,7 +24,7 @@ __global__ void invstd_kernel(const float* var, i64 c, float eps, float* invstd)
 // part[ch][x] = sum dy and part[c + ch][x] = sum dy * (x - mean) (x is read only if with_x).
 __global__ void backward_eval_kernel(const float* x, const float* dy, const float* gamma, const float* mean,
                                      const float* invstd, i64 c, i64 plane, i64 count, float* dx,
-                                     double* part, bool with_x) {
+                                     double* part, bool with_x, bool nhwc) {
   __shared__ double sh[kBlock];
   const i64 chunks = gridDim.x;
   for (i64 ch = blockIdx.y; ch < c; ch += gridDim.y) {
@@ -32,7 +32,7 @@ __global__ void backward_eval_kernel(const float* x, const float* dy, const floa
     const float k = dx ? gamma[ch] * invstd[ch] : 0.0f;
     double sum_dy = 0.0, sum_dyx = 0.0;
     for (i64 t = static_cast<i64>(blockIdx.x) * kBlock + threadIdx.x; t < count; t += chunks * kBlock) {
-      const i64 b = t / plane, idx = (b * c + ch) * plane + (t - b * plane);
+      const i64 b = t / plane, idx = nhwc ? t * c + ch : (b * c + ch) * plane + (t - b * plane);
       const float d = dy[idx];
       if (dx) dx[idx] = k * d;
       sum_dy += d;
@@ -72,7 +72,7 @@ void batchnorm_invstd(const float* var, i64 c, float eps, float* invstd, cudaStr
 
 void batchnorm_backward_eval(const float* x, const float* dy, const float* gamma, const float* mean,
                              const float* invstd, i64 n, i64 c, i64 plane, float* dx, float* dgamma,
-                             float* dbeta, cudaStream_t s) {
+                             float* dbeta, bool channels_last, cudaStream_t s) {
   const i64 count = n * plane;
   if (n <= 0 || c <= 0 || plane <= 0 || (!dx && !dgamma && !dbeta)) return;
   // The chunk count depends only on the sizes, so the summation order is fixed.
@@ -80,13 +80,13 @@ void batchnorm_backward_eval(const float* x, const float* dy, const float* gamma
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(std::min<i64>(c, 65535)));
   if (!dgamma && !dbeta) {
     backward_eval_kernel<<<grid, kBlock, 0, s>>>(x, dy, gamma, mean, invstd, c, plane, count, dx, nullptr,
-                                                 false);
+                                                 false, channels_last);
     return;
   }
   Scratch scratch(static_cast<std::size_t>(2 * c * chunks) * sizeof(double), s, "batchnorm_backward_eval");
   auto* part = static_cast<double*>(scratch.p);
   backward_eval_kernel<<<grid, kBlock, 0, s>>>(x, dy, gamma, mean, invstd, c, plane, count, dx, part,
-                                               dgamma != nullptr);
+                                               dgamma != nullptr, channels_last);
   backward_eval_finish<<<static_cast<unsigned>(std::min<i64>(c, 65535)), kBlock, 0, s>>>(
       part, invstd, c, chunks, dgamma, dbeta);
 }

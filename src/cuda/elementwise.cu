@@ -26,7 +26,7 @@ __global__ void scale_kernel(float* x, i64 n, float a) {
 struct Dims {
   i64 shape[4], dst[4], src[4];
 };
-template <int D>
+template <int D, bool Add>
 __global__ void copy_strided_kernel(float* dst, const float* src, Dims g, i64 total) {
   for (i64 i = first_index(); i < total; i += grid_stride()) {
     i64 r = i, od = 0, os = 0;
@@ -37,7 +37,10 @@ __global__ void copy_strided_kernel(float* dst, const float* src, Dims g, i64 to
       os += x * g.src[k];
       r = q;
     }
-    dst[od + r * g.dst[0]] = src[os + r * g.src[0]];
+    if constexpr (Add)
+      dst[od + r * g.dst[0]] += src[os + r * g.src[0]];
+    else
+      dst[od + r * g.dst[0]] = src[os + r * g.src[0]];
   }
 }
 __global__ void copy_kernel(float* dst, const float* src, i64 n) {
@@ -74,6 +77,29 @@ __global__ void relu_scale_planes_backward_kernel(const float* y, const float* d
     for (i64 i = first_index(); i < plane; i += grid_stride()) dx[o + i] = y[o + i] > 0.0f ? dy[o + i] * k : 0.0f;
   }
 }
+// The same two in channels-last memory: element i belongs to channel i % c of sample i / (plane * c).
+// I is the index type: 32-bit where the tensor allows (integer division is the cost here).
+template <class I>
+__global__ void relu_scale_nhwc_kernel(float* y, const float* scale, I c, I sample, I total) {
+  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) {
+    const float v = y[i] > 0.0f ? y[i] : 0.0f;
+    y[i] = scale ? v * scale[(i / sample) * c + i % c] : v;
+  }
+}
+template <class I>
+__global__ void relu_scale_nhwc_backward_kernel(const float* y, const float* dy, const float* scale, I c, I sample,
+                                                I total, float* dx) {
+  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride()))
+    dx[i] = y[i] > 0.0f ? (scale ? dy[i] * scale[(i / sample) * c + i % c] : dy[i]) : 0.0f;
+}
+template <class I>
+__global__ void scale_nhwc_kernel(const float* x, const float* scale, I c, I sample, I total, float* y) {
+  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride()))
+    y[i] = x[i] * scale[(i / sample) * c + i % c];
+}
+// Whether 32-bit indices cover n elements (with room for the grid-stride step past the end).
+bool fits_u32(i64 n) { return n < (i64{1} << 31); }
+
 dim3 plane_grid(i64 planes, i64 plane) {
   // About 64K blocks in all: enough to fill the GPU, few enough to amortise the plane loop.
   const i64 gy = std::min<i64>(planes, 65535);
@@ -115,16 +141,24 @@ void scale(float* x, i64 n, float a, cudaStream_t s) {
   if (n > 0) scale_kernel<<<grid_for(n), kBlock, 0, s>>>(x, n, a);
 }
 
-void copy_strided(float* dst, const float* src, const StridedCopy& geometry, cudaStream_t s) {
-  // Drop size-1 dimensions and merge neighbours that are contiguous on both sides, so a dense copy
-  // becomes 1-D (no index division) and a channel slice 2-D (one division per element).
-  Dims g{};
-  int d = 0;
+template <bool Add>
+void strided(float* dst, const float* src, const StridedCopy& geometry, cudaStream_t s) {
+  // Drop size-1 dimensions, order the rest by destination stride (largest outermost, so neighbouring
+  // threads write neighbouring addresses whatever the memory order, NCHW or channels-last), and
+  // merge neighbours that are contiguous on both sides: a dense copy becomes 1-D (no index
+  // division), a channel slice 2-D (one division per element).
+  int order[4], m = 0;
   i64 total = 1;
   for (int k = 0; k < 4; ++k) {
+    total *= geometry.shape[k];
+    if (geometry.shape[k] != 1) order[m++] = k;
+  }
+  std::stable_sort(order, order + m, [&](int a, int b) { return geometry.dst_strides[a] > geometry.dst_strides[b]; });
+  Dims g{};
+  int d = 0;
+  for (int i = 0; i < m; ++i) {
+    const int k = order[i];
     const i64 len = geometry.shape[k];
-    total *= len;
-    if (len == 1) continue;
     if (d > 0 && g.dst[d - 1] == geometry.dst_strides[k] * len &&
         g.src[d - 1] == geometry.src_strides[k] * len) {
       g.shape[d - 1] *= len;
@@ -140,21 +174,28 @@ void copy_strided(float* dst, const float* src, const StridedCopy& geometry, cud
   const unsigned grid = grid_for(total);
   switch (d) {
     case 1:
-      if (g.dst[0] == 1 && g.src[0] == 1)
+      if (!Add && g.dst[0] == 1 && g.src[0] == 1)
         copy_kernel<<<grid, kBlock, 0, s>>>(dst, src, total);
       else
-        copy_strided_kernel<1><<<grid, kBlock, 0, s>>>(dst, src, g, total);
+        copy_strided_kernel<1, Add><<<grid, kBlock, 0, s>>>(dst, src, g, total);
       break;
     case 2:
-      copy_strided_kernel<2><<<grid, kBlock, 0, s>>>(dst, src, g, total);
+      copy_strided_kernel<2, Add><<<grid, kBlock, 0, s>>>(dst, src, g, total);
       break;
     case 3:
-      copy_strided_kernel<3><<<grid, kBlock, 0, s>>>(dst, src, g, total);
+      copy_strided_kernel<3, Add><<<grid, kBlock, 0, s>>>(dst, src, g, total);
       break;
     default:
-      copy_strided_kernel<4><<<grid, kBlock, 0, s>>>(dst, src, g, total);
+      copy_strided_kernel<4, Add><<<grid, kBlock, 0, s>>>(dst, src, g, total);
       break;
   }
+}
+
+void copy_strided(float* dst, const float* src, const StridedCopy& geometry, cudaStream_t s) {
+  strided<false>(dst, src, geometry, s);
+}
+void add_strided(float* dst, const float* src, const StridedCopy& geometry, cudaStream_t s) {
+  strided<true>(dst, src, geometry, s);
 }
 
 void relu_forward(const float* x, i64 n, float* y, cudaStream_t s) {
@@ -177,6 +218,33 @@ void relu_scale_planes_backward(const float* y, const float* dy, const float* sc
                                 cudaStream_t s) {
   if (planes > 0 && plane > 0)
     relu_scale_planes_backward_kernel<<<plane_grid(planes, plane), kBlock, 0, s>>>(y, dy, scale, planes, plane, dx);
+}
+
+void scale_planes_nhwc(const float* x, const float* scale, i64 n, i64 c, i64 plane, float* y, cudaStream_t s) {
+  const i64 total = n * c * plane;
+  if (total <= 0) return;
+  if (fits_u32(total))
+    scale_nhwc_kernel<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(x, scale, c, plane * c, total, y);
+  else
+    scale_nhwc_kernel<i64><<<grid_for(total), kBlock, 0, s>>>(x, scale, c, plane * c, total, y);
+}
+void relu_scale_planes_nhwc(float* y, const float* scale, i64 n, i64 c, i64 plane, cudaStream_t s) {
+  const i64 total = n * c * plane;
+  if (total <= 0) return;
+  if (fits_u32(total))
+    relu_scale_nhwc_kernel<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(y, scale, c, plane * c, total);
+  else
+    relu_scale_nhwc_kernel<i64><<<grid_for(total), kBlock, 0, s>>>(y, scale, c, plane * c, total);
+}
+void relu_scale_planes_nhwc_backward(const float* y, const float* dy, const float* scale, i64 n, i64 c, i64 plane,
+                                     float* dx, cudaStream_t s) {
+  const i64 total = n * c * plane;
+  if (total <= 0) return;
+  if (fits_u32(total))
+    relu_scale_nhwc_backward_kernel<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(y, dy, scale, c, plane * c,
+                                                                                     total, dx);
+  else
+    relu_scale_nhwc_backward_kernel<i64><<<grid_for(total), kBlock, 0, s>>>(y, dy, scale, c, plane * c, total, dx);
 }
 
 void to_half(const float* x, void* y, i64 n, HalfType t, cudaStream_t s) {

@@ -41,7 +41,61 @@ __global__ void maxpool_backward_kernel(const float* dy, const std::uint8_t* arg
   }
 }
 
+// Channels-last twins: output o = ((p * ho + i) * wo + j) * c + ch over samples p; a window's four
+// inputs are c and w * c apart. Same comparisons in the same order.
+// I is the index type (32-bit where the tensor allows: the divisions are the cost).
+template <class I>
+__global__ void maxpool_nhwc_forward_kernel(const float* x, I c, I h, I w, I ho, I wo, I total, float* y,
+                                            std::uint8_t* argmax) {
+  for (I o = static_cast<I>(first_index()); o < total; o += static_cast<I>(grid_stride())) {
+    const I ch = o % c, r = o / c, j = r % wo, r2 = r / wo, i = r2 % ho, p = r2 / ho;
+    const float* r0 = x + ((p * h + 2 * i) * w + 2 * j) * static_cast<i64>(c) + ch;
+    const float* r1 = r0 + w * c;
+    float best = r0[0];
+    std::uint8_t at = 0;
+    if (r0[c] > best) best = r0[c], at = 1;
+    if (r1[0] > best) best = r1[0], at = 2;
+    if (r1[c] > best) best = r1[c], at = 3;
+    y[o] = best;
+    argmax[o] = at;
+  }
+}
+template <class I>
+__global__ void maxpool_nhwc_backward_kernel(const float* dy, const std::uint8_t* argmax, I c, I h, I w, I ho, I wo,
+                                             I total, float* dx) {
+  for (I e = static_cast<I>(first_index()); e < total; e += static_cast<I>(grid_stride())) {
+    const I ch = e % c, r = e / c, col = r % w, r2 = r / w, row = r2 % h, p = r2 / h;
+    const I i = row >> 1, j = col >> 1;
+    float v = 0.0f;
+    if (i < ho && j < wo) {
+      const I o = ((p * ho + i) * wo + j) * c + ch;
+      if (argmax[o] == ((row & 1) << 1 | (col & 1))) v = dy[o] + 0.0f;
+    }
+    dx[e] = v;
+  }
+}
+
 }  // namespace
+
+void maxpool2x2_nhwc_forward(const float* x, i64 n, i64 c, i64 h, i64 w, float* y, std::uint8_t* argmax,
+                             cudaStream_t s) {
+  const i64 ho = h / 2, wo = w / 2, total = n * c * ho * wo;
+  if (total <= 0) return;
+  if (n * c * h * w < (i64{1} << 31))
+    maxpool_nhwc_forward_kernel<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(x, c, h, w, ho, wo, total, y, argmax);
+  else
+    maxpool_nhwc_forward_kernel<i64><<<grid_for(total), kBlock, 0, s>>>(x, c, h, w, ho, wo, total, y, argmax);
+}
+void maxpool2x2_nhwc_backward(const float* dy, const std::uint8_t* argmax, i64 n, i64 c, i64 h, i64 w, float* dx,
+                              cudaStream_t s) {
+  const i64 total = n * c * h * w;
+  if (total <= 0) return;
+  if (total < (i64{1} << 31))
+    maxpool_nhwc_backward_kernel<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(dy, argmax, c, h, w, h / 2, w / 2,
+                                                                                  total, dx);
+  else
+    maxpool_nhwc_backward_kernel<i64><<<grid_for(total), kBlock, 0, s>>>(dy, argmax, c, h, w, h / 2, w / 2, total, dx);
+}
 
 void maxpool2x2_forward(const float* x, i64 planes, i64 h, i64 w, float* y, std::uint8_t* argmax,
                         cudaStream_t s) {

@@ -1,6 +1,7 @@
 #pragma once
 // Var: a tensor in the autograd graph. Copies share one node (value + gradient). Gradients
 // ACCUMULATE into a node, so a value used twice (a skip connection) gets the sum of both uses.
+#include <cstdint>
 #include <memory>
 
 #include "dd/autograd/tape.hpp"
@@ -42,9 +43,13 @@ class Var {
     DD_CHECK(g.device() == value().device(), "dd::Var: gradient on {} for a value on {}", device_name(g.device()),
              device_name(value().device()));
     if (!node_->grad.defined()) {
-      node_->grad = g.is_contiguous() ? std::move(g) : g.clone();
+      // Kept as it comes when dense (NCHW or channels-last); a view is copied in the value's order,
+      // and so is a GPU view at an address GPU kernels cannot load vectors from (16-byte alignment).
+      const bool keep = g.is_dense(g.format()) &&
+                        (g.device() == Device::cpu || reinterpret_cast<std::uintptr_t>(g.data()) % 16 == 0);
+      node_->grad = keep ? std::move(g) : g.clone_as(value().format());
     } else {
-      node_->grad.add_(g.contiguous());
+      node_->grad.add_(g.dense_like(node_->grad));
     }
   }
   void zero_grad() const {

@@ -1,8 +1,10 @@
 #pragma once
-// float32 NCHW tensor: shared storage (host, or GPU memory in a CUDA build) + offset + shape +
-// strides. Slices along N, C, H, W are views (no copy); kernels ask for contiguous() memory, which
-// copies only when needed. Element access from the host (at, randn, from) is for CPU tensors;
-// move data with to(Device) and copy_from, which work across devices.
+// float32 tensor with NCHW indexing: shared storage (host, or GPU memory in a CUDA build) + offset +
+// shape + strides. Slices along N, C, H, W are views (no copy); kernels ask for contiguous() (NCHW)
+// memory, which copies only when needed. GPU ops may also keep activations channels-last (NHWC
+// memory order behind the same NCHW indices, MemoryFormat::nhwc), the layout cuDNN's tensor-core
+// kernels want; dense() keeps a tensor in its own format. Element access from the host (at, randn,
+// from) is for CPU tensors; move data with to(Device) and copy_from, which work across devices.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -21,23 +23,30 @@
 
 namespace dd {
 
+// The memory order behind a tensor's NCHW indices: nchw (W fastest) or nhwc (C fastest).
+enum class MemoryFormat { nchw, nhwc };
+
 class Tensor {
  public:
   using Strides = std::array<std::int64_t, 4>;
 
   Tensor() = default;
 
-  static Tensor empty(Shape s, Device d = Device::cpu) {
+  static Tensor empty(Shape s, Device d = Device::cpu, MemoryFormat f = MemoryFormat::nchw) {
     DD_CHECK(s.n >= 0 && s.c >= 0 && s.h >= 0 && s.w >= 0, "dd::Tensor: negative extent in shape {}", s);
     Tensor t;
     t.storage_ = std::make_shared<Storage>(static_cast<std::size_t>(s.numel()), d);
     t.shape_ = s;
-    t.strides_ = contiguous_strides(s);
+    t.strides_ = dense_strides(s, f);
     return t;
   }
-  static Tensor zeros(Shape s, Device d = Device::cpu) { return full(s, 0.0f, d); }
-  static Tensor full(Shape s, float v, Device d = Device::cpu) {
-    Tensor t = empty(s, d);
+  // Uninitialised, with t's shape, device and memory format.
+  static Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.device(), t.format()); }
+  static Tensor zeros(Shape s, Device d = Device::cpu, MemoryFormat f = MemoryFormat::nchw) {
+    return full(s, 0.0f, d, f);
+  }
+  static Tensor full(Shape s, float v, Device d = Device::cpu, MemoryFormat f = MemoryFormat::nchw) {
+    Tensor t = empty(s, d, f);
     t.fill(v);
     return t;
   }
@@ -66,12 +75,26 @@ class Tensor {
   Device device() const { return storage_ ? storage_->device() : Device::cpu; }
   // Dense in NCHW order; the stride of a dimension of extent 1 does not matter (a channel slice
   // of a batch-1 tensor is contiguous).
-  bool is_contiguous() const {
-    const auto want = contiguous_strides(shape_);
+  bool is_contiguous() const { return is_dense(MemoryFormat::nchw); }
+  // Dense in the memory order f (strides of extent-1 dimensions ignored, as above).
+  bool is_dense(MemoryFormat f) const {
+    const auto want = dense_strides(shape_, f);
     const std::int64_t ext[4] = {shape_.n, shape_.c, shape_.h, shape_.w};
     for (int d = 0; d < 4; ++d)
       if (ext[d] != 1 && strides_[static_cast<std::size_t>(d)] != want[static_cast<std::size_t>(d)]) return false;
     return true;
+  }
+  // The order this tensor (or the tensor it is a view of) keeps: nhwc when its channels are
+  // adjacent in memory and there is more than one of them and more than one pixel. A view of a
+  // channels-last tensor reports nhwc too, so copies of it (clone, dense) stay channels-last.
+  MemoryFormat format() const {
+    return shape_.c > 1 && shape_.h * shape_.w > 1 && strides_[1] == 1 ? MemoryFormat::nhwc : MemoryFormat::nchw;
+  }
+  // Two tensors whose elements lie at the same offsets (both dense in one order): element-wise
+  // kernels can run over their memory as flat arrays.
+  bool same_layout(const Tensor& o) const {
+    return shape_ == o.shape_ && ((is_contiguous() && o.is_contiguous()) ||
+                                  (is_dense(MemoryFormat::nhwc) && o.is_dense(MemoryFormat::nhwc)));
   }
   // Two tensors alias when they view the same storage.
   bool shares_storage(const Tensor& o) const { return storage_ == o.storage_; }
@@ -116,16 +139,26 @@ class Tensor {
     return t;
   }
 
-  Tensor clone() const {
-    Tensor t = empty(shape_, device());
+  // A dense copy in this tensor's format().
+  Tensor clone() const { return clone_as(format()); }
+  Tensor clone_as(MemoryFormat f) const {
+    Tensor t = empty(shape_, device(), f);
     t.copy_from(*this);
     return t;
   }
-  Tensor contiguous() const { return is_contiguous() ? *this : clone(); }
-  // A copy on device d (this tensor itself when it is already there).
+  // Dense NCHW memory (what the CPU kernels take).
+  Tensor contiguous() const { return as_format(MemoryFormat::nchw); }
+  // Dense memory in order f: this tensor when it already is, else a copy.
+  Tensor as_format(MemoryFormat f) const { return is_dense(f) ? *this : clone_as(f); }
+  // Dense memory in this tensor's own format (a strided view is copied, an NHWC tensor stays NHWC).
+  Tensor dense() const { return as_format(format()); }
+  // Dense memory laid out like `like` (for element-wise work on both), this tensor when it is.
+  Tensor dense_like(const Tensor& like) const { return same_layout(like) ? *this : clone_as(like.format()); }
+  // A copy on device d (this tensor itself when it is already there): NCHW on the host (what host
+  // code indexes), in this tensor's format on the GPU.
   Tensor to(Device d) const {
     if (d == device()) return *this;
-    Tensor t = empty(shape_, d);
+    Tensor t = empty(shape_, d, d == Device::cpu ? MemoryFormat::nchw : format());
     t.copy_from(*this);
     return t;
   }
@@ -157,7 +190,7 @@ class Tensor {
   }
   void fill(float v) const {
     if (device() != Device::cpu) {
-      if (is_contiguous()) {
+      if (is_dense(format())) {
         DD_GPU(fill(data(), numel(), v));
       } else {
         copy_from(full(shape_, v, device()));
@@ -173,10 +206,10 @@ class Tensor {
         for (std::int64_t h = 0; h < shape_.h; ++h)
           for (std::int64_t w = 0; w < shape_.w; ++w) at(n, c, h, w) = v;
   }
-  // this += other (same shape, both contiguous).
+  // this += other (same shape, both dense in the same order).
   void add_(const Tensor& other) const {
     DD_CHECK(other.shape_ == shape_, "dd::Tensor::add_: shape {} differs from {}", other.shape_, shape_);
-    DD_CHECK(is_contiguous() && other.is_contiguous(), "dd::Tensor::add_: needs contiguous tensors");
+    DD_CHECK(same_layout(other), "dd::Tensor::add_: needs two dense tensors of the same memory format");
     DD_CHECK(device() == other.device(), "dd::Tensor::add_: tensors on {} and {}", device_name(device()),
              device_name(other.device()));
     if (device() != Device::cpu) {
@@ -190,9 +223,9 @@ class Tensor {
     for (std::int64_t i = 0; i < n; ++i) d[i] += s[i];
   }
 
-  // this *= k (contiguous).
+  // this *= k (dense).
   void scale_(float k) const {
-    DD_CHECK(is_contiguous(), "dd::Tensor::scale_: needs a contiguous tensor");
+    DD_CHECK(is_dense(format()), "dd::Tensor::scale_: needs a dense tensor");
     if (device() != Device::cpu) {
       DD_GPU(scale(data(), numel(), k));
       return;
@@ -206,6 +239,10 @@ class Tensor {
   }
 
   static Strides contiguous_strides(Shape s) { return {s.c * s.h * s.w, s.h * s.w, s.w, 1}; }
+  static Strides dense_strides(Shape s, MemoryFormat f) {
+    if (f == MemoryFormat::nchw) return contiguous_strides(s);
+    return {s.h * s.w * s.c, 1, s.w * s.c, s.c};
+  }
 
  private:
   // copy_from when either side is on the GPU.
@@ -214,7 +251,7 @@ class Tensor {
     const std::size_t bytes = sizeof(float) * static_cast<std::size_t>(numel());
     if (bytes == 0) return;
     if (device() == src.device()) {  // both on the GPU
-      if (is_contiguous() && src.is_contiguous()) {
+      if (same_layout(src)) {
         cuda::copy_on_device(data(), src.data(), bytes);
       } else {
         cuda::kernels::StridedCopy g{{shape_.n, shape_.c, shape_.h, shape_.w},
@@ -224,9 +261,9 @@ class Tensor {
       }
       return;
     }
-    // Across devices: move a contiguous image of src, then place it.
-    const Tensor s = src.contiguous();
-    const Tensor d = is_contiguous() ? *this : empty(shape_, device());
+    // Across devices: move a dense image of src, then place it.
+    const Tensor s = src.dense();
+    const Tensor d = same_layout(s) ? *this : empty(shape_, device(), s.format());
     if (device() == Device::cpu)
       cuda::copy_to_host(d.data(), s.data(), bytes);
     else
@@ -252,7 +289,7 @@ class Tensor {
 
 // Euclidean norm of all elements, accumulated in double.
 inline double l2_norm(const Tensor& t) {
-  const Tensor c = t.contiguous();
+  const Tensor c = t.dense();
   if (c.device() != Device::cpu) {
 #if DD_WITH_CUDA
     return std::sqrt(gpu::sum_squares(c.data(), c.numel()));

@@ -25,14 +25,15 @@ struct BatchNormSaved {
   Tensor X, mean, invstd;
   cpu::BatchNormGeometry g;
   bool training;
+  bool nhwc;  // X is channels-last GPU memory (so are y and the gradients the kernels see)
 };
 
 inline Tensor batch_norm_forward(const Var& x, const Var& gamma, const Var& beta, const Tensor& running_mean,
                                  const Tensor& running_var, const BatchNormOptions& o, BatchNormSaved& saved) {
   require_same_device("batch_norm", {&x, &gamma, &beta});
-  const Tensor X = x.value().contiguous();
+  const Tensor X = kernel_input(x.value());
   require_nonempty(X, "batch_norm");
-  const bool gpu = on_gpu(X);
+  const bool gpu = on_gpu(X), nhwc = channels_last(X);
   const Device dev = X.device();
   const Shape s = X.shape();
   DD_CHECK(gamma.shape().numel() == s.c && beta.shape().numel() == s.c,
@@ -41,7 +42,7 @@ inline Tensor batch_norm_forward(const Var& x, const Var& gamma, const Var& beta
   const cpu::BatchNormGeometry g{s.n, s.c, s.h * s.w};
   DD_CHECK(!o.training || g.count() > 1,
            "dd::batch_norm: training needs more than one value per channel, input is {}", s);
-  Tensor Y = Tensor::empty(s, dev);
+  Tensor Y = Tensor::empty_like(X);
   Tensor mean = Tensor::empty({s.c, 1, 1, 1}, dev), invstd = Tensor::empty({s.c, 1, 1, 1}, dev);
   if (o.training) {
     float* rm = running_mean.defined() ? running_mean.data() : nullptr;
@@ -50,7 +51,7 @@ inline Tensor batch_norm_forward(const Var& x, const Var& gamma, const Var& beta
              "dd::batch_norm: running statistics on another device than the input");
     if (gpu)
       DD_GPU(batchnorm_forward_train(X.data(), gamma.value().data(), beta.value().data(), g, o.eps, o.momentum,
-                                     Y.data(), mean.data(), invstd.data(), rm, rv));
+                                     Y.data(), mean.data(), invstd.data(), rm, rv, nhwc));
     else
       cpu::batchnorm_forward_train(X.data(), gamma.value().data(), beta.value().data(), g, o.eps, o.momentum,
                                    Y.data(), mean.data(), invstd.data(), rm, rv);
@@ -62,26 +63,26 @@ inline Tensor batch_norm_forward(const Var& x, const Var& gamma, const Var& beta
     if (gpu) {
       DD_GPU(batchnorm_invstd(running_var.data(), s.c, o.eps, invstd.data()));
       DD_GPU(batchnorm_forward_eval(X.data(), gamma.value().data(), beta.value().data(), running_mean.data(),
-                                    running_var.data(), g, o.eps, Y.data()));
+                                    running_var.data(), g, o.eps, Y.data(), nhwc));
     } else {
       for (std::int64_t c = 0; c < s.c; ++c) invstd.data()[c] = 1.0f / std::sqrt(running_var.data()[c] + o.eps);
       cpu::batchnorm_forward_eval(X.data(), gamma.value().data(), beta.value().data(), running_mean.data(),
                                   running_var.data(), g, o.eps, Y.data());
     }
   }
-  saved = {X, std::move(mean), std::move(invstd), g, o.training};
+  saved = {X, std::move(mean), std::move(invstd), g, o.training, nhwc};
   return Y;
 }
 
-// Backward of the normalisation from dL/dY (contiguous): gradients into x, gamma, beta.
+// Backward of the normalisation from dL/dY (dense in the order of sv.X): gradients into x, gamma, beta.
 inline void batch_norm_backward(const BatchNormSaved& sv, const Tensor& dy, const Var& x, const Var& gamma,
                                 const Var& beta) {
-  Tensor dx = x.requires_grad() ? Tensor::empty(x.shape(), sv.X.device()) : Tensor{};
+  Tensor dx = x.requires_grad() ? Tensor::empty_like(sv.X) : Tensor{};
   float* dgamma = gamma.requires_grad() ? grad_buffer(gamma).data() : nullptr;
   float* dbeta = beta.requires_grad() ? grad_buffer(beta).data() : nullptr;
   if (on_gpu(sv.X))
     DD_GPU(batchnorm_backward(sv.X.data(), dy.data(), gamma.value().data(), sv.mean.data(), sv.invstd.data(), sv.g,
-                              sv.training, dx.data(), dgamma, dbeta));
+                              sv.training, dx.data(), dgamma, dbeta, sv.nhwc));
   else
     cpu::batchnorm_backward(sv.X.data(), dy.data(), gamma.value().data(), sv.mean.data(), sv.invstd.data(), sv.g,
                             sv.training, dx.data(), dgamma, dbeta);
@@ -102,7 +103,7 @@ inline Var batch_norm(const Var& x, const Var& gamma, const Var& beta, const Ten
     Tape::current().record([x, gamma, beta, y, saved] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      detail::batch_norm_backward(saved, dy.contiguous(), x, gamma, beta);
+      detail::batch_norm_backward(saved, dy.dense_like(saved.X), x, gamma, beta);
     });
   return y;
 }
@@ -122,7 +123,9 @@ inline Var batch_norm_relu_dropout(const Var& x, const Var& gamma, const Var& be
     scale = detail::dropout_scales(s.n * s.c, p, *rng, Y.device());
   }
   const float* k = scale.defined() ? scale.data() : nullptr;
-  if (detail::on_gpu(Y))
+  if (saved.nhwc)
+    DD_GPU(relu_scale_planes_nhwc(Y.data(), k, s.n, s.c, s.h * s.w));
+  else if (detail::on_gpu(Y))
     DD_GPU(relu_scale_planes(Y.data(), k, s.n * s.c, s.h * s.w));
   else
     cpu::relu_scale_planes(Y.data(), k, s.n * s.c, s.h * s.w);
@@ -132,10 +135,12 @@ inline Var batch_norm_relu_dropout(const Var& x, const Var& gamma, const Var& be
     Tape::current().record([x, gamma, beta, y, saved, scale, s] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      const Tensor D = dy.contiguous();
-      Tensor dz = Tensor::empty(s, D.device());
+      const Tensor D = dy.dense_like(y.value());
+      Tensor dz = Tensor::empty_like(y.value());
       const float* k = scale.defined() ? scale.data() : nullptr;
-      if (detail::on_gpu(D))
+      if (saved.nhwc)
+        DD_GPU(relu_scale_planes_nhwc_backward(y.value().data(), D.data(), k, s.n, s.c, s.h * s.w, dz.data()));
+      else if (detail::on_gpu(D))
         DD_GPU(relu_scale_planes_backward(y.value().data(), D.data(), k, s.n * s.c, s.h * s.w, dz.data()));
       else
         cpu::relu_scale_planes_backward(y.value().data(), D.data(), k, s.n * s.c, s.h * s.w, dz.data());

@@ -29,7 +29,11 @@ inline Var concat(const std::vector<Var>& parts, int dim) {
   const Device dev = parts[0].value().device();
   for (const Var& p : parts)
     DD_CHECK(p.value().device() == dev, "dd::concat: parts on {} and {}", device_name(dev), device_name(p.value().device()));
-  Tensor Y = Tensor::empty(out, dev);
+  // Channels-last when a part is (GPU activations, see cuda::ConvSettings::channels_last).
+  MemoryFormat f = MemoryFormat::nchw;
+  for (const Var& p : parts)
+    if (detail::on_gpu(p.value()) && p.value().format() == MemoryFormat::nhwc) f = MemoryFormat::nhwc;
+  Tensor Y = Tensor::empty(out, dev, f);
   std::int64_t at = 0;
   for (const Var& p : parts) {
     const std::int64_t len = detail::extent(p.shape(), dim);
@@ -53,7 +57,7 @@ inline Var concat(const std::vector<Var>& parts, int dim) {
   return y;
 }
 
-// [start, start+len) of x along dim, as a new (contiguous) value.
+// [start, start+len) of x along dim, as a new dense value (in x's memory order).
 inline Var slice(const Var& x, int dim, std::int64_t start, std::int64_t len) {
   Tensor Y = x.value().slice(dim, start, len).clone();
   const bool rec = detail::should_record({&x});
@@ -62,7 +66,7 @@ inline Var slice(const Var& x, int dim, std::int64_t start, std::int64_t len) {
     Tape::current().record([x, y, dim, start, len] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = Tensor::zeros(x.shape(), dy.device());
+      Tensor dx = Tensor::zeros(x.shape(), dy.device(), x.value().format());
       dx.slice(dim, start, len).copy_from(dy);
       x.accumulate_grad(std::move(dx));
     });

@@ -65,30 +65,41 @@ inline Var conv2d_cpu(const std::vector<Var>& xs, const std::vector<Tensor>& X, 
   return y;
 }
 
+// The memory order a convolution takes and gives: NCHW on the CPU; on the GPU the one
+// cuda::conv_settings() asks for (channels-last by default).
+inline MemoryFormat conv_format([[maybe_unused]] const Tensor& x) {
+#if DD_WITH_CUDA
+  if (on_gpu(x)) return gpu::activation_format();
+#endif
+  return MemoryFormat::nchw;
+}
+
 }  // namespace detail
 
 // y = conv(x, w) + b; w is [Cout, Cin, K, K], b (optional, may be an undefined Var) is [Cout,1,1,1].
 inline Var conv2d(const Var& x, const Var& w, const Var& b, Conv2dOptions o = {}) {
   detail::require_same_device("conv2d", {&x, &w, &b});
-  const Tensor X = x.value().contiguous();
+  const MemoryFormat f = detail::conv_format(x.value());
+  const Tensor X = x.value().as_format(f);
   detail::require_nonempty(X, "conv2d");
   const cpu::Conv2dGeometry g = detail::conv2d_geometry(X.shape(), X.shape().c, w, b, o);
   if (!detail::on_gpu(X)) return detail::conv2d_cpu({x}, {X}, w, b, g);
 
 #if DD_WITH_CUDA
-  Tensor Y = Tensor::empty({g.n, g.cout, g.out_h(), g.out_w()}, X.device());
+  const bool nhwc = f == MemoryFormat::nhwc;
+  Tensor Y = Tensor::empty({g.n, g.cout, g.out_h(), g.out_w()}, X.device(), f);
   const Tensor W = w.value().contiguous();
-  DD_GPU(conv2d_forward(X.data(), W.data(), b.defined() ? b.value().data() : nullptr, g, Y.data()));
+  DD_GPU(conv2d_forward(X.data(), W.data(), b.defined() ? b.value().data() : nullptr, g, Y.data(), nhwc));
   const bool rec = detail::should_record({&x, &w, &b});
   Var y(std::move(Y), rec);
   if (rec)
-    Tape::current().record([x, w, b, y, g, X, W] {
+    Tape::current().record([x, w, b, y, g, X, W, f, nhwc] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = x.requires_grad() ? Tensor::empty(x.shape(), X.device()) : Tensor{};  // written by the kernel
+      Tensor dx = x.requires_grad() ? Tensor::empty(x.shape(), X.device(), f) : Tensor{};  // written by the kernel
       float* dw = w.requires_grad() ? detail::grad_buffer(w).data() : nullptr;
       float* db = b.requires_grad() ? detail::grad_buffer(b).data() : nullptr;
-      DD_GPU(conv2d_backward(X.data(), W.data(), dy.contiguous().data(), g, dx.data(), dw, db));
+      DD_GPU(conv2d_backward(X.data(), W.data(), dy.as_format(f).data(), g, dx.data(), dw, db, nhwc));
       if (dx.defined()) x.accumulate_grad(std::move(dx));
     });
   return y;

@@ -27,18 +27,20 @@ inline Tensor dropout_scales(std::int64_t planes, float p, Rng& rng, Device d) {
 inline Var dropout2d(const Var& x, float p, Rng& rng, bool training) {
   DD_CHECK(p >= 0.0f && p < 1.0f, "dd::dropout2d: probability {} is not in [0, 1)", p);
   if (!training || p == 0.0f) return x;
-  const Tensor X = x.value().contiguous();
+  const Tensor X = detail::kernel_input(x.value());
   const Shape s = X.shape();
   const Tensor scale = detail::dropout_scales(s.n * s.c, p, rng, X.device());
   const std::int64_t plane = s.h * s.w;
-  // y = x * scale per (sample, channel) plane.
-  auto apply = [plane](const Tensor& in, const Tensor& k, const Tensor& out) {
-    if (detail::on_gpu(in))
+  // y = x * scale per (sample, channel) plane; in and out share X's memory order.
+  auto apply = [s, plane](const Tensor& in, const Tensor& k, const Tensor& out) {
+    if (detail::channels_last(in))
+      DD_GPU(scale_planes_nhwc(in.data(), k.data(), s.n, s.c, plane, out.data()));
+    else if (detail::on_gpu(in))
       DD_GPU(scale_planes(in.data(), k.data(), k.numel(), plane, out.data()));
     else
       cpu::scale_planes(in.data(), k.data(), k.numel(), plane, out.data());
   };
-  Tensor Y = Tensor::empty(s, X.device());
+  Tensor Y = Tensor::empty_like(X);
   apply(X, scale, Y);
   const bool rec = detail::should_record({&x});
   Var y(std::move(Y), rec);
@@ -46,8 +48,8 @@ inline Var dropout2d(const Var& x, float p, Rng& rng, bool training) {
     Tape::current().record([x, y, scale, apply] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = Tensor::empty(x.shape(), scale.device());
-      apply(dy.contiguous(), scale, dx);
+      Tensor dx = Tensor::empty_like(y.value());
+      apply(dy.dense_like(y.value()), scale, dx);
       x.accumulate_grad(std::move(dx));
     });
   return y;

@@ -12,25 +12,30 @@ namespace dd {
 
 // 2x2 max pooling with stride 2.
 inline Var max_pool2x2(const Var& x) {
-  const Tensor X = x.value().contiguous();
+  const Tensor X = detail::kernel_input(x.value());
   detail::require_nonempty(X, "max_pool2x2");
   const Shape s = X.shape();
   DD_CHECK(s.h >= 2 && s.w >= 2, "dd::max_pool2x2: input {} is smaller than the 2x2 window", s);
-  const bool gpu = detail::on_gpu(X);
-  Tensor Y = Tensor::empty({s.n, s.c, s.h / 2, s.w / 2}, X.device());
-  const Tensor argmax = detail::byte_buffer(Y.numel(), X.device());  // the winner of each window
-  if (gpu)
+  const bool gpu = detail::on_gpu(X), nhwc = detail::channels_last(X);
+  const MemoryFormat f = nhwc ? MemoryFormat::nhwc : MemoryFormat::nchw;
+  Tensor Y = Tensor::empty({s.n, s.c, s.h / 2, s.w / 2}, X.device(), f);
+  const Tensor argmax = detail::byte_buffer(Y.numel(), X.device());  // the winner of each window, in Y's order
+  if (nhwc)
+    DD_GPU(maxpool2x2_nhwc_forward(X.data(), s.n, s.c, s.h, s.w, Y.data(), detail::bytes(argmax)));
+  else if (gpu)
     DD_GPU(maxpool2x2_forward(X.data(), s.n * s.c, s.h, s.w, Y.data(), detail::bytes(argmax)));
   else
     cpu::maxpool2x2_forward(X.data(), s.n * s.c, s.h, s.w, Y.data(), detail::bytes(argmax));
   const bool rec = detail::should_record({&x});
   Var y(std::move(Y), rec);
   if (rec)
-    Tape::current().record([x, y, argmax, s, gpu] {
+    Tape::current().record([x, y, argmax, s, gpu, nhwc, f] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = gpu ? Tensor::empty(s, argmax.device()) : Tensor::zeros(s);  // the GPU kernel writes all of dx
-      if (gpu)
+      Tensor dx = gpu ? Tensor::empty(s, argmax.device(), f) : Tensor::zeros(s);  // the GPU kernels write all of dx
+      if (nhwc)
+        DD_GPU(maxpool2x2_nhwc_backward(dy.as_format(f).data(), detail::bytes(argmax), s.n, s.c, s.h, s.w, dx.data()));
+      else if (gpu)
         DD_GPU(maxpool2x2_backward(dy.contiguous().data(), detail::bytes(argmax), s.n * s.c, s.h, s.w, dx.data()));
       else
         cpu::maxpool2x2_backward(dy.contiguous().data(), detail::bytes(argmax), s.n * s.c, s.h, s.w, dx.data());

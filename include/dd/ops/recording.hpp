@@ -1,6 +1,7 @@
 #pragma once
 // What every differentiable op shares: whether to record, how to make its output, and where
 // parameter gradients go.
+#include <cstdint>
 #include <initializer_list>
 
 #include "dd/autograd/var.hpp"
@@ -23,6 +24,17 @@ inline const Tensor& grad_buffer(const Var& v) {
 }
 
 inline bool on_gpu(const Tensor& t) { return t.device() == Device::cuda; }
+
+// The memory an element-wise or per-channel kernel reads: on the GPU the tensor's own dense order
+// (NCHW or channels-last, see cuda::ConvSettings::channels_last), on the CPU NCHW.
+// GPU views at addresses cuDNN's vector loads cannot take (not 16-byte aligned) are copied too.
+inline Tensor kernel_input(const Tensor& t) {
+  if (!on_gpu(t)) return t.contiguous();
+  const Tensor d = t.dense();
+  return reinterpret_cast<std::uintptr_t>(d.data()) % 16 == 0 ? d : d.clone();
+}
+// Whether a tensor from kernel_input is channels-last GPU memory.
+inline bool channels_last(const Tensor& t) { return on_gpu(t) && t.format() == MemoryFormat::nhwc; }
 
 // Every defined input of an op must live where the first one does.
 inline void require_same_device(const char* op, std::initializer_list<const Var*> inputs) {

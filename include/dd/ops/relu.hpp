@@ -8,9 +8,9 @@
 namespace dd {
 
 inline Var relu(const Var& x) {
-  const Tensor X = x.value().contiguous();
+  const Tensor X = detail::kernel_input(x.value());
   const bool gpu = detail::on_gpu(X);
-  Tensor Y = Tensor::empty(X.shape(), X.device());
+  Tensor Y = Tensor::empty_like(X);  // element-wise: any dense order
   if (gpu)
     DD_GPU(relu_forward(X.data(), X.numel(), Y.data()));
   else
@@ -22,11 +22,12 @@ inline Var relu(const Var& x) {
     Tape::current().record([x, y, gpu] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = Tensor::empty(x.shape(), y.value().device());
+      Tensor dx = Tensor::empty_like(y.value());
+      const Tensor D = dy.dense_like(y.value());
       if (gpu)
-        DD_GPU(relu_backward(y.value().data(), dy.contiguous().data(), dx.numel(), dx.data()));
+        DD_GPU(relu_backward(y.value().data(), D.data(), dx.numel(), dx.data()));
       else
-        cpu::relu_backward(y.value().data(), dy.contiguous().data(), dx.numel(), dx.data());
+        cpu::relu_backward(y.value().data(), D.data(), dx.numel(), dx.data());
       x.accumulate_grad(std::move(dx));
     });
   return y;

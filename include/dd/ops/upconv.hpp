@@ -1,5 +1,6 @@
 #pragma once
 #include "dd/kernels/cpu/upconv.hpp"
+#include "dd/ops/conv2d.hpp"
 #include "dd/ops/recording.hpp"
 #if DD_WITH_CUDA
 #include "dd/kernels/gpu/upconv.hpp"
@@ -10,31 +11,32 @@ namespace dd {
 // ConvTranspose2d, kernel 2, stride 2: w is [Cin, Cout, 2, 2], b (optional) [Cout,1,1,1].
 inline Var upconv2x2(const Var& x, const Var& w, const Var& b) {
   detail::require_same_device("upconv2x2", {&x, &w, &b});
-  const Tensor X = x.value().contiguous();
+  const MemoryFormat f = detail::conv_format(x.value());
+  const Tensor X = x.value().as_format(f);
   detail::require_nonempty(X, "upconv2x2");
-  const bool gpu = detail::on_gpu(X);
+  const bool gpu = detail::on_gpu(X), nhwc = f == MemoryFormat::nhwc;
   const Shape xs = X.shape(), ws = w.shape();
   DD_CHECK(ws.h == 2 && ws.w == 2, "dd::upconv2x2: weight {} is not [Cin, Cout, 2, 2]", ws);
   DD_CHECK(xs.c == ws.n, "dd::upconv2x2: input has {} channels but the weight {} expects {}", xs.c, ws, ws.n);
   const cpu::UpConvGeometry g{xs.n, xs.c, xs.h, xs.w, ws.c};
-  Tensor Y = Tensor::empty({xs.n, ws.c, 2 * xs.h, 2 * xs.w}, X.device());
+  Tensor Y = Tensor::empty({xs.n, ws.c, 2 * xs.h, 2 * xs.w}, X.device(), f);
   const Tensor W = w.value().contiguous();
   const float* bias = b.defined() ? b.value().data() : nullptr;
   if (gpu)
-    DD_GPU(upconv2x2_forward(X.data(), W.data(), bias, g, Y.data()));
+    DD_GPU(upconv2x2_forward(X.data(), W.data(), bias, g, Y.data(), nhwc));
   else
     cpu::upconv2x2_forward(X.data(), W.data(), bias, g, Y.data());
   const bool rec = detail::should_record({&x, &w, &b});
   Var y(std::move(Y), rec);
   if (rec)
-    Tape::current().record([x, w, b, y, g, X, W, gpu] {
+    Tape::current().record([x, w, b, y, g, X, W, gpu, f, nhwc] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = x.requires_grad() ? Tensor::empty(x.shape(), X.device()) : Tensor{};
+      Tensor dx = x.requires_grad() ? Tensor::empty(x.shape(), X.device(), f) : Tensor{};
       float* dw = w.requires_grad() ? detail::grad_buffer(w).data() : nullptr;
       float* db = b.requires_grad() ? detail::grad_buffer(b).data() : nullptr;
       if (gpu)
-        DD_GPU(upconv2x2_backward(X.data(), W.data(), dy.contiguous().data(), g, dx.data(), dw, db));
+        DD_GPU(upconv2x2_backward(X.data(), W.data(), dy.as_format(f).data(), g, dx.data(), dw, db, nhwc));
       else
         cpu::upconv2x2_backward(X.data(), W.data(), dy.contiguous().data(), g, dx.data(), dw, db);
       if (dx.defined()) x.accumulate_grad(std::move(dx));

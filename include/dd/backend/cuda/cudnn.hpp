@@ -117,10 +117,11 @@ inline int cudnn_dim(std::int64_t v, const char* what) {
 class TensorDescriptor {
  public:
   TensorDescriptor() { DD_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d_)); }
-  // Packed NCHW.
-  TensorDescriptor(cudnnDataType_t t, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w)
+  // Packed NCHW, or packed NHWC (channels-last memory) when nhwc.
+  TensorDescriptor(cudnnDataType_t t, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
+                   bool nhwc = false)
       : TensorDescriptor() {
-    set(t, n, c, h, w);
+    set(t, n, c, h, w, nhwc);
   }
   ~TensorDescriptor() {
     if (d_) (void)cudnnDestroyTensorDescriptor(d_);
@@ -128,9 +129,9 @@ class TensorDescriptor {
   TensorDescriptor(const TensorDescriptor&) = delete;
   TensorDescriptor& operator=(const TensorDescriptor&) = delete;
 
-  void set(cudnnDataType_t t, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w) {
-    DD_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d_, CUDNN_TENSOR_NCHW, t, cudnn_dim(n, "N"), cudnn_dim(c, "C"),
-                                              cudnn_dim(h, "H"), cudnn_dim(w, "W")));
+  void set(cudnnDataType_t t, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, bool nhwc = false) {
+    DD_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d_, nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW, t, cudnn_dim(n, "N"),
+                                              cudnn_dim(c, "C"), cudnn_dim(h, "H"), cudnn_dim(w, "W")));
   }
   cudnnTensorDescriptor_t get() const { return d_; }
   operator cudnnTensorDescriptor_t() const { return d_; }
@@ -142,10 +143,11 @@ class TensorDescriptor {
 class FilterDescriptor {
  public:
   FilterDescriptor() { DD_CUDNN_CHECK(cudnnCreateFilterDescriptor(&d_)); }
-  // [K out, C in, R, S], NCHW.
-  FilterDescriptor(cudnnDataType_t t, std::int64_t k, std::int64_t c, std::int64_t r, std::int64_t s)
+  // [K out, C in, R, S] in KCRS memory order, or KRSC when nhwc.
+  FilterDescriptor(cudnnDataType_t t, std::int64_t k, std::int64_t c, std::int64_t r, std::int64_t s,
+                   bool nhwc = false)
       : FilterDescriptor() {
-    set(t, k, c, r, s);
+    set(t, k, c, r, s, nhwc);
   }
   ~FilterDescriptor() {
     if (d_) (void)cudnnDestroyFilterDescriptor(d_);
@@ -153,9 +155,9 @@ class FilterDescriptor {
   FilterDescriptor(const FilterDescriptor&) = delete;
   FilterDescriptor& operator=(const FilterDescriptor&) = delete;
 
-  void set(cudnnDataType_t t, std::int64_t k, std::int64_t c, std::int64_t r, std::int64_t s) {
-    DD_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d_, t, CUDNN_TENSOR_NCHW, cudnn_dim(k, "K"), cudnn_dim(c, "C"),
-                                              cudnn_dim(r, "R"), cudnn_dim(s, "S")));
+  void set(cudnnDataType_t t, std::int64_t k, std::int64_t c, std::int64_t r, std::int64_t s, bool nhwc = false) {
+    DD_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d_, t, nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW, cudnn_dim(k, "K"),
+                                              cudnn_dim(c, "C"), cudnn_dim(r, "R"), cudnn_dim(s, "S")));
   }
   cudnnFilterDescriptor_t get() const { return d_; }
   operator cudnnFilterDescriptor_t() const { return d_; }
@@ -208,6 +210,10 @@ struct ConvSettings {
   Precision precision = Precision::fp32;
   bool deterministic = false;  // only algorithms cuDNN reports as deterministic
   bool benchmark = false;      // time the candidates once per problem (cudnnFind*) instead of heuristics
+  // GPU ops keep activations channels-last (NHWC memory): cuDNN's tensor-core convolutions (TF32,
+  // bf16, fp16) run on NHWC, and on NCHW they transpose or fall back to slower kernels. Inputs in
+  // the other order are converted once, at the first op that sees them.
+  bool channels_last = true;
   std::size_t workspace_limit = std::size_t{1} << 30;
 };
 
@@ -246,6 +252,7 @@ struct ConvProblem {
   std::int64_t n, c, h, w;
   std::int64_t k, r, s;
   std::int64_t pad, stride, dilation;
+  bool nhwc = false;  // x and y channels-last (the filter then goes to cuDNN as KRSC)
 
   std::int64_t out_h() const { return (h + 2 * pad - dilation * (r - 1) - 1) / stride + 1; }
   std::int64_t out_w() const { return (w + 2 * pad - dilation * (s - 1) - 1) / stride + 1; }
@@ -274,9 +281,9 @@ struct ConvDescriptors {
 
   ConvDescriptors(const ConvProblem& p, Precision prec) {
     const cudnnDataType_t t = conv_data_type(prec);
-    x.set(t, p.n, p.c, p.h, p.w);
-    w.set(t, p.k, p.c, p.r, p.s);
-    y.set(t, p.n, p.k, p.out_h(), p.out_w());
+    x.set(t, p.n, p.c, p.h, p.w, p.nhwc);
+    w.set(t, p.k, p.c, p.r, p.s, p.nhwc);
+    y.set(t, p.n, p.k, p.out_h(), p.out_w(), p.nhwc);
     conv.set_2d(p.pad, p.stride, p.dilation, CUDNN_DATA_FLOAT);  // fp32 accumulation in every precision
     conv.set_math(conv_math_type(prec));
   }
@@ -303,7 +310,7 @@ struct ConvAlgorithmKey {
 struct ConvAlgorithmKeyHash {
   std::size_t operator()(const ConvAlgorithmKey& k) const {
     const ConvProblem& p = k.problem;
-    const std::int64_t fields[] = {p.n, p.c, p.h, p.w, p.k, p.r, p.s, p.pad, p.stride, p.dilation,
+    const std::int64_t fields[] = {p.n, p.c, p.h, p.w, p.k, p.r, p.s, p.pad, p.stride, p.dilation, p.nhwc,
                                    static_cast<std::int64_t>(k.direction), static_cast<std::int64_t>(k.precision),
                                    k.deterministic, k.benchmark, static_cast<std::int64_t>(k.workspace_limit),
                                    k.device};
@@ -435,9 +442,9 @@ ConvAlgorithm search_algorithm(cudnnHandle_t h, ConvDescriptors& d, const ConvPr
     if (bytes > s.workspace_limit) continue;
     return ConvAlgorithm{static_cast<int>(c.algo), math, bytes};
   }
-  fail("dd::cudnn: no {} convolution algorithm for input [{}, {}, {}, {}], filter [{}, {}, {}, {}], pad {}, stride {}, "
-       "dilation {} in {} precision{} within the workspace limit of {:.1f} MiB ({} candidates)",
-       direction_name(dir), p.n, p.c, p.h, p.w, p.k, p.c, p.r, p.s, p.pad, p.stride, p.dilation,
+  fail("dd::cudnn: no {} convolution algorithm for {} input [{}, {}, {}, {}], filter [{}, {}, {}, {}], pad {}, "
+       "stride {}, dilation {} in {} precision{} within the workspace limit of {:.1f} MiB ({} candidates)",
+       direction_name(dir), p.nhwc ? "NHWC" : "NCHW", p.n, p.c, p.h, p.w, p.k, p.c, p.r, p.s, p.pad, p.stride, p.dilation,
        precision_name(s.precision), s.deterministic ? ", deterministic," : "",
        double(s.workspace_limit) / 1048576.0, got);
 }
@@ -469,12 +476,62 @@ inline void clear_conv_algorithm_cache() { ConvAlgorithmCache::instance().clear(
 // Running convolutions
 // ---------------------------------------------------------------------------------------------
 
-// An fp32 input as the convolution consumes it: the pointer itself, or (bf16/fp16) a rounded copy
-// in scratch that lives as long as this object.
+// The copy between a [k, c, r, s] filter in KCRS memory (our weights) and KRSC (cuDNN's NHWC filter).
+inline kernels::StridedCopy filter_order(std::int64_t k, std::int64_t c, std::int64_t r, std::int64_t s, bool to_krsc) {
+  const std::int64_t kcrs[4] = {c * r * s, r * s, s, 1}, krsc[4] = {r * s * c, 1, s * c, c};
+  kernels::StridedCopy g{{k, c, r, s}, {}, {}};
+  for (int i = 0; i < 4; ++i) {
+    g.dst_strides[i] = to_krsc ? krsc[i] : kcrs[i];
+    g.src_strides[i] = to_krsc ? kcrs[i] : krsc[i];
+  }
+  return g;
+}
+
+// cuDNN's NHWC and tensor-core kernels load 16 bytes at a time: every pointer they get must be
+// 16-byte aligned. Our allocations are; views into them (a parameter in the model's flat buffer, a
+// slice) need not be, and are staged through aligned scratch.
+inline bool is_aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// A small float array (per-channel parameters and statistics) as cuDNN reads and updates it: the
+// array itself, or an aligned copy when it is an unaligned view; write_back() returns updates.
+class AlignedFloats {
+ public:
+  AlignedFloats(const float* p, std::int64_t count) : p_(const_cast<float*>(p)), count_(count) {
+    if (!p || count <= 0 || is_aligned(p)) return;
+    buf_.reset(bytes());
+    copy_on_device(buf_.get(), p, bytes());
+  }
+  float* get() const { return buf_.get() ? buf_.floats() : p_; }
+  void write_back() const {
+    if (buf_.get()) copy_on_device(p_, buf_.get(), bytes());
+  }
+
+ private:
+  std::size_t bytes() const { return static_cast<std::size_t>(count_) * sizeof(float); }
+  float* p_;
+  std::int64_t count_;
+  DeviceScratch buf_;
+};
+
+// An fp32 input as the convolution consumes it: the pointer itself, or a copy in scratch that lives
+// as long as this object: realigned, reordered (a KCRS filter for an NHWC problem) and/or rounded
+// (bf16/fp16).
 class ConvOperand {
  public:
-  ConvOperand(const float* p, std::int64_t count, Precision prec) : ptr_(p) {
-    if (!is_half(prec) || count <= 0) return;
+  ConvOperand(const float* p, std::int64_t count, Precision prec, const kernels::StridedCopy* reorder = nullptr)
+      : ptr_(p) {
+    if (count <= 0) return;
+    if (reorder || (!is_half(prec) && !is_aligned(p))) {
+      order_.reset(static_cast<std::size_t>(count) * sizeof(float));
+      if (reorder) {
+        kernels::copy_strided(order_.floats(), p, *reorder, current_stream());
+        DD_CUDA_CHECK(cudaGetLastError());
+      } else {
+        copy_on_device(order_.get(), p, static_cast<std::size_t>(count) * sizeof(float));
+      }
+      ptr_ = p = order_.floats();
+    }
+    if (!is_half(prec)) return;
     buf_.reset(static_cast<std::size_t>(count) * 2);
     kernels::to_half(p, buf_.get(), count, half_type(prec), current_stream());
     DD_CUDA_CHECK(cudaGetLastError());
@@ -484,7 +541,7 @@ class ConvOperand {
 
  private:
   const void* ptr_;
-  DeviceScratch buf_;
+  DeviceScratch order_, buf_;
 };
 
 // One convolution problem on the current stream, with the settings read once at construction.
@@ -496,24 +553,23 @@ class Convolution {
 
   Precision precision() const { return s_.precision; }
   ConvOperand operand(const float* ptr, std::int64_t count) const { return ConvOperand(ptr, count, s_.precision); }
+  // The weight [k, c, r, s] (KCRS memory) as the filter: reordered to KRSC for an NHWC problem.
+  ConvOperand filter(const float* w) const {
+    if (!reorders_filter()) return operand(w, p_.filter_count());
+    const kernels::StridedCopy g = filter_order(p_.k, p_.c, p_.r, p_.s, true);
+    return ConvOperand(w, p_.filter_count(), s_.precision, &g);
+  }
 
   // y = conv(x, w), written.
   void forward(const void* x, const void* w, float* y) {
     const ConvAlgorithm a = prepare(ConvDirection::forward);
     DeviceScratch ws(a.workspace);
     const float one = 1.0f, zero = 0.0f;
-    if (!is_half(s_.precision)) {
-      DD_CUDNN_CHECK(cudnnConvolutionForward(h_, &one, d_.x, x, d_.w, w, d_.conv,
-                                             static_cast<cudnnConvolutionFwdAlgo_t>(a.algo), ws.get(), a.workspace,
-                                             &zero, d_.y, y));
-      return;
-    }
-    const std::int64_t count = p_.output_count();
-    DeviceScratch out(static_cast<std::size_t>(count) * 2);
+    Output out(*this, y, p_.output_count());
     DD_CUDNN_CHECK(cudnnConvolutionForward(h_, &one, d_.x, x, d_.w, w, d_.conv,
                                            static_cast<cudnnConvolutionFwdAlgo_t>(a.algo), ws.get(), a.workspace,
                                            &zero, d_.y, out.get()));
-    from_half(out.get(), y, count);
+    out.finish();
   }
 
   // dx = conv_backward_data(w, dy), written.
@@ -521,43 +577,71 @@ class Convolution {
     const ConvAlgorithm a = prepare(ConvDirection::backward_data);
     DeviceScratch ws(a.workspace);
     const float one = 1.0f, zero = 0.0f;
-    if (!is_half(s_.precision)) {
-      DD_CUDNN_CHECK(cudnnConvolutionBackwardData(h_, &one, d_.w, w, d_.y, dy, d_.conv,
-                                                  static_cast<cudnnConvolutionBwdDataAlgo_t>(a.algo), ws.get(),
-                                                  a.workspace, &zero, d_.x, dx));
-      return;
-    }
-    const std::int64_t count = p_.input_count();
-    DeviceScratch out(static_cast<std::size_t>(count) * 2);
+    Output out(*this, dx, p_.input_count());
     DD_CUDNN_CHECK(cudnnConvolutionBackwardData(h_, &one, d_.w, w, d_.y, dy, d_.conv,
                                                 static_cast<cudnnConvolutionBwdDataAlgo_t>(a.algo), ws.get(),
                                                 a.workspace, &zero, d_.x, out.get()));
-    from_half(out.get(), dx, count);
+    out.finish();
   }
 
-  // dw += conv_backward_filter(x, dy). In half precision the gradient is computed into a half
-  // scratch (cuDNN wants dw in the data type), widened, and added in fp32.
+  // dw += conv_backward_filter(x, dy), dw in KCRS memory. cuDNN accumulates into dw itself when it
+  // can (fp32, the filter's order is ours, dw aligned); otherwise the gradient goes to scratch in the
+  // data type and the filter order of the problem, and is widened, reordered and added.
   void backward_filter(const void* x, const void* dy, float* dw) {
     const ConvAlgorithm a = prepare(ConvDirection::backward_filter);
     DeviceScratch ws(a.workspace);
     const float one = 1.0f, zero = 0.0f;
-    if (!is_half(s_.precision)) {
+    if (!is_half(s_.precision) && !reorders_filter() && is_aligned(dw)) {
       DD_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h_, &one, d_.x, x, d_.y, dy, d_.conv,
                                                     static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.algo), ws.get(),
                                                     a.workspace, &one, d_.w, dw));
       return;
     }
     const std::int64_t count = p_.filter_count();
-    DeviceScratch half(static_cast<std::size_t>(count) * 2), wide(static_cast<std::size_t>(count) * sizeof(float));
+    DeviceScratch wide(static_cast<std::size_t>(count) * sizeof(float)), half;
+    if (is_half(s_.precision)) half.reset(static_cast<std::size_t>(count) * 2);
     DD_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h_, &one, d_.x, x, d_.y, dy, d_.conv,
                                                   static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.algo), ws.get(),
-                                                  a.workspace, &zero, d_.w, half.get()));
-    from_half(half.get(), wide.floats(), count);
-    kernels::axpy(dw, wide.floats(), count, 1.0f, stream_);
-    DD_CUDA_CHECK(cudaGetLastError());
+                                                  a.workspace, &zero, d_.w, half.get() ? half.get() : wide.get()));
+    if (half.get()) from_half(half.get(), wide.floats(), count);
+    add_filter(wide.floats(), dw);
   }
 
  private:
+  // Where cuDNN writes an fp32 result of `count` elements: dst itself, or (half precision, or dst not
+  // aligned) scratch that finish() widens or copies into dst.
+  class Output {
+   public:
+    Output(Convolution& c, float* dst, std::int64_t count) : c_(c), dst_(dst), count_(count) {
+      if (!is_half(c.s_.precision) && is_aligned(dst)) return;
+      buf_.reset(static_cast<std::size_t>(count) * (is_half(c.s_.precision) ? 2 : sizeof(float)));
+    }
+    void* get() const { return buf_.get() ? buf_.get() : dst_; }
+    void finish() {
+      if (!buf_.get()) return;
+      if (is_half(c_.s_.precision))
+        c_.from_half(buf_.get(), dst_, count_);
+      else
+        copy_on_device(dst_, buf_.get(), static_cast<std::size_t>(count_) * sizeof(float));
+    }
+
+   private:
+    Convolution& c_;
+    float* dst_;
+    std::int64_t count_;
+    DeviceScratch buf_;
+  };
+
+  // An NHWC problem's filter is KRSC; for 1x1 filters that is the same memory as KCRS.
+  bool reorders_filter() const { return p_.nhwc && p_.r * p_.s > 1 && p_.c > 1; }
+  // dw (KCRS) += g (the filter gradient in cuDNN's order for this problem).
+  void add_filter(const float* g, float* dw) {
+    if (reorders_filter())
+      kernels::add_strided(dw, g, filter_order(p_.k, p_.c, p_.r, p_.s, false), stream_);
+    else
+      kernels::axpy(dw, g, p_.filter_count(), 1.0f, stream_);
+    DD_CUDA_CHECK(cudaGetLastError());
+  }
   ConvAlgorithm prepare(ConvDirection dir) {
     const ConvAlgorithm a = conv_algorithm(h_, d_, p_, dir, s_);
     d_.conv.set_math(a.math);  // a cache hit must run with the math type the algorithm was chosen with
@@ -576,23 +660,48 @@ class Convolution {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Per-channel bias of NCHW tensors (fp32 in every precision)
+// Per-channel bias of NCHW or NHWC tensors (fp32 in every precision)
 // ---------------------------------------------------------------------------------------------
 
 // y[n, c, :, :] += b[c]
 inline void add_channel_bias(const float* b, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
-                             float* y) {
-  const TensorDescriptor bd(CUDNN_DATA_FLOAT, 1, c, 1, 1), yd(CUDNN_DATA_FLOAT, n, c, h, w);
+                             float* y, bool nhwc = false) {
+  if (nhwc && kernels::channels_last_supported(c)) {
+    kernels::add_bias_nhwc(b, n * h * w, c, y, current_stream());
+    DD_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  const TensorDescriptor bd(CUDNN_DATA_FLOAT, 1, c, 1, 1), yd(CUDNN_DATA_FLOAT, n, c, h, w, nhwc);
   const float one = 1.0f;
-  DD_CUDNN_CHECK(cudnnAddTensor(cudnn_handle(), &one, bd, b, &one, yd, y));
+  const ConvOperand bias(b, c, Precision::fp32);  // realigned when b is a view
+  DD_CUDNN_CHECK(cudnnAddTensor(cudnn_handle(), &one, bd, bias.get(), &one, yd, y));
 }
 
 // db[c] += sum over n, h, w of dy[n, c, :, :]
 inline void accumulate_channel_bias_grad(const float* dy, std::int64_t n, std::int64_t c, std::int64_t h,
-                                         std::int64_t w, float* db) {
-  const TensorDescriptor dyd(CUDNN_DATA_FLOAT, n, c, h, w), bd(CUDNN_DATA_FLOAT, 1, c, 1, 1);
-  const float one = 1.0f;
-  DD_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn_handle(), &one, dyd, dy, &one, bd, db));
+                                         std::int64_t w, float* db, bool nhwc = false) {
+  // Our deterministic per-channel sums (cuDNN's bias-gradient kernels took milliseconds on 2 x 1024^2).
+  if (nhwc && kernels::channels_last_supported(c)) {
+    kernels::bias_grad_nhwc(dy, n * h * w, c, db, current_stream());
+    DD_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  if (!nhwc) {
+    kernels::batchnorm_backward_eval(nullptr, dy, nullptr, nullptr, nullptr, n, c, h * w, nullptr, nullptr, db, false,
+                                     current_stream());
+    DD_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  const TensorDescriptor dyd(CUDNN_DATA_FLOAT, n, c, h, w, nhwc), bd(CUDNN_DATA_FLOAT, 1, c, 1, 1);
+  const float one = 1.0f, zero = 0.0f;
+  if (is_aligned(db)) {
+    DD_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn_handle(), &one, dyd, dy, &one, bd, db));
+    return;
+  }
+  DeviceScratch sum(static_cast<std::size_t>(c) * sizeof(float));  // db is a view: sum aligned, then add
+  DD_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn_handle(), &one, dyd, dy, &zero, bd, sum.get()));
+  kernels::axpy(db, sum.floats(), c, 1.0f, current_stream());
+  DD_CUDA_CHECK(cudaGetLastError());
 }
 
 // Zero-fills `count` floats on the current stream (results of convolutions over empty inputs).

@@ -24,6 +24,7 @@ struct StridedCopy {
   std::int64_t src_strides[4];
 };
 void copy_strided(float* dst, const float* src, const StridedCopy& geometry, cudaStream_t s);
+void add_strided(float* dst, const float* src, const StridedCopy& geometry, cudaStream_t s);  // dst += src
 
 void relu_forward(const float* x, std::int64_t n, float* y, cudaStream_t s);
 void relu_backward(const float* y, const float* dy, std::int64_t n, float* dx, cudaStream_t s);  // dx = y > 0 ? dy : 0
@@ -38,6 +39,14 @@ void relu_scale_planes(float* y, const float* scale, std::int64_t planes, std::i
 void relu_scale_planes_backward(const float* y, const float* dy, const float* scale, std::int64_t planes,
                                 std::int64_t plane, float* dx, cudaStream_t s);
 
+// Channels-last twins of the three above: x, y, dy, dx are [n, plane, c] (NHWC), scale [n, c].
+void scale_planes_nhwc(const float* x, const float* scale, std::int64_t n, std::int64_t c, std::int64_t plane,
+                       float* y, cudaStream_t s);
+void relu_scale_planes_nhwc(float* y, const float* scale, std::int64_t n, std::int64_t c, std::int64_t plane,
+                            cudaStream_t s);
+void relu_scale_planes_nhwc_backward(const float* y, const float* dy, const float* scale, std::int64_t n,
+                                     std::int64_t c, std::int64_t plane, float* dx, cudaStream_t s);
+
 // ---- pooling: 2x2, stride 2, odd trailing rows/columns dropped; first maximum wins on ties ----
 // argmax holds the winner's offset in its window (0..3: row * 2 + column), one byte per output.
 void maxpool2x2_forward(const float* x, std::int64_t planes, std::int64_t h, std::int64_t w, float* y,
@@ -45,6 +54,12 @@ void maxpool2x2_forward(const float* x, std::int64_t planes, std::int64_t h, std
 // Writes EVERY element of dx (zero where no window chose it).
 void maxpool2x2_backward(const float* dy, const std::uint8_t* argmax, std::int64_t planes, std::int64_t h,
                          std::int64_t w, float* dx, cudaStream_t s);
+
+// Channels-last twins: x and dx are NHWC [n, h, w, c], y, dy and argmax NHWC [n, h/2, w/2, c].
+void maxpool2x2_nhwc_forward(const float* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, float* y,
+                             std::uint8_t* argmax, cudaStream_t s);
+void maxpool2x2_nhwc_backward(const float* dy, const std::uint8_t* argmax, std::int64_t n, std::int64_t c,
+                              std::int64_t h, std::int64_t w, float* dx, cudaStream_t s);
 
 // ---- softmax over channels of NCHW (one distribution per pixel) ----
 void softmax_channels(const float* x, std::int64_t n, std::int64_t c, std::int64_t plane, float* p, cudaStream_t s);
@@ -73,9 +88,28 @@ void dice_grad_probs(const float* labels, std::int64_t n, std::int64_t c, std::i
 void batchnorm_invstd(const float* var, std::int64_t c, float eps, float* invstd, cudaStream_t s);
 // Backward with constant statistics (eval mode): dx = dy * gamma * invstd (dx may be null);
 // dgamma += sum dy * (x - mean) * invstd, dbeta += sum dy (each may be null), per channel.
+// channels_last: x, dy, dx are NHWC.
 void batchnorm_backward_eval(const float* x, const float* dy, const float* gamma, const float* mean,
                              const float* invstd, std::int64_t n, std::int64_t c, std::int64_t plane, float* dx,
+                             float* dgamma, float* dbeta, bool channels_last, cudaStream_t s);
+
+// ---- per-channel work on channels-last memory (x, y, dy, dx are [rows = n*h*w, c]) ----
+// For c in [1, 1024] (channels_last_supported); deterministic, sums in double.
+bool channels_last_supported(std::int64_t c);
+// Batch statistics (biased variance; running statistics moved with the unbiased one when given),
+// then y = x * (gamma * invstd) + (beta - mean * gamma * invstd).
+void batchnorm_nhwc_forward_train(const float* x, const float* gamma, const float* beta, std::int64_t rows,
+                                  std::int64_t c, float eps, float momentum, float* y, float* save_mean,
+                                  float* save_invstd, float* running_mean, float* running_var, cudaStream_t s);
+void batchnorm_nhwc_forward_eval(const float* x, const float* gamma, const float* beta, const float* mean,
+                                 const float* invstd, std::int64_t rows, std::int64_t c, float* y, cudaStream_t s);
+// dx written (may be null), dgamma/dbeta accumulated (may be null); batch_stats as in
+// dd::cpu::batchnorm_backward.
+void batchnorm_nhwc_backward(const float* x, const float* dy, const float* gamma, const float* mean,
+                             const float* invstd, std::int64_t rows, std::int64_t c, bool batch_stats, float* dx,
                              float* dgamma, float* dbeta, cudaStream_t s);
+void bias_grad_nhwc(const float* dy, std::int64_t rows, std::int64_t c, float* db, cudaStream_t s);  // db += sum dy
+void add_bias_nhwc(const float* b, std::int64_t rows, std::int64_t c, float* y, cudaStream_t s);     // y += b
 
 // ---- optimizer and reductions ----
 // Adam with bias corrections folded in: g' = g + wd * p; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;

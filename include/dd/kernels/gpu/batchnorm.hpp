@@ -2,7 +2,8 @@
 // BatchNorm2d on the GPU through cuDNN (spatial mode: statistics per channel over N, H, W), with
 // the CPU kernel's interface and conventions: training normalises with the biased batch variance
 // and moves the running variance with the unbiased one; dx written, dgamma/dbeta accumulated.
-// Always fp32, whatever the convolution precision. Device pointers; work goes to the current stream.
+// Always fp32, whatever the convolution precision. nhwc: x, y, dy, dx channels-last. Device pointers;
+// work goes to the current stream.
 #include <algorithm>
 
 #include "dd/backend/cuda/cudnn.hpp"
@@ -12,11 +13,11 @@ namespace dd::gpu {
 
 namespace detail {
 
-// x as [N, C, 1, H*W] (spatial BN only cares that H*W are the reduced dimensions) and the derived
-// [1, C, 1, 1] descriptor cuDNN wants for gamma, beta and the statistics.
+// x as [N, C, 1, H*W] (spatial BN only cares that H*W are the reduced dimensions), NCHW or NHWC, and
+// the derived [1, C, 1, 1] descriptor cuDNN wants for gamma, beta and the statistics.
 struct BatchNormDescriptors {
   cuda::TensorDescriptor x, param;
-  explicit BatchNormDescriptors(const cpu::BatchNormGeometry& g) : x(CUDNN_DATA_FLOAT, g.n, g.c, 1, g.plane) {
+  BatchNormDescriptors(const cpu::BatchNormGeometry& g, bool nhwc) : x(CUDNN_DATA_FLOAT, g.n, g.c, 1, g.plane, nhwc) {
     DD_CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(param, x, CUDNN_BATCHNORM_SPATIAL));
   }
 };
@@ -29,28 +30,46 @@ inline double batchnorm_epsilon(float eps) {
 
 inline bool batchnorm_empty(const cpu::BatchNormGeometry& g) { return g.c <= 0 || g.count() <= 0; }
 
+// Channels-last batch norm runs on our kernels (cuDNN's legacy NHWC fp32 kernels stride through
+// memory channel by channel); beyond 1024 channels it stays with cuDNN.
+inline bool own_nhwc(const cpu::BatchNormGeometry& g, bool nhwc) {
+  return nhwc && cuda::kernels::channels_last_supported(g.c);
+}
+
 }  // namespace detail
 
 // Training forward. Writes y, the per-channel batch mean and 1/sqrt(var+eps) (kept for backward),
 // and updates running_mean/var in place when both are given.
 inline void batchnorm_forward_train(const float* x, const float* gamma, const float* beta, const cpu::BatchNormGeometry& g,
                                     float eps, float momentum, float* y, float* save_mean, float* save_invstd,
-                                    float* running_mean, float* running_var) {
+                                    float* running_mean, float* running_var, bool nhwc = false) {
   if (detail::batchnorm_empty(g)) return;
   const double epsilon = detail::batchnorm_epsilon(eps);
-  const detail::BatchNormDescriptors d(g);
+  if (detail::own_nhwc(g, nhwc)) {
+    DD_CHECK(save_mean && save_invstd, "dd::gpu::batchnorm_forward_train: save_mean and save_invstd are needed");
+    const bool running = running_mean && running_var;
+    cuda::kernels::batchnorm_nhwc_forward_train(x, gamma, beta, g.count(), g.c, eps, momentum, y, save_mean,
+                                                save_invstd, running ? running_mean : nullptr,
+                                                running ? running_var : nullptr, cuda::current_stream());
+    DD_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  const detail::BatchNormDescriptors d(g, nhwc);
   // cuDNN updates both running statistics or neither. With one value per channel the unbiased
   // variance is undefined (the CPU then uses the biased one, 0): update those by hand below.
   const bool running = running_mean && running_var;
   const bool single = g.count() == 1;
   DD_CHECK(!(running && single) || save_mean,
            "dd::gpu::batchnorm_forward_train: save_mean is needed to update the running mean");
-  float* rm = running && !single ? running_mean : nullptr;
-  float* rv = running && !single ? running_var : nullptr;
+  // Parameters and statistics are views into a model's flat buffers: realigned where needed.
+  const cuda::AlignedFloats ga(gamma, g.c), be(beta, g.c), sm(save_mean, g.c), si(save_invstd, g.c);
+  const cuda::AlignedFloats rm(running && !single ? running_mean : nullptr, g.c),
+      rv(running && !single ? running_var : nullptr, g.c);
   const float one = 1.0f, zero = 0.0f;
   DD_CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(cuda::cudnn_handle(), CUDNN_BATCHNORM_SPATIAL, &one, &zero,
-                                                        d.x, x, d.x, y, d.param, gamma, beta, double(momentum), rm,
-                                                        rv, epsilon, save_mean, save_invstd));
+                                                        d.x, x, d.x, y, d.param, ga.get(), be.get(), double(momentum),
+                                                        rm.get(), rv.get(), epsilon, sm.get(), si.get()));
+  rm.write_back(), rv.write_back(), sm.write_back(), si.write_back();
   if (running && single) {
     // running_mean = (1 - m) running_mean + m mean; running_var = (1 - m) running_var + m * 0.
     const cudaStream_t s = cuda::current_stream();
@@ -65,13 +84,24 @@ inline void batchnorm_forward_train(const float* x, const float* gamma, const fl
 
 // Evaluation forward with given statistics: y = gamma * (x - mean) / sqrt(var + eps) + beta.
 inline void batchnorm_forward_eval(const float* x, const float* gamma, const float* beta, const float* mean,
-                                   const float* var, const cpu::BatchNormGeometry& g, float eps, float* y) {
+                                   const float* var, const cpu::BatchNormGeometry& g, float eps, float* y,
+                                   bool nhwc = false) {
   if (detail::batchnorm_empty(g)) return;
   const double epsilon = detail::batchnorm_epsilon(eps);
-  const detail::BatchNormDescriptors d(g);
+  if (detail::own_nhwc(g, nhwc)) {
+    const cudaStream_t s = cuda::current_stream();
+    cuda::DeviceScratch invstd(static_cast<std::size_t>(g.c) * sizeof(float));
+    cuda::kernels::batchnorm_invstd(var, g.c, eps, invstd.floats(), s);
+    cuda::kernels::batchnorm_nhwc_forward_eval(x, gamma, beta, mean, invstd.floats(), g.count(), g.c, y, s);
+    DD_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  const detail::BatchNormDescriptors d(g, nhwc);
+  const cuda::AlignedFloats ga(gamma, g.c), be(beta, g.c), m(mean, g.c), v(var, g.c);
   const float one = 1.0f, zero = 0.0f;
   DD_CUDNN_CHECK(cudnnBatchNormalizationForwardInference(cuda::cudnn_handle(), CUDNN_BATCHNORM_SPATIAL, &one, &zero,
-                                                         d.x, x, d.x, y, d.param, gamma, beta, mean, var, epsilon));
+                                                         d.x, x, d.x, y, d.param, ga.get(), be.get(), m.get(), v.get(),
+                                                         epsilon));
 }
 
 // Backward. mean/invstd are the statistics the forward used (batch ones in training, running ones
@@ -79,18 +109,24 @@ inline void batchnorm_forward_eval(const float* x, const float* gamma, const flo
 // dx is written (may be null); dgamma/dbeta are accumulated (may be null).
 inline void batchnorm_backward(const float* x, const float* dy, const float* gamma, const float* mean,
                                const float* invstd, const cpu::BatchNormGeometry& g, bool batch_stats, float* dx,
-                               float* dgamma, float* dbeta) {
+                               float* dgamma, float* dbeta, bool nhwc = false) {
   if (detail::batchnorm_empty(g) || (!dx && !dgamma && !dbeta)) return;
   const cudaStream_t s = cuda::current_stream();
+  if (detail::own_nhwc(g, nhwc)) {
+    cuda::kernels::batchnorm_nhwc_backward(x, dy, gamma, mean, invstd, g.count(), g.c, batch_stats, dx, dgamma, dbeta,
+                                           s);
+    DD_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
   // dgamma and dbeta do not depend on whether the statistics do, so without dx the eval kernel
   // gives them with no dx scratch; with constant statistics it gives everything.
   if (!batch_stats || !dx) {
     cuda::kernels::batchnorm_backward_eval(x, dy, gamma, mean, invstd, g.n, g.c, g.plane, batch_stats ? nullptr : dx,
-                                           dgamma, dbeta, s);
+                                           dgamma, dbeta, nhwc, s);
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  const detail::BatchNormDescriptors d(g);
+  const detail::BatchNormDescriptors d(g, nhwc);
   // cuDNN always writes both parameter gradients: stand in zeroed scratch for a missing one.
   cuda::DeviceScratch scratch;
   if (!dgamma || !dbeta) {
@@ -103,9 +139,11 @@ inline void batchnorm_backward(const float* x, const float* dy, const float* gam
   // the epsilon (which this interface does not carry) only has to be a valid one.
   const double epsilon = std::max(1e-5, double(CUDNN_BN_MIN_EPSILON));
   const float one = 1.0f, zero = 0.0f;
+  const cuda::AlignedFloats ga(gamma, g.c), dga(dgamma, g.c), dbe(dbeta, g.c), m(mean, g.c), is(invstd, g.c);
   DD_CUDNN_CHECK(cudnnBatchNormalizationBackward(cuda::cudnn_handle(s), CUDNN_BATCHNORM_SPATIAL, &one, &zero, &one,
-                                                 &one, d.x, x, d.x, dy, d.x, dx, d.param, gamma, dgamma, dbeta,
-                                                 epsilon, mean, invstd));
+                                                 &one, d.x, x, d.x, dy, d.x, dx, d.param, ga.get(), dga.get(),
+                                                 dbe.get(), epsilon, m.get(), is.get()));
+  dga.write_back(), dbe.write_back();
 }
 
 }  // namespace dd::gpu

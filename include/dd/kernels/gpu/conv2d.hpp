@@ -3,19 +3,26 @@
 // [Cout, Cin, K, K]; dx written, dw and db accumulated). Precision, determinism and algorithm
 // search follow dd::cuda::conv_settings(). Device pointers; work goes to the current stream.
 #include "dd/backend/cuda/cudnn.hpp"
+#include "dd/core/tensor.hpp"
 #include "dd/kernels/cpu/conv2d.hpp"
 
 namespace dd::gpu {
 
 namespace detail {
-inline cuda::ConvProblem conv2d_problem(const cpu::Conv2dGeometry& g) {
-  return {g.n, g.cin, g.h, g.w, g.cout, g.k, g.k, g.pad, g.stride, g.dilation};
+inline cuda::ConvProblem conv2d_problem(const cpu::Conv2dGeometry& g, bool nhwc) {
+  return {g.n, g.cin, g.h, g.w, g.cout, g.k, g.k, g.pad, g.stride, g.dilation, nhwc};
 }
 }  // namespace detail
 
-// y[n, Cout, Ho, Wo] = conv(x, w) + b. b may be null.
-inline void conv2d_forward(const float* x, const float* w, const float* b, const cpu::Conv2dGeometry& g, float* y) {
-  const cuda::ConvProblem p = detail::conv2d_problem(g);
+// The memory order GPU convolutions give their outputs (and want their inputs in).
+inline MemoryFormat activation_format() {
+  return cuda::conv_settings().channels_last ? MemoryFormat::nhwc : MemoryFormat::nchw;
+}
+
+// y[n, Cout, Ho, Wo] = conv(x, w) + b. b may be null. nhwc: x and y channels-last.
+inline void conv2d_forward(const float* x, const float* w, const float* b, const cpu::Conv2dGeometry& g, float* y,
+                           bool nhwc = false) {
+  const cuda::ConvProblem p = detail::conv2d_problem(g, nhwc);
   const std::int64_t Ho = p.out_h(), Wo = p.out_w();
   if (g.n <= 0 || g.cout <= 0 || Ho <= 0 || Wo <= 0) return;
   if (p.input_count() <= 0) {
@@ -23,28 +30,28 @@ inline void conv2d_forward(const float* x, const float* w, const float* b, const
     cuda::zero_floats(y, p.output_count());
   } else {
     cuda::Convolution conv(p);
-    const cuda::ConvOperand xo = conv.operand(x, p.input_count()), wo = conv.operand(w, p.filter_count());
+    const cuda::ConvOperand xo = conv.operand(x, p.input_count()), wo = conv.filter(w);
     conv.forward(xo.get(), wo.get(), y);
   }
-  if (b) cuda::add_channel_bias(b, g.n, g.cout, Ho, Wo, y);
+  if (b) cuda::add_channel_bias(b, g.n, g.cout, Ho, Wo, y, nhwc);
 }
 
 // dx (may be null) is written with dL/dx; dw and db (may be null) are ACCUMULATED into.
 inline void conv2d_backward(const float* x, const float* w, const float* dy, const cpu::Conv2dGeometry& g, float* dx,
-                            float* dw, float* db) {
-  const cuda::ConvProblem p = detail::conv2d_problem(g);
+                            float* dw, float* db, bool nhwc = false) {
+  const cuda::ConvProblem p = detail::conv2d_problem(g, nhwc);
   const std::int64_t Ho = p.out_h(), Wo = p.out_w();
   if (g.n <= 0 || g.cout <= 0 || Ho <= 0 || Wo <= 0) {
     cuda::zero_floats(dx, p.input_count());  // no output, so no gradient reaches x
     return;
   }
-  if (db) cuda::accumulate_channel_bias_grad(dy, g.n, g.cout, Ho, Wo, db);
+  if (db) cuda::accumulate_channel_bias_grad(dy, g.n, g.cout, Ho, Wo, db, nhwc);
   if (p.input_count() <= 0 || (!dx && !dw)) return;
 
   cuda::Convolution conv(p);
   const cuda::ConvOperand dyo = conv.operand(dy, p.output_count());
   if (dx) {
-    const cuda::ConvOperand wo = conv.operand(w, p.filter_count());
+    const cuda::ConvOperand wo = conv.filter(w);
     conv.backward_data(wo.get(), dyo.get(), dx);
   }
   if (dw) {

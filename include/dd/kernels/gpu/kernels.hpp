@@ -46,6 +46,10 @@ inline void copy_strided(float* dst, const float* src, const k::StridedCopy& g) 
   if (g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3] > 0) detail::launch("copy_strided", k::copy_strided, dst, src, g);
 }
 
+inline void add_strided(float* dst, const float* src, const k::StridedCopy& g) {
+  if (g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3] > 0) detail::launch("add_strided", k::add_strided, dst, src, g);
+}
+
 inline void relu_forward(const float* x, std::int64_t n, float* y) { detail::launch("relu", k::relu_forward, x, n, y); }
 inline void relu_backward(const float* y, const float* dy, std::int64_t n, float* dx) {
   detail::launch("relu_backward", k::relu_backward, y, dy, n, dx);
@@ -60,6 +64,28 @@ inline void relu_scale_planes_backward(const float* y, const float* dy, const fl
                                        std::int64_t plane, float* dx) {
   if (planes * plane > 0)
     detail::launch("relu_scale_planes_backward", k::relu_scale_planes_backward, y, dy, scale, planes, plane, dx);
+}
+
+// Channels-last twins (x, y, dx, dy NHWC; scale per [sample, channel]).
+inline void scale_planes_nhwc(const float* x, const float* scale, std::int64_t n, std::int64_t c, std::int64_t plane,
+                              float* y) {
+  detail::launch("scale_planes_nhwc", k::scale_planes_nhwc, x, scale, n, c, plane, y);
+}
+inline void relu_scale_planes_nhwc(float* y, const float* scale, std::int64_t n, std::int64_t c, std::int64_t plane) {
+  if (n * c * plane > 0) detail::launch("relu_scale_planes_nhwc", k::relu_scale_planes_nhwc, y, scale, n, c, plane);
+}
+inline void relu_scale_planes_nhwc_backward(const float* y, const float* dy, const float* scale, std::int64_t n,
+                                            std::int64_t c, std::int64_t plane, float* dx) {
+  if (n * c * plane > 0)
+    detail::launch("relu_scale_planes_nhwc_backward", k::relu_scale_planes_nhwc_backward, y, dy, scale, n, c, plane, dx);
+}
+inline void maxpool2x2_nhwc_forward(const float* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
+                                    float* y, std::uint8_t* argmax) {
+  detail::launch("maxpool2x2_nhwc", k::maxpool2x2_nhwc_forward, x, n, c, h, w, y, argmax);
+}
+inline void maxpool2x2_nhwc_backward(const float* dy, const std::uint8_t* argmax, std::int64_t n, std::int64_t c,
+                                     std::int64_t h, std::int64_t w, float* dx) {
+  detail::launch("maxpool2x2_nhwc_backward", k::maxpool2x2_nhwc_backward, dy, argmax, n, c, h, w, dx);
 }
 
 inline void maxpool2x2_forward(const float* x, std::int64_t planes, std::int64_t h, std::int64_t w, float* y,

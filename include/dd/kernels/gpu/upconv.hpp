@@ -15,40 +15,41 @@
 namespace dd::gpu {
 
 namespace detail {
-inline cuda::ConvProblem upconv_problem(const cpu::UpConvGeometry& g) {
-  return {g.n, g.cout, 2 * g.h, 2 * g.w, g.cin, 2, 2, 0, 2, 1};
+inline cuda::ConvProblem upconv_problem(const cpu::UpConvGeometry& g, bool nhwc) {
+  return {g.n, g.cout, 2 * g.h, 2 * g.w, g.cin, 2, 2, 0, 2, 1, nhwc};
 }
 }  // namespace detail
 
-// y[n, Cout, 2H, 2W] = convT(x, w) + b. b may be null.
-inline void upconv2x2_forward(const float* x, const float* w, const float* b, const cpu::UpConvGeometry& g, float* y) {
-  const cuda::ConvProblem p = detail::upconv_problem(g);  // the upconv's y is C's input
+// y[n, Cout, 2H, 2W] = convT(x, w) + b. b may be null. nhwc: x and y channels-last.
+inline void upconv2x2_forward(const float* x, const float* w, const float* b, const cpu::UpConvGeometry& g, float* y,
+                              bool nhwc = false) {
+  const cuda::ConvProblem p = detail::upconv_problem(g, nhwc);  // the upconv's y is C's input
   if (p.input_count() <= 0) return;
   if (p.output_count() <= 0) {
     cuda::zero_floats(y, p.input_count());  // no input channels: the output is the bias
   } else {
     cuda::Convolution conv(p);
-    const cuda::ConvOperand xo = conv.operand(x, p.output_count()), wo = conv.operand(w, p.filter_count());
+    const cuda::ConvOperand xo = conv.operand(x, p.output_count()), wo = conv.filter(w);
     conv.backward_data(wo.get(), xo.get(), y);
   }
-  if (b) cuda::add_channel_bias(b, g.n, g.cout, 2 * g.h, 2 * g.w, y);
+  if (b) cuda::add_channel_bias(b, g.n, g.cout, 2 * g.h, 2 * g.w, y, nhwc);
 }
 
 // dx (may be null) is written; dw and db (may be null) are ACCUMULATED into.
 inline void upconv2x2_backward(const float* x, const float* w, const float* dy, const cpu::UpConvGeometry& g,
-                               float* dx, float* dw, float* db) {
-  const cuda::ConvProblem p = detail::upconv_problem(g);
+                               float* dx, float* dw, float* db, bool nhwc = false) {
+  const cuda::ConvProblem p = detail::upconv_problem(g, nhwc);
   if (p.input_count() <= 0) {
     cuda::zero_floats(dx, p.output_count());  // no output, so no gradient reaches x
     return;
   }
-  if (db) cuda::accumulate_channel_bias_grad(dy, g.n, g.cout, 2 * g.h, 2 * g.w, db);
+  if (db) cuda::accumulate_channel_bias_grad(dy, g.n, g.cout, 2 * g.h, 2 * g.w, db, nhwc);
   if (p.output_count() <= 0 || (!dx && !dw)) return;
 
   cuda::Convolution conv(p);
   const cuda::ConvOperand dyo = conv.operand(dy, p.input_count());
   if (dx) {
-    const cuda::ConvOperand wo = conv.operand(w, p.filter_count());
+    const cuda::ConvOperand wo = conv.filter(w);
     conv.forward(dyo.get(), wo.get(), dx);
   }
   if (dw) {

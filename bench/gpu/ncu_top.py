@@ -1,0 +1,21 @@
+#!/usr/bin/env python3
+"""Sums the per-launch kernel times of an Nsight Compute CSV (ncu --metrics gpu__time_duration.sum --csv)
+by kernel name and prints the 30 largest (scripts/gpu-check.sh part profile)."""
+import csv, sys, collections
+rows = list(csv.reader(open(sys.argv[1])))
+hdr = None
+tot = collections.Counter(); cnt = collections.Counter()
+for r in rows:
+    if "Kernel Name" in r: hdr = r; continue
+    if not hdr or len(r) != len(hdr): continue
+    d = dict(zip(hdr, r))
+    if d.get("Metric Name") != "gpu__time_duration.sum": continue
+    v = float(d["Metric Value"].replace(",", ""))
+    unit = d.get("Metric Unit", "")
+    us = v / 1000 if unit == "nsecond" else v * 1000 if unit == "msecond" else v
+    name = d["Kernel Name"][:110]
+    tot[name] += us; cnt[name] += 1
+all_us = sum(tot.values())
+print(f"total {all_us/1000:.2f} ms in {sum(cnt.values())} kernels")
+for n, us in tot.most_common(30):
+    print(f"{us/1000:8.3f} ms {cnt[n]:4d}x  {n}")

@@ -1,0 +1,233 @@
+// Per-channel work on channels-last (NHWC) memory: batch-norm training forward and backward, bias
+// gradients and bias addition. cuDNN's legacy batch norm on NHWC fp32 runs a kernel per channel that
+// strides through memory (85 % of a U-Net training step); these read every array in order.
+//
+// Reductions: the grid's thread count is a multiple of c, so thread g always sees channel g % c of
+// the flat [rows, c] array and every warp reads consecutive addresses. Each block sums its threads
+// per channel in a fixed order into one partial, and a second kernel sums the partials in block
+// order: sizes alone fix the summation order (deterministic). Accumulation is in double.
+#include <algorithm>
+#include <cstdint>
+
+#include "common.cuh"
+#include "dd/kernels/cuda/kernels.hpp"
+
+namespace dd::cuda::kernels {
+namespace {
+
+// The block holds whole channel groups: c * floor(256 / c) threads (c itself beyond 256).
+struct ChannelGrid {
+  int block, grid;
+};
+ChannelGrid channel_grid(i64 total, i64 c) {
+  const i64 block = c >= 256 ? c : c * (256 / c);
+  const i64 per_thread = 8;  // elements per thread, about, before the grid is capped
+  const i64 grid = std::clamp<i64>((total + block * per_thread - 1) / (block * per_thread), 1, 1024);
+  return {static_cast<int>(block), static_cast<int>(grid)};
+}
+
+enum class Sum { x, centered_squares, dy_and_dy_centered, dy };
+
+// part[block][k][ch] for k = 0, 1: the block's sums for channel ch.
+template <Sum S>
+__global__ void partial_sums(const float* x, const float* dy, const float* mean, i64 c, i64 total, double* part) {
+  extern __shared__ double sh[];  // 2 * blockDim.x
+  const i64 stride = static_cast<i64>(gridDim.x) * blockDim.x;
+  const i64 first = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const i64 ch = threadIdx.x % c;
+  const float m = (S == Sum::centered_squares || S == Sum::dy_and_dy_centered) ? mean[ch] : 0.0f;
+  double a = 0.0, b = 0.0;
+  for (i64 i = first; i < total; i += stride) {
+    if constexpr (S == Sum::x) {
+      a += x[i];
+    } else if constexpr (S == Sum::centered_squares) {
+      const float d = x[i] - m;
+      a += d * d;  // a float product, as the CPU's
+    } else if constexpr (S == Sum::dy_and_dy_centered) {
+      const float d = dy[i];
+      a += d;
+      b += d * (x[i] - m);
+    } else {
+      a += dy[i];
+    }
+  }
+  sh[threadIdx.x] = a;
+  sh[blockDim.x + threadIdx.x] = b;
+  __syncthreads();
+  if (threadIdx.x < c) {
+    double sa = 0.0, sb = 0.0;
+    for (unsigned k = threadIdx.x; k < blockDim.x; k += static_cast<unsigned>(c)) sa += sh[k], sb += sh[blockDim.x + k];
+    part[(2 * static_cast<i64>(blockIdx.x)) * c + ch] = sa;
+    part[(2 * static_cast<i64>(blockIdx.x) + 1) * c + ch] = sb;
+  }
+}
+
+// Channel ch's totals over the partials, by the whole block (one block per channel): each thread
+// sums a fixed subset, then the fixed-order tree of block_sum. Every thread gets the totals.
+__device__ void block_totals(const double* part, int blocks, i64 c, i64 ch, double& a, double& b) {
+  __shared__ double sh[kBlock];
+  a = 0.0, b = 0.0;
+  for (int k = threadIdx.x; k < blocks; k += kBlock) a += part[2 * k * c + ch], b += part[(2 * k + 1) * c + ch];
+  a = block_sum(a, sh);
+  b = block_sum(b, sh);
+}
+
+__global__ void finish_mean(const double* part, int blocks, i64 c, double count, float* mean) {
+  for (i64 ch = blockIdx.x; ch < c; ch += gridDim.x) {
+    double a, b;
+    block_totals(part, blocks, c, ch, a, b);
+    if (threadIdx.x == 0) mean[ch] = static_cast<float>(a / count);
+  }
+}
+
+// invstd and the running statistics, with the CPU's arithmetic (kernels/cpu/batchnorm.hpp).
+__global__ void finish_variance(const double* part, int blocks, i64 c, double count, float eps, float momentum,
+                                const float* mean, float* invstd, float* running_mean, float* running_var) {
+  for (i64 ch = blockIdx.x; ch < c; ch += gridDim.x) {
+    double sq, unused;
+    block_totals(part, blocks, c, ch, sq, unused);
+    if (threadIdx.x != 0) continue;
+    const double var = sq / count;
+    invstd[ch] = static_cast<float>(1.0 / sqrt(var + eps));
+    if (running_mean) {
+      const double unbiased = count > 1.0 ? sq / (count - 1.0) : var;
+      running_mean[ch] = static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * double(mean[ch]));
+      running_var[ch] = static_cast<float>((1.0 - momentum) * running_var[ch] + momentum * unbiased);
+    }
+  }
+}
+
+// dgamma += sum dy * xhat, dbeta += sum dy (each may be null); coef[ch] = sum dy / M and
+// coef[c + ch] = (sum dy * xhat / M) * invstd for the input gradient (coef may be null).
+__global__ void finish_backward(const double* part, int blocks, i64 c, double count, const float* invstd,
+                                float* dgamma, float* dbeta, float* coef) {
+  for (i64 ch = blockIdx.x; ch < c; ch += gridDim.x) {
+    double sum_dy, sum_dy_centered;
+    block_totals(part, blocks, c, ch, sum_dy, sum_dy_centered);
+    if (threadIdx.x != 0) continue;
+    const float is = invstd ? invstd[ch] : 1.0f;
+    const double sum_dy_xhat = sum_dy_centered * is;
+    if (dgamma) dgamma[ch] += static_cast<float>(sum_dy_xhat);
+    if (dbeta) dbeta[ch] += static_cast<float>(sum_dy);
+    if (coef) coef[ch] = static_cast<float>(sum_dy / count), coef[c + ch] = static_cast<float>(sum_dy_xhat / count) * is;
+  }
+}
+
+// Element-wise passes; I is the index type (32-bit where the array allows: i % c is the cost).
+template <class I>
+__global__ void normalize(const float* x, const float* gamma, const float* beta, const float* mean,
+                          const float* invstd, I c, I total, float* y) {
+  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) {
+    const I ch = i % c;
+    const float scale = gamma[ch] * invstd[ch], shift = beta[ch] - mean[ch] * scale;
+    y[i] = x[i] * scale + shift;
+  }
+}
+// coef null: constant statistics (dx = gamma * invstd * dy).
+template <class I>
+__global__ void input_gradient(const float* x, const float* dy, const float* gamma, const float* mean,
+                               const float* invstd, const float* coef, I c, I total, float* dx) {
+  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) {
+    const I ch = i % c;
+    const float k = gamma[ch] * invstd[ch];
+    dx[i] = coef ? k * (dy[i] - coef[ch] - (x[i] - mean[ch]) * coef[c + ch]) : k * dy[i];
+  }
+}
+template <class I>
+__global__ void add_bias(const float* b, I c, I total, float* y) {
+  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) y[i] += b[i % c];
+}
+
+template <Sum S>
+void sums(const float* x, const float* dy, const float* mean, i64 c, i64 total, const ChannelGrid& g, double* part,
+          cudaStream_t s) {
+  partial_sums<S><<<g.grid, g.block, 2 * g.block * sizeof(double), s>>>(x, dy, mean, c, total, part);
+}
+
+bool small(i64 total) { return total < (i64{1} << 31); }
+unsigned channel_blocks(i64 c) { return static_cast<unsigned>(std::min<i64>(c, 65535)); }  // one per channel
+
+}  // namespace
+
+bool channels_last_supported(std::int64_t c) { return c >= 1 && c <= 1024; }
+
+void batchnorm_nhwc_forward_train(const float* x, const float* gamma, const float* beta, i64 rows, i64 c, float eps,
+                                  float momentum, float* y, float* save_mean, float* save_invstd, float* running_mean,
+                                  float* running_var, cudaStream_t s) {
+  const i64 total = rows * c;
+  if (total <= 0) return;
+  const ChannelGrid g = channel_grid(total, c);
+  Scratch part(static_cast<std::size_t>(2 * g.grid * c) * sizeof(double), s, "batchnorm_nhwc_forward_train");
+  auto* p = static_cast<double*>(part.p);
+  const double count = static_cast<double>(rows);
+  sums<Sum::x>(x, nullptr, nullptr, c, total, g, p, s);
+  finish_mean<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, count, save_mean);
+  sums<Sum::centered_squares>(x, nullptr, save_mean, c, total, g, p, s);
+  finish_variance<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, count, eps, momentum, save_mean, save_invstd,
+                                                        running_mean, running_var);
+  if (small(total))
+    normalize<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(x, gamma, beta, save_mean, save_invstd,
+                                                                static_cast<std::uint32_t>(c),
+                                                                static_cast<std::uint32_t>(total), y);
+  else
+    normalize<i64><<<grid_for(total), kBlock, 0, s>>>(x, gamma, beta, save_mean, save_invstd, c, total, y);
+}
+
+void batchnorm_nhwc_forward_eval(const float* x, const float* gamma, const float* beta, const float* mean,
+                                 const float* invstd, i64 rows, i64 c, float* y, cudaStream_t s) {
+  const i64 total = rows * c;
+  if (total <= 0) return;
+  if (small(total))
+    normalize<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(x, gamma, beta, mean, invstd,
+                                                                static_cast<std::uint32_t>(c),
+                                                                static_cast<std::uint32_t>(total), y);
+  else
+    normalize<i64><<<grid_for(total), kBlock, 0, s>>>(x, gamma, beta, mean, invstd, c, total, y);
+}
+
+void batchnorm_nhwc_backward(const float* x, const float* dy, const float* gamma, const float* mean,
+                             const float* invstd, i64 rows, i64 c, bool batch_stats, float* dx, float* dgamma,
+                             float* dbeta, cudaStream_t s) {
+  const i64 total = rows * c;
+  if (total <= 0 || (!dx && !dgamma && !dbeta)) return;
+  const ChannelGrid g = channel_grid(total, c);
+  const bool coef_needed = dx && batch_stats;
+  Scratch part(static_cast<std::size_t>(2 * g.grid * c) * sizeof(double) + (coef_needed ? 2 * c * sizeof(float) : 0),
+               s, "batchnorm_nhwc_backward");
+  auto* p = static_cast<double*>(part.p);
+  float* coef = coef_needed ? reinterpret_cast<float*>(p + 2 * g.grid * c) : nullptr;
+  if (dgamma || dbeta || coef_needed) {
+    sums<Sum::dy_and_dy_centered>(x, dy, mean, c, total, g, p, s);
+    finish_backward<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, static_cast<double>(rows), invstd, dgamma,
+                                                          dbeta, coef);
+  }
+  if (!dx) return;
+  if (small(total))
+    input_gradient<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(x, dy, gamma, mean, invstd, coef,
+                                                                     static_cast<std::uint32_t>(c),
+                                                                     static_cast<std::uint32_t>(total), dx);
+  else
+    input_gradient<i64><<<grid_for(total), kBlock, 0, s>>>(x, dy, gamma, mean, invstd, coef, c, total, dx);
+}
+
+void bias_grad_nhwc(const float* dy, i64 rows, i64 c, float* db, cudaStream_t s) {
+  const i64 total = rows * c;
+  if (total <= 0) return;
+  const ChannelGrid g = channel_grid(total, c);
+  Scratch part(static_cast<std::size_t>(2 * g.grid * c) * sizeof(double), s, "bias_grad_nhwc");
+  auto* p = static_cast<double*>(part.p);
+  sums<Sum::dy>(nullptr, dy, nullptr, c, total, g, p, s);
+  finish_backward<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, 1.0, nullptr, nullptr, db, nullptr);
+}
+
+void add_bias_nhwc(const float* b, i64 rows, i64 c, float* y, cudaStream_t s) {
+  const i64 total = rows * c;
+  if (total <= 0) return;
+  if (small(total))
+    add_bias<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(b, static_cast<std::uint32_t>(c),
+                                                               static_cast<std::uint32_t>(total), y);
+  else
+    add_bias<i64><<<grid_for(total), kBlock, 0, s>>>(b, c, total, y);
+}
+
+}  // namespace dd::cuda::kernels
