@@ -101,6 +101,27 @@ if [[ " $PARTS " == *" cli "* ]]; then
   cmp <(grep -v evaluating "$LOG/cli_eval_cpu.log") <(grep -v evaluating "$LOG/cli_eval_cuda.log") >/dev/null \
     && echo "cli: eval of the GPU checkpoint prints the same metrics on both devices" \
     || echo "cli: eval metrics differ between the devices (see cli_eval_*.log)"
+  # predict (tiled, bounded memory) of a larger synthetic image with the GPU checkpoint on both devices.
+  $T synth --output "$W/big.png" --size 384x256 --seed 9 >/dev/null
+  for d in cpu cuda; do
+    $T predict --checkpoint "$W/cuda/best.safetensors" --input "$W/big.png" --output "$W/pred_$d.png" --grid 4x2 \
+      --device $d >"$LOG/cli_predict_$d.log" 2>&1 || { status=1; tail -3 "$LOG/cli_predict_$d.log"; }
+  done
+  $PY - "$W/pred_cpu.png" "$W/pred_cuda.png" <<'PYEOF' || status=1
+import sys, zlib, struct
+def pixels(path):  # 8-bit gray PNG, non-interlaced: the filtered rows, compared as written
+    data = open(path, "rb").read()
+    idat, pos = b"", 8
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IDAT": idat += data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+    return zlib.decompress(idat)
+a, b = pixels(sys.argv[1]), pixels(sys.argv[2])
+diff = sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
+print(f"cli: predict --device cuda vs cpu: {diff} of {len(a)} bytes of the class map differ")
+sys.exit(0 if diff <= len(a) // 1000 else 1)
+PYEOF
   $PY - "$LOG/cli_log_cpu.csv" "$LOG/cli_log_cuda.csv" <<'PYEOF' || status=1
 import csv, sys
 rows = [list(csv.DictReader(open(p))) for p in sys.argv[1:]]

@@ -321,6 +321,7 @@ int run_eval(EvalCmd& c) {
 struct PredictCmd {
   std::string checkpoint, input, output, overlay, grid, colors;
   int threads = 0;
+  std::string device = "cpu";
 };
 
 int run_predict_ranks(PredictCmd& c);
@@ -330,6 +331,7 @@ int run_predict(PredictCmd& c) {
   if (c.threads > 0) dd::set_num_threads(c.threads);
   dd::ModelSpec spec;
   dd::DDUNet model = load_model(c.checkpoint, c.grid, c.threads, &spec);
+  model.to(parse_device(c.device));  // tiles follow the model; the class map is written on the host
   // 8-bit pixels stay as loaded; tiles are converted to floats one at a time.
   const dd::io::Image img = dd::io::load_image_u8(c.input, spec.net.in_channels);
   const auto H = img.height, W = img.width;
@@ -396,6 +398,7 @@ int run_predict(PredictCmd& c) {
 // row of subimages gathered at a time.
 int run_predict_ranks(PredictCmd& c) {
 #if DD_WITH_MPI
+  DD_CHECK(c.device == "cpu", "predict under mpirun runs on the CPU; --device {} is for one process", c.device);
   if (c.threads > 0) dd::set_num_threads(c.threads);
   dd::ModelSpec spec;
   dd::DDUNet model = load_model(c.checkpoint, c.grid, c.threads, &spec);
@@ -596,6 +599,8 @@ int main(int argc, char** argv) {
   predict->add_option("--colors", pc.colors, "overlay colours: binary, deepglobe or \"r,g,b;...\" (default: a palette)");
   predict->add_option("--grid", pc.grid, "subimage grid (default: the training grid); a 16384x16384 image wants e.g. 64x64");
   predict->add_option("--threads", pc.threads, "worker threads (0: all cores)")->capture_default_str();
+  predict->add_option("--device", pc.device, "cpu, or cuda (a build with -DDD_CUDA=ON; one process)")
+      ->capture_default_str();
 
   SummaryCmd sc;
   auto* summary = app.add_subcommand("summary", "architecture table (paper Table 5): per block sizes, feature maps, weights, memory");

@@ -144,7 +144,14 @@ void sums(const float* x, const float* dy, const float* mean, i64 c, i64 total, 
   partial_sums<S><<<g.grid, g.block, 2 * g.block * sizeof(double), s>>>(x, dy, mean, c, total, part);
 }
 
-bool small(i64 total) { return total < (i64{1} << 31); }
+// Calls launch(I{}) with the index type for `total` elements: 32-bit where it suffices.
+template <class Launch>
+void by_index_type(i64 total, Launch launch) {
+  if (total < (i64{1} << 31))
+    launch(std::uint32_t{});
+  else
+    launch(i64{});
+}
 unsigned channel_blocks(i64 c) { return static_cast<unsigned>(std::min<i64>(c, 65535)); }  // one per channel
 
 }  // namespace
@@ -165,24 +172,17 @@ void batchnorm_nhwc_forward_train(const float* x, const float* gamma, const floa
   sums<Sum::centered_squares>(x, nullptr, save_mean, c, total, g, p, s);
   finish_variance<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, count, eps, momentum, save_mean, save_invstd,
                                                         running_mean, running_var);
-  if (small(total))
-    normalize<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(x, gamma, beta, save_mean, save_invstd,
-                                                                static_cast<std::uint32_t>(c),
-                                                                static_cast<std::uint32_t>(total), y);
-  else
-    normalize<i64><<<grid_for(total), kBlock, 0, s>>>(x, gamma, beta, save_mean, save_invstd, c, total, y);
+  batchnorm_nhwc_forward_eval(x, gamma, beta, save_mean, save_invstd, rows, c, y, s);
 }
 
 void batchnorm_nhwc_forward_eval(const float* x, const float* gamma, const float* beta, const float* mean,
                                  const float* invstd, i64 rows, i64 c, float* y, cudaStream_t s) {
   const i64 total = rows * c;
   if (total <= 0) return;
-  if (small(total))
-    normalize<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(x, gamma, beta, mean, invstd,
-                                                                static_cast<std::uint32_t>(c),
-                                                                static_cast<std::uint32_t>(total), y);
-  else
-    normalize<i64><<<grid_for(total), kBlock, 0, s>>>(x, gamma, beta, mean, invstd, c, total, y);
+  by_index_type(total, [&](auto index) {
+    using I = decltype(index);
+    normalize<I><<<grid_for(total), kBlock, 0, s>>>(x, gamma, beta, mean, invstd, I(c), I(total), y);
+  });
 }
 
 void batchnorm_nhwc_backward(const float* x, const float* dy, const float* gamma, const float* mean,
@@ -202,12 +202,10 @@ void batchnorm_nhwc_backward(const float* x, const float* dy, const float* gamma
                                                           dbeta, coef);
   }
   if (!dx) return;
-  if (small(total))
-    input_gradient<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(x, dy, gamma, mean, invstd, coef,
-                                                                     static_cast<std::uint32_t>(c),
-                                                                     static_cast<std::uint32_t>(total), dx);
-  else
-    input_gradient<i64><<<grid_for(total), kBlock, 0, s>>>(x, dy, gamma, mean, invstd, coef, c, total, dx);
+  by_index_type(total, [&](auto index) {
+    using I = decltype(index);
+    input_gradient<I><<<grid_for(total), kBlock, 0, s>>>(x, dy, gamma, mean, invstd, coef, I(c), I(total), dx);
+  });
 }
 
 void bias_grad_nhwc(const float* dy, i64 rows, i64 c, float* db, cudaStream_t s) {
@@ -223,11 +221,10 @@ void bias_grad_nhwc(const float* dy, i64 rows, i64 c, float* db, cudaStream_t s)
 void add_bias_nhwc(const float* b, i64 rows, i64 c, float* y, cudaStream_t s) {
   const i64 total = rows * c;
   if (total <= 0) return;
-  if (small(total))
-    add_bias<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(b, static_cast<std::uint32_t>(c),
-                                                               static_cast<std::uint32_t>(total), y);
-  else
-    add_bias<i64><<<grid_for(total), kBlock, 0, s>>>(b, c, total, y);
+  by_index_type(total, [&](auto index) {
+    using I = decltype(index);
+    add_bias<I><<<grid_for(total), kBlock, 0, s>>>(b, I(c), I(total), y);
+  });
 }
 
 }  // namespace dd::cuda::kernels

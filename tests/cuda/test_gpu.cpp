@@ -383,3 +383,32 @@ TEST_CASE("reduced precision: bf16/fp16/tf32 convolutions stay close to fp32; fp
   CHECK(std::isfinite(hist.back().train_loss));
   CHECK(hist.back().train_loss < hist.front().train_loss);
 }
+
+TEST_CASE("tiled prediction on the GPU gives the CPU model's logits; eval stacks the tiles") {
+  if (no_gpu()) return;
+  ExactConvs exact;
+  DDUNet cpu(DynamicUNet({3, 3, 3, 8}), DynamicCommNet(16), {2, 3}, Exchange::stitched, 40);
+  DDUNet gpu(DynamicUNet({3, 3, 3, 8}), DynamicCommNet(16), {2, 3}, Exchange::stitched, 40);
+  gpu.to(Device::cuda);
+  cpu.eval(), gpu.eval();
+  const Tensor x = Tensor::randn({1, 3, 96, 144}, 41);
+  Tensor expect;
+  {
+    NoGrad ng;
+    expect = cpu.forward(Var(x)).value();
+    // The whole-image eval pass on the GPU (subimages stacked on the batch, EvalTiles::automatic).
+    CHECK(gpu.eval_tiles() == EvalTiles::automatic);
+    CHECK(rel_error(gpu.forward(Var(x.to(Device::cuda))).value(), expect) < 1e-4);
+  }
+  Tensor got = Tensor::zeros(expect.shape());
+  int calls = 0;
+  predict_tiled(
+      gpu, 96, 144, [&](const TileRect& r) { return x.tile(r.y, r.h, r.x, r.w).contiguous(); },
+      [&](const TileRect& r, const Tensor& logits) {
+        CHECK(logits.device() == Device::cpu);
+        got.tile(r.y, r.h, r.x, r.w).copy_from(logits);
+        ++calls;
+      });
+  CHECK(calls == 6);
+  CHECK(rel_error(got, expect) < 1e-4);
+}

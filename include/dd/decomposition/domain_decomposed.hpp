@@ -27,6 +27,16 @@
 
 namespace dd {
 
+// How inference without gradients (eval mode, no tape) runs the clones of one process. Batch norm
+// then uses the running statistics and dropout is off, so a tile's logits do not depend on whether
+// its clone runs alone or stacked with the others on the batch dimension.
+//   per_clone: one pass per clone (CPU workers, or one CUDA stream per clone);
+//   stacked:   the subimages stacked on the batch dimension, one pass (one kernel per layer for all
+//              tiles: what a single GPU wants; PyTorch's DDU-Net reference does the same);
+//   automatic: stacked on the GPU, per clone on the CPU (its kernels already split every image).
+// Training and recorded passes always run per clone (each clone normalises with its own statistics).
+enum class EvalTiles { automatic, per_clone, stacked };
+
 // Receptive-field map of the bottleneck in a DDU-Net: the communication network acts alongside the
 // channels that bypass it.
 template <class Comm>
@@ -103,8 +113,8 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   GridSpec grid() const { return grid_; }
   Exchange mode() const { return mode_; }
   const CpuWorkers& workers() const { return workers_; }
-
-
+  void set_eval_tiles(EvalTiles e) { eval_tiles_ = e; }
+  EvalTiles eval_tiles() const { return eval_tiles_; }
 
   // Spreads the clones over the ranks of a process group (nullptr: all in this process). Each
   // rank then calls forward_tiles with its own subimages.
@@ -160,6 +170,7 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
     const std::int64_t K = g.count(), L = static_cast<std::int64_t>(local.size());
     const bool record = GradMode::enabled();
     prepare_clones(K, L, record);
+    if (stacks(tiles, record)) return run_stacked(coarse, local, K, tiles);
 
     auto enc_tapes = std::make_shared<std::vector<Tape>>(static_cast<std::size_t>(L));
     auto dec_tapes = std::make_shared<std::vector<Tape>>(static_cast<std::size_t>(L));
@@ -195,6 +206,33 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
         run_clones(L, [&](std::int64_t i) { (*dec_tapes)[static_cast<std::size_t>(i)].backward(); });
       });
     merge_clone_buffers(K);
+    return logits;
+  }
+
+  // Whether this pass runs the local clones as one stacked pass (see EvalTiles).
+  bool stacks(const std::vector<Var>& tiles, bool record) const {
+    if (record || training_ || tiles.size() < 2) return false;
+    if (eval_tiles_ == EvalTiles::per_clone || (eval_tiles_ == EvalTiles::automatic && !on_gpu())) return false;
+    for (const Var& t : tiles)
+      if (t.shape() != tiles[0].shape()) return false;  // unequal subimages: per clone
+    return true;
+  }
+  // The local clones' subimages stacked on the batch dimension: one encoder pass, the bottlenecks
+  // cut apart for the exchange (it needs them per subimage), stacked again for one decoder pass.
+  std::vector<Var> run_stacked(const Grid& coarse, const std::vector<std::int64_t>& local, std::int64_t K,
+                               const std::vector<Var>& tiles) {
+    const std::int64_t n = tiles[0].shape().n, L = static_cast<std::int64_t>(tiles.size());
+    Context ctx = main_context(false);
+    UNetFeatures f = net_.encode(ctx, concat(tiles, 0));
+    std::vector<Var> bottlenecks;
+    for (std::int64_t i = 0; i < L; ++i) bottlenecks.push_back(slice(f.bottleneck, 0, i * n, n));
+    TileGroup group{dist_.get(), local, K};
+    f.bottleneck = concat(exchange_bottlenecks(ctx, comm_, bottlenecks, coarse, mode_, net_params_, net_buffers_,
+                                               distributed() ? &group : nullptr),
+                          0);
+    const Var y = net_.decode(ctx, f);
+    std::vector<Var> logits;
+    for (std::int64_t i = 0; i < L; ++i) logits.push_back(slice(y, 0, i * n, n));
     return logits;
   }
 
@@ -335,6 +373,7 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   std::vector<Rng> clone_rngs_;
   std::int64_t clones_ = 1;
   bool per_clone_lanes_ = false;
+  EvalTiles eval_tiles_ = EvalTiles::automatic;
   std::shared_ptr<Distribution> dist_;
 };
 

@@ -7,6 +7,8 @@
 //      logits to the sink, which can write the output as it goes.
 // Peak memory is a few subimages' activations plus the coarse map, not the image. The result is
 // the same as DomainDecomposed::forward on the whole image (the kernels run the same way).
+// A model on the GPU runs there: tiles go to the device as they are read, one at a time (the GPU
+// is parallel within each tile), and the sink gets host tensors.
 #include <functional>
 
 #include "dd/decomposition/domain_decomposed.hpp"
@@ -18,9 +20,9 @@ struct TileRect {
   std::int64_t y, x, h, w;  // pixels
 };
 
-// Returns the input pixels of a rectangle as [1, C, h, w].
+// Returns the input pixels of a rectangle as [1, C, h, w] (on any device).
 using TileSource = std::function<Tensor(const TileRect&)>;
-// Receives the logits [1, classes, h, w] of a rectangle; called in row-major grid order.
+// Receives the logits [1, classes, h, w] of a rectangle, on the host; called in row-major grid order.
 using TileSink = std::function<void(const TileRect&, const Tensor&)>;
 
 inline std::vector<TileRect> tile_rects(const Grid& g) {
@@ -50,9 +52,9 @@ class TiledPredictor {
     if (F_ == 0) return;
     const auto K = static_cast<std::int64_t>(rects_.size());
     std::vector<Var> sent(static_cast<std::size_t>(K));
-    const std::int64_t group = std::max(1, model_.workers().count());
+    const std::int64_t group = tiles_at_once();
     for (std::int64_t k0 = 0; k0 < K; k0 += group)
-      model_.workers().run(std::min(group, K - k0), [&](std::int64_t i) {
+      run_tiles(std::min(group, K - k0), [&](std::int64_t i) {
         const UNetFeatures f = encode(k0 + i);
         sent[std::size_t(k0 + i)] = F_ == C_ ? f.bottleneck : slice(f.bottleneck, 1, C_ - F_, F_);
       });
@@ -79,11 +81,11 @@ class TiledPredictor {
   // Decodes the tiles of grid row i (left to right, one per worker at a time) into the sink.
   void decode_row(std::int64_t i, const TileSink& sink) {
     NoGrad no_grad;
-    const std::int64_t cols = grid_.cols(), group = std::max(1, model_.workers().count());
+    const std::int64_t cols = grid_.cols(), group = tiles_at_once();
     for (std::int64_t j0 = 0; j0 < cols; j0 += group) {
       const std::int64_t n = std::min(group, cols - j0);
       std::vector<Var> logits(static_cast<std::size_t>(n));
-      model_.workers().run(n, [&](std::int64_t t) {
+      run_tiles(n, [&](std::int64_t t) {
         const std::int64_t k = i * cols + j0 + t;
         UNetFeatures f = encode(k);
         if (F_ > 0) {
@@ -93,17 +95,29 @@ class TiledPredictor {
         }
         logits[std::size_t(t)] = model_.network().decode(ctx_, f);
       });
-      for (std::int64_t t = 0; t < n; ++t) sink(rects_[std::size_t(i * cols + j0 + t)], logits[std::size_t(t)].value());
+      for (std::int64_t t = 0; t < n; ++t)
+        sink(rects_[std::size_t(i * cols + j0 + t)], logits[std::size_t(t)].value().to(Device::cpu));
     }
   }
 
  private:
+  bool on_gpu() const { return model_.parameters().device() != Device::cpu; }
+  // Tiles in flight: one per CPU worker; one on the GPU.
+  std::int64_t tiles_at_once() const { return on_gpu() ? 1 : std::max(1, model_.workers().count()); }
+  void run_tiles(std::int64_t n, const std::function<void(std::int64_t)>& task) {
+    if (on_gpu()) {
+      for (std::int64_t i = 0; i < n; ++i) task(i);
+    } else {
+      model_.workers().run(n, task);
+    }
+  }
+
   UNetFeatures encode(std::int64_t k) {
     const TileRect& r = rects_[std::size_t(k)];
     const Tensor x = source_(r);
     DD_CHECK(x.shape().h == r.h && x.shape().w == r.w, "dd::predict_tiled: the source returned {} for a {}x{} tile",
              x.shape(), r.h, r.w);
-    return model_.network().encode(ctx_, Var(x));
+    return model_.network().encode(ctx_, Var(x.to(model_.parameters().device())));
   }
 
   DomainDecomposed<Net, Comm>& model_;
