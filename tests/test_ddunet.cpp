@@ -204,7 +204,9 @@ TEST_CASE("eval without gradients: subimages stacked on the batch give each clon
     dd::NoGrad ng;
     m.set_eval_tiles(dd::EvalTiles::per_clone);
     const std::vector<float> clones = m.forward(Var(x)).value().to_vector();
+    CHECK(!m.stacks_eval(x.shape()));
     m.set_eval_tiles(dd::EvalTiles::stacked);
+    CHECK(m.stacks_eval(x.shape()));
     const std::vector<float> stacked = m.forward(Var(x)).value().to_vector();
     REQUIRE(stacked.size() == clones.size());
     double worst = 0;
@@ -213,6 +215,7 @@ TEST_CASE("eval without gradients: subimages stacked on the batch give each clon
     // Unequal subimages (40 = 24 + 16 rows) cannot stack: per clone, same result as asked for.
     m.set_grid({2, 2});
     const Tensor y = Tensor::randn({1, 1, 40, 64}, 33);
+    CHECK(!m.stacks_eval(y.shape()));
     const std::vector<float> uneven = m.forward(Var(y)).value().to_vector();
     m.set_eval_tiles(dd::EvalTiles::per_clone);
     CHECK(m.forward(Var(y)).value().to_vector() == uneven);
@@ -225,9 +228,12 @@ TEST_CASE("eval without gradients: subimages stacked on the batch give each clon
   d.set_eval_tiles(dd::EvalTiles::per_clone);
   const std::vector<float> a = d.forward(Var(xr)).value().to_vector();
   d.set_eval_tiles(dd::EvalTiles::stacked);
+  CHECK(d.stacks_eval(xr.shape()));
   const std::vector<float> b = d.forward(Var(xr)).value().to_vector();
   double worst = 0;
   for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
   CHECK(worst <= 1e-5);
   CHECK(d.eval_tiles() == dd::EvalTiles::stacked);
+  d.train();  // training never stacks (each clone normalises with its own batch statistics)
+  CHECK(!d.stacks_eval(xr.shape()));
 }

@@ -398,6 +398,8 @@ TEST_CASE("tiled prediction on the GPU gives the CPU model's logits; eval stacks
     expect = cpu.forward(Var(x)).value();
     // The whole-image eval pass on the GPU (subimages stacked on the batch, EvalTiles::automatic).
     CHECK(gpu.eval_tiles() == EvalTiles::automatic);
+    CHECK(gpu.stacks_eval(x.shape()));
+    CHECK(!cpu.stacks_eval(x.shape()));
     CHECK(rel_error(gpu.forward(Var(x.to(Device::cuda))).value(), expect) < 1e-4);
   }
   Tensor got = Tensor::zeros(expect.shape());

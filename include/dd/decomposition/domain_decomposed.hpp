@@ -115,6 +115,15 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   const CpuWorkers& workers() const { return workers_; }
   void set_eval_tiles(EvalTiles e) { eval_tiles_ = e; }
   EvalTiles eval_tiles() const { return eval_tiles_; }
+  // Whether a pass without gradients over an image of this shape, in the current mode, runs this
+  // process's clones stacked (see EvalTiles).
+  bool stacks_eval(const Shape& image) const {
+    const Grid g = grid_for(image);
+    std::vector<Shape> shapes;
+    for (const std::int64_t k : local_clones(g.count()))
+      shapes.push_back({image.n, image.c, g.heights()[std::size_t(k / g.cols())], g.widths()[std::size_t(k % g.cols())]});
+    return stacks(shapes, false);
+  }
 
   // Spreads the clones over the ranks of a process group (nullptr: all in this process). Each
   // rank then calls forward_tiles with its own subimages.
@@ -170,7 +179,9 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
     const std::int64_t K = g.count(), L = static_cast<std::int64_t>(local.size());
     const bool record = GradMode::enabled();
     prepare_clones(K, L, record);
-    if (stacks(tiles, record)) return run_stacked(coarse, local, K, tiles);
+    std::vector<Shape> shapes;
+    for (const Var& t : tiles) shapes.push_back(t.shape());
+    if (stacks(shapes, record)) return run_stacked(coarse, local, K, tiles);
 
     auto enc_tapes = std::make_shared<std::vector<Tape>>(static_cast<std::size_t>(L));
     auto dec_tapes = std::make_shared<std::vector<Tape>>(static_cast<std::size_t>(L));
@@ -210,11 +221,11 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   }
 
   // Whether this pass runs the local clones as one stacked pass (see EvalTiles).
-  bool stacks(const std::vector<Var>& tiles, bool record) const {
+  bool stacks(const std::vector<Shape>& tiles, bool record) const {
     if (record || training_ || tiles.size() < 2) return false;
     if (eval_tiles_ == EvalTiles::per_clone || (eval_tiles_ == EvalTiles::automatic && !on_gpu())) return false;
-    for (const Var& t : tiles)
-      if (t.shape() != tiles[0].shape()) return false;  // unequal subimages: per clone
+    for (const Shape& t : tiles)
+      if (t != tiles[0]) return false;  // unequal subimages: per clone
     return true;
   }
   // The local clones' subimages stacked on the batch dimension: one encoder pass, the bottlenecks
