@@ -114,13 +114,20 @@ __global__ void finish_backward(const double* part, int blocks, i64 c, double co
 }
 
 // Element-wise passes; I is the index type (32-bit where the array allows: i % c is the cost).
+// With relu: the conv block's tail in the same pass (relu, then the dropout factor of the sample
+// and channel when k is given; sample = h * w * c elements), the arithmetic of the separate ops.
 template <class I>
 __global__ void normalize(const float* x, const float* gamma, const float* beta, const float* mean,
-                          const float* invstd, I c, I total, float* y) {
+                          const float* invstd, I c, I total, float* y, bool relu, const float* k, I sample) {
   for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) {
     const I ch = i % c;
     const float scale = gamma[ch] * invstd[ch], shift = beta[ch] - mean[ch] * scale;
-    y[i] = x[i] * scale + shift;
+    float v = x[i] * scale + shift;
+    if (relu) {
+      v = v > 0.0f ? v : 0.0f;
+      if (k) v = v * k[(i / sample) * c + ch];
+    }
+    y[i] = v;
   }
 }
 // coef null: constant statistics (dx = gamma * invstd * dy).
@@ -160,7 +167,7 @@ bool channels_last_supported(std::int64_t c) { return c >= 1 && c <= 1024; }
 
 void batchnorm_nhwc_forward_train(const float* x, const float* gamma, const float* beta, i64 rows, i64 c, float eps,
                                   float momentum, float* y, float* save_mean, float* save_invstd, float* running_mean,
-                                  float* running_var, cudaStream_t s) {
+                                  float* running_var, const ReluTail& tail, cudaStream_t s) {
   const i64 total = rows * c;
   if (total <= 0) return;
   const ChannelGrid g = channel_grid(total, c);
@@ -172,16 +179,18 @@ void batchnorm_nhwc_forward_train(const float* x, const float* gamma, const floa
   sums<Sum::centered_squares>(x, nullptr, save_mean, c, total, g, p, s);
   finish_variance<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, count, eps, momentum, save_mean, save_invstd,
                                                         running_mean, running_var);
-  batchnorm_nhwc_forward_eval(x, gamma, beta, save_mean, save_invstd, rows, c, y, s);
+  batchnorm_nhwc_forward_eval(x, gamma, beta, save_mean, save_invstd, rows, c, y, tail, s);
 }
 
 void batchnorm_nhwc_forward_eval(const float* x, const float* gamma, const float* beta, const float* mean,
-                                 const float* invstd, i64 rows, i64 c, float* y, cudaStream_t s) {
+                                 const float* invstd, i64 rows, i64 c, float* y, const ReluTail& tail,
+                                 cudaStream_t s) {
   const i64 total = rows * c;
   if (total <= 0) return;
   by_index_type(total, [&](auto index) {
     using I = decltype(index);
-    normalize<I><<<grid_for(total), kBlock, 0, s>>>(x, gamma, beta, mean, invstd, I(c), I(total), y);
+    normalize<I><<<grid_for(total), kBlock, 0, s>>>(x, gamma, beta, mean, invstd, I(c), I(total), y, tail.relu,
+                                                    tail.scale, I(tail.plane * c));
   });
 }
 

@@ -28,8 +28,10 @@ struct BatchNormSaved {
   bool nhwc;  // X is channels-last GPU memory (so are y and the gradients the kernels see)
 };
 
+// tail (the fused op's, may be null): see cpu::BatchNormTail.
 inline Tensor batch_norm_forward(const Var& x, const Var& gamma, const Var& beta, const Tensor& running_mean,
-                                 const Tensor& running_var, const BatchNormOptions& o, BatchNormSaved& saved) {
+                                 const Tensor& running_var, const BatchNormOptions& o, BatchNormSaved& saved,
+                                 [[maybe_unused]] cpu::BatchNormTail* tail = nullptr) {
   require_same_device("batch_norm", {&x, &gamma, &beta});
   const Tensor X = kernel_input(x.value());
   require_nonempty(X, "batch_norm");
@@ -51,7 +53,7 @@ inline Tensor batch_norm_forward(const Var& x, const Var& gamma, const Var& beta
              "dd::batch_norm: running statistics on another device than the input");
     if (gpu)
       DD_GPU(batchnorm_forward_train(X.data(), gamma.value().data(), beta.value().data(), g, o.eps, o.momentum,
-                                     Y.data(), mean.data(), invstd.data(), rm, rv, nhwc));
+                                     Y.data(), mean.data(), invstd.data(), rm, rv, nhwc, tail));
     else
       cpu::batchnorm_forward_train(X.data(), gamma.value().data(), beta.value().data(), g, o.eps, o.momentum,
                                    Y.data(), mean.data(), invstd.data(), rm, rv);
@@ -63,7 +65,7 @@ inline Tensor batch_norm_forward(const Var& x, const Var& gamma, const Var& beta
     if (gpu) {
       DD_GPU(batchnorm_invstd(running_var.data(), s.c, o.eps, invstd.data()));
       DD_GPU(batchnorm_forward_eval(X.data(), gamma.value().data(), beta.value().data(), running_mean.data(),
-                                    running_var.data(), g, o.eps, Y.data(), nhwc));
+                                    running_var.data(), g, o.eps, Y.data(), nhwc, tail));
     } else {
       for (std::int64_t c = 0; c < s.c; ++c) invstd.data()[c] = 1.0f / std::sqrt(running_var.data()[c] + o.eps);
       cpu::batchnorm_forward_eval(X.data(), gamma.value().data(), beta.value().data(), running_mean.data(),
@@ -114,21 +116,25 @@ inline Var batch_norm(const Var& x, const Var& gamma, const Var& beta, const Ten
 inline Var batch_norm_relu_dropout(const Var& x, const Var& gamma, const Var& beta, const Tensor& running_mean,
                                    const Tensor& running_var, BatchNormOptions o, float p, Rng* rng) {
   DD_CHECK(p >= 0.0f && p < 1.0f, "dd::batch_norm_relu_dropout: probability {} is not in [0, 1)", p);
-  detail::BatchNormSaved saved;
-  Tensor Y = detail::batch_norm_forward(x, gamma, beta, running_mean, running_var, o, saved);
-  const Shape s = Y.shape();
+  const Shape s = x.shape();
   Tensor scale;  // dropout's factor per (sample, channel) plane; undefined: no dropout
   if (o.training && p > 0.0f) {
     DD_CHECK(rng != nullptr, "dd::batch_norm_relu_dropout: dropout in training needs a random generator");
-    scale = detail::dropout_scales(s.n * s.c, p, *rng, Y.device());
+    scale = detail::dropout_scales(s.n * s.c, p, *rng, x.value().device());
   }
   const float* k = scale.defined() ? scale.data() : nullptr;
-  if (saved.nhwc)
-    DD_GPU(relu_scale_planes_nhwc(Y.data(), k, s.n, s.c, s.h * s.w));
-  else if (detail::on_gpu(Y))
-    DD_GPU(relu_scale_planes(Y.data(), k, s.n * s.c, s.h * s.w));
-  else
-    cpu::relu_scale_planes(Y.data(), k, s.n * s.c, s.h * s.w);
+  // The GPU's channels-last batch norm applies ReLU and dropout in its own pass.
+  cpu::BatchNormTail tail{k};
+  detail::BatchNormSaved saved;
+  Tensor Y = detail::batch_norm_forward(x, gamma, beta, running_mean, running_var, o, saved, &tail);
+  if (!tail.applied) {
+    if (saved.nhwc)
+      DD_GPU(relu_scale_planes_nhwc(Y.data(), k, s.n, s.c, s.h * s.w));
+    else if (detail::on_gpu(Y))
+      DD_GPU(relu_scale_planes(Y.data(), k, s.n * s.c, s.h * s.w));
+    else
+      cpu::relu_scale_planes(Y.data(), k, s.n * s.c, s.h * s.w);
+  }
   const bool rec = detail::should_record({&x, &gamma, &beta});
   Var y(std::move(Y), rec);
   if (rec)

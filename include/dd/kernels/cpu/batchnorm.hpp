@@ -13,6 +13,14 @@ struct BatchNormGeometry {
   std::int64_t count() const { return n * plane; }
 };
 
+// The conv block's ReLU and dropout factors after a batch norm (the fused op), for a forward kernel
+// to apply in its own pass where it can (the GPU's channels-last one); `applied` says whether it
+// did, else the caller applies them (the CPU kernels here never do).
+struct BatchNormTail {
+  const float* scale = nullptr;  // per [sample, channel]; null: ReLU only
+  bool applied = false;
+};
+
 // Training forward. Writes y, the per-channel batch mean and 1/sqrt(var+eps) (kept for backward),
 // and updates running_mean/var in place when they are given.
 inline void batchnorm_forward_train(const float* x, const float* gamma, const float* beta, const BatchNormGeometry& g,

@@ -97,12 +97,20 @@ void batchnorm_backward_eval(const float* x, const float* dy, const float* gamma
 // For c in [1, 1024] (channels_last_supported); deterministic, sums in double.
 bool channels_last_supported(std::int64_t c);
 // Batch statistics (biased variance; running statistics moved with the unbiased one when given),
-// then y = x * (gamma * invstd) + (beta - mean * gamma * invstd).
+// then y = x * (gamma * invstd) + (beta - mean * gamma * invstd). With tail.relu, in the same pass,
+// y = relu(y) * tail.scale[sample, channel] (scale may be null: relu only; plane = h * w).
+struct ReluTail {
+  bool relu = false;
+  const float* scale = nullptr;
+  std::int64_t plane = 1;
+};
 void batchnorm_nhwc_forward_train(const float* x, const float* gamma, const float* beta, std::int64_t rows,
                                   std::int64_t c, float eps, float momentum, float* y, float* save_mean,
-                                  float* save_invstd, float* running_mean, float* running_var, cudaStream_t s);
+                                  float* save_invstd, float* running_mean, float* running_var, const ReluTail& tail,
+                                  cudaStream_t s);
 void batchnorm_nhwc_forward_eval(const float* x, const float* gamma, const float* beta, const float* mean,
-                                 const float* invstd, std::int64_t rows, std::int64_t c, float* y, cudaStream_t s);
+                                 const float* invstd, std::int64_t rows, std::int64_t c, float* y,
+                                 const ReluTail& tail, cudaStream_t s);
 // dx written (may be null), dgamma/dbeta accumulated (may be null); batch_stats as in
 // dd::cpu::batchnorm_backward.
 void batchnorm_nhwc_backward(const float* x, const float* dy, const float* gamma, const float* mean,

@@ -36,13 +36,21 @@ inline bool own_nhwc(const cpu::BatchNormGeometry& g, bool nhwc) {
   return nhwc && cuda::kernels::channels_last_supported(g.c);
 }
 
+// The kernels' form of a tail request (none for null), marked applied.
+inline cuda::kernels::ReluTail kernel_tail(const cpu::BatchNormGeometry& g, cpu::BatchNormTail* tail) {
+  if (!tail) return {};
+  tail->applied = true;
+  return {true, tail->scale, g.plane};
+}
+
 }  // namespace detail
 
 // Training forward. Writes y, the per-channel batch mean and 1/sqrt(var+eps) (kept for backward),
 // and updates running_mean/var in place when both are given.
 inline void batchnorm_forward_train(const float* x, const float* gamma, const float* beta, const cpu::BatchNormGeometry& g,
                                     float eps, float momentum, float* y, float* save_mean, float* save_invstd,
-                                    float* running_mean, float* running_var, bool nhwc = false) {
+                                    float* running_mean, float* running_var, bool nhwc = false,
+                                    cpu::BatchNormTail* tail = nullptr) {
   if (detail::batchnorm_empty(g)) return;
   const double epsilon = detail::batchnorm_epsilon(eps);
   if (detail::own_nhwc(g, nhwc)) {
@@ -50,7 +58,8 @@ inline void batchnorm_forward_train(const float* x, const float* gamma, const fl
     const bool running = running_mean && running_var;
     cuda::kernels::batchnorm_nhwc_forward_train(x, gamma, beta, g.count(), g.c, eps, momentum, y, save_mean,
                                                 save_invstd, running ? running_mean : nullptr,
-                                                running ? running_var : nullptr, cuda::current_stream());
+                                                running ? running_var : nullptr, detail::kernel_tail(g, tail),
+                                                cuda::current_stream());
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
@@ -85,14 +94,15 @@ inline void batchnorm_forward_train(const float* x, const float* gamma, const fl
 // Evaluation forward with given statistics: y = gamma * (x - mean) / sqrt(var + eps) + beta.
 inline void batchnorm_forward_eval(const float* x, const float* gamma, const float* beta, const float* mean,
                                    const float* var, const cpu::BatchNormGeometry& g, float eps, float* y,
-                                   bool nhwc = false) {
+                                   bool nhwc = false, cpu::BatchNormTail* tail = nullptr) {
   if (detail::batchnorm_empty(g)) return;
   const double epsilon = detail::batchnorm_epsilon(eps);
   if (detail::own_nhwc(g, nhwc)) {
     const cudaStream_t s = cuda::current_stream();
     cuda::DeviceScratch invstd(static_cast<std::size_t>(g.c) * sizeof(float));
     cuda::kernels::batchnorm_invstd(var, g.c, eps, invstd.floats(), s);
-    cuda::kernels::batchnorm_nhwc_forward_eval(x, gamma, beta, mean, invstd.floats(), g.count(), g.c, y, s);
+    cuda::kernels::batchnorm_nhwc_forward_eval(x, gamma, beta, mean, invstd.floats(), g.count(), g.c, y,
+                                               detail::kernel_tail(g, tail), s);
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
