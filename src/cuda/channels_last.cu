@@ -28,9 +28,24 @@ ChannelGrid channel_grid(i64 total, i64 c) {
 
 enum class Sum { x, centered_squares, dy_and_dy_centered, dy };
 
+// The gradient batch norm's backward sees at element i (channel ch): dy itself, or, behind the conv
+// block's ReLU and dropout (the fused op; y its output, k its factors per [sample, channel] or null,
+// sample = h * w * c elements), what the separate ReLU-dropout backward would have handed on.
+struct GradIn {
+  const float* dy;
+  const float* y = nullptr;
+  const float* k = nullptr;
+  i64 sample = 1;
+  template <class I>
+  __device__ float at(I i, I ch, I c) const {
+    if (!y) return dy[i];
+    return y[i] > 0.0f ? (k ? dy[i] * k[(i / static_cast<I>(sample)) * c + ch] : dy[i]) : 0.0f;
+  }
+};
+
 // part[block][k][ch] for k = 0, 1: the block's sums for channel ch.
 template <Sum S>
-__global__ void partial_sums(const float* x, const float* dy, const float* mean, i64 c, i64 total, double* part) {
+__global__ void partial_sums(const float* x, GradIn gin, const float* mean, i64 c, i64 total, double* part) {
   extern __shared__ double sh[];  // 2 * blockDim.x
   const i64 stride = static_cast<i64>(gridDim.x) * blockDim.x;
   const i64 first = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -44,11 +59,11 @@ __global__ void partial_sums(const float* x, const float* dy, const float* mean,
       const float d = x[i] - m;
       a += d * d;  // a float product, as the CPU's
     } else if constexpr (S == Sum::dy_and_dy_centered) {
-      const float d = dy[i];
+      const float d = gin.at(i, ch, c);
       a += d;
       b += d * (x[i] - m);
     } else {
-      a += dy[i];
+      a += gin.dy[i];
     }
   }
   sh[threadIdx.x] = a;
@@ -132,12 +147,12 @@ __global__ void normalize(const float* x, const float* gamma, const float* beta,
 }
 // coef null: constant statistics (dx = gamma * invstd * dy).
 template <class I>
-__global__ void input_gradient(const float* x, const float* dy, const float* gamma, const float* mean,
+__global__ void input_gradient(const float* x, GradIn gin, const float* gamma, const float* mean,
                                const float* invstd, const float* coef, I c, I total, float* dx) {
   for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) {
     const I ch = i % c;
-    const float k = gamma[ch] * invstd[ch];
-    dx[i] = coef ? k * (dy[i] - coef[ch] - (x[i] - mean[ch]) * coef[c + ch]) : k * dy[i];
+    const float k = gamma[ch] * invstd[ch], d = gin.at(i, ch, c);
+    dx[i] = coef ? k * (d - coef[ch] - (x[i] - mean[ch]) * coef[c + ch]) : k * d;
   }
 }
 template <class I>
@@ -146,9 +161,9 @@ __global__ void add_bias(const float* b, I c, I total, float* y) {
 }
 
 template <Sum S>
-void sums(const float* x, const float* dy, const float* mean, i64 c, i64 total, const ChannelGrid& g, double* part,
+void sums(const float* x, const GradIn& gin, const float* mean, i64 c, i64 total, const ChannelGrid& g, double* part,
           cudaStream_t s) {
-  partial_sums<S><<<g.grid, g.block, 2 * g.block * sizeof(double), s>>>(x, dy, mean, c, total, part);
+  partial_sums<S><<<g.grid, g.block, 2 * g.block * sizeof(double), s>>>(x, gin, mean, c, total, part);
 }
 
 // Calls launch(I{}) with the index type for `total` elements: 32-bit where it suffices.
@@ -174,9 +189,9 @@ void batchnorm_nhwc_forward_train(const float* x, const float* gamma, const floa
   Scratch part(static_cast<std::size_t>(2 * g.grid * c) * sizeof(double), s, "batchnorm_nhwc_forward_train");
   auto* p = static_cast<double*>(part.p);
   const double count = static_cast<double>(rows);
-  sums<Sum::x>(x, nullptr, nullptr, c, total, g, p, s);
+  sums<Sum::x>(x, GradIn{nullptr}, nullptr, c, total, g, p, s);
   finish_mean<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, count, save_mean);
-  sums<Sum::centered_squares>(x, nullptr, save_mean, c, total, g, p, s);
+  sums<Sum::centered_squares>(x, GradIn{nullptr}, save_mean, c, total, g, p, s);
   finish_variance<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, count, eps, momentum, save_mean, save_invstd,
                                                         running_mean, running_var);
   batchnorm_nhwc_forward_eval(x, gamma, beta, save_mean, save_invstd, rows, c, y, tail, s);
@@ -196,8 +211,9 @@ void batchnorm_nhwc_forward_eval(const float* x, const float* gamma, const float
 
 void batchnorm_nhwc_backward(const float* x, const float* dy, const float* gamma, const float* mean,
                              const float* invstd, i64 rows, i64 c, bool batch_stats, float* dx, float* dgamma,
-                             float* dbeta, cudaStream_t s) {
+                             float* dbeta, const ReluTail& tail, cudaStream_t s) {
   const i64 total = rows * c;
+  const GradIn gin{dy, tail.relu ? tail.y : nullptr, tail.scale, tail.plane * c};
   if (total <= 0 || (!dx && !dgamma && !dbeta)) return;
   const ChannelGrid g = channel_grid(total, c);
   const bool coef_needed = dx && batch_stats;
@@ -206,14 +222,14 @@ void batchnorm_nhwc_backward(const float* x, const float* dy, const float* gamma
   auto* p = static_cast<double*>(part.p);
   float* coef = coef_needed ? reinterpret_cast<float*>(p + 2 * g.grid * c) : nullptr;
   if (dgamma || dbeta || coef_needed) {
-    sums<Sum::dy_and_dy_centered>(x, dy, mean, c, total, g, p, s);
+    sums<Sum::dy_and_dy_centered>(x, gin, mean, c, total, g, p, s);
     finish_backward<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, static_cast<double>(rows), invstd, dgamma,
                                                           dbeta, coef);
   }
   if (!dx) return;
   by_index_type(total, [&](auto index) {
     using I = decltype(index);
-    input_gradient<I><<<grid_for(total), kBlock, 0, s>>>(x, dy, gamma, mean, invstd, coef, I(c), I(total), dx);
+    input_gradient<I><<<grid_for(total), kBlock, 0, s>>>(x, gin, gamma, mean, invstd, coef, I(c), I(total), dx);
   });
 }
 
@@ -223,7 +239,7 @@ void bias_grad_nhwc(const float* dy, i64 rows, i64 c, float* db, cudaStream_t s)
   const ChannelGrid g = channel_grid(total, c);
   Scratch part(static_cast<std::size_t>(2 * g.grid * c) * sizeof(double), s, "bias_grad_nhwc");
   auto* p = static_cast<double*>(part.p);
-  sums<Sum::dy>(nullptr, dy, nullptr, c, total, g, p, s);
+  sums<Sum::dy>(nullptr, GradIn{dy}, nullptr, c, total, g, p, s);
   finish_backward<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, 1.0, nullptr, nullptr, db, nullptr);
 }
 

@@ -77,14 +77,15 @@ inline Tensor batch_norm_forward(const Var& x, const Var& gamma, const Var& beta
 }
 
 // Backward of the normalisation from dL/dY (dense in the order of sv.X): gradients into x, gamma, beta.
+// tail (GPU only, may be null): dy is the fused op's output gradient, see cpu::BatchNormTail.
 inline void batch_norm_backward(const BatchNormSaved& sv, const Tensor& dy, const Var& x, const Var& gamma,
-                                const Var& beta) {
+                                const Var& beta, [[maybe_unused]] const cpu::BatchNormTail* tail = nullptr) {
   Tensor dx = x.requires_grad() ? Tensor::empty_like(sv.X) : Tensor{};
   float* dgamma = gamma.requires_grad() ? grad_buffer(gamma).data() : nullptr;
   float* dbeta = beta.requires_grad() ? grad_buffer(beta).data() : nullptr;
   if (on_gpu(sv.X))
     DD_GPU(batchnorm_backward(sv.X.data(), dy.data(), gamma.value().data(), sv.mean.data(), sv.invstd.data(), sv.g,
-                              sv.training, dx.data(), dgamma, dbeta, sv.nhwc));
+                              sv.training, dx.data(), dgamma, dbeta, sv.nhwc, tail));
   else
     cpu::batchnorm_backward(sv.X.data(), dy.data(), gamma.value().data(), sv.mean.data(), sv.invstd.data(), sv.g,
                             sv.training, dx.data(), dgamma, dbeta);
@@ -142,14 +143,14 @@ inline Var batch_norm_relu_dropout(const Var& x, const Var& gamma, const Var& be
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
       const Tensor D = dy.dense_like(y.value());
-      Tensor dz = Tensor::empty_like(y.value());
       const float* k = scale.defined() ? scale.data() : nullptr;
-      if (saved.nhwc)
-        DD_GPU(relu_scale_planes_nhwc_backward(y.value().data(), D.data(), k, s.n, s.c, s.h * s.w, dz.data()));
-      else if (detail::on_gpu(D))
-        DD_GPU(relu_scale_planes_backward(y.value().data(), D.data(), k, s.n * s.c, s.h * s.w, dz.data()));
-      else
-        cpu::relu_scale_planes_backward(y.value().data(), D.data(), k, s.n * s.c, s.h * s.w, dz.data());
+      if (detail::on_gpu(D)) {  // the GPU backward takes ReLU and dropout back out itself (no dz)
+        const cpu::BatchNormTail tail{k, false, y.value().data()};
+        detail::batch_norm_backward(saved, D, x, gamma, beta, &tail);
+        return;
+      }
+      Tensor dz = Tensor::empty_like(y.value());
+      cpu::relu_scale_planes_backward(y.value().data(), D.data(), k, s.n * s.c, s.h * s.w, dz.data());
       detail::batch_norm_backward(saved, dz, x, gamma, beta);
     });
   return y;

@@ -16,9 +16,11 @@ struct BatchNormGeometry {
 // The conv block's ReLU and dropout factors after a batch norm (the fused op), for a forward kernel
 // to apply in its own pass where it can (the GPU's channels-last one); `applied` says whether it
 // did, else the caller applies them (the CPU kernels here never do).
+// In the backward (GPU only), y is the block's output and the gradient given is its gradient.
 struct BatchNormTail {
   const float* scale = nullptr;  // per [sample, channel]; null: ReLU only
   bool applied = false;
+  const float* y = nullptr;  // backward only
 };
 
 // Training forward. Writes y, the per-channel batch mean and 1/sqrt(var+eps) (kept for backward),

@@ -99,10 +99,13 @@ bool channels_last_supported(std::int64_t c);
 // Batch statistics (biased variance; running statistics moved with the unbiased one when given),
 // then y = x * (gamma * invstd) + (beta - mean * gamma * invstd). With tail.relu, in the same pass,
 // y = relu(y) * tail.scale[sample, channel] (scale may be null: relu only; plane = h * w).
+// In the backward, dy is the gradient of the block's output y (the forward's result with the tail),
+// and the kernels take the ReLU and dropout factors back out of it.
 struct ReluTail {
   bool relu = false;
   const float* scale = nullptr;
   std::int64_t plane = 1;
+  const float* y = nullptr;  // backward only
 };
 void batchnorm_nhwc_forward_train(const float* x, const float* gamma, const float* beta, std::int64_t rows,
                                   std::int64_t c, float eps, float momentum, float* y, float* save_mean,
@@ -115,7 +118,7 @@ void batchnorm_nhwc_forward_eval(const float* x, const float* gamma, const float
 // dd::cpu::batchnorm_backward.
 void batchnorm_nhwc_backward(const float* x, const float* dy, const float* gamma, const float* mean,
                              const float* invstd, std::int64_t rows, std::int64_t c, bool batch_stats, float* dx,
-                             float* dgamma, float* dbeta, cudaStream_t s);
+                             float* dgamma, float* dbeta, const ReluTail& tail, cudaStream_t s);
 void bias_grad_nhwc(const float* dy, std::int64_t rows, std::int64_t c, float* db, cudaStream_t s);  // db += sum dy
 void add_bias_nhwc(const float* b, std::int64_t rows, std::int64_t c, float* y, cudaStream_t s);     // y += b
 

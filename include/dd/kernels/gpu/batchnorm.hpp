@@ -116,17 +116,31 @@ inline void batchnorm_forward_eval(const float* x, const float* gamma, const flo
 
 // Backward. mean/invstd are the statistics the forward used (batch ones in training, running ones
 // in eval). batch_stats says whether the statistics depend on x (training) or are constants (eval).
-// dx is written (may be null); dgamma/dbeta are accumulated (may be null).
+// dx is written (may be null); dgamma/dbeta are accumulated (may be null). With a tail (the fused
+// op), dy is the gradient of the block's output tail->y, and the tail's backward comes first.
 inline void batchnorm_backward(const float* x, const float* dy, const float* gamma, const float* mean,
                                const float* invstd, const cpu::BatchNormGeometry& g, bool batch_stats, float* dx,
-                               float* dgamma, float* dbeta, bool nhwc = false) {
+                               float* dgamma, float* dbeta, bool nhwc = false,
+                               const cpu::BatchNormTail* tail = nullptr) {
   if (detail::batchnorm_empty(g) || (!dx && !dgamma && !dbeta)) return;
   const cudaStream_t s = cuda::current_stream();
-  if (detail::own_nhwc(g, nhwc)) {
+  if (detail::own_nhwc(g, nhwc)) {  // the tail's backward read on the fly
+    const cuda::kernels::ReluTail t =
+        tail ? cuda::kernels::ReluTail{true, tail->scale, g.plane, tail->y} : cuda::kernels::ReluTail{};
     cuda::kernels::batchnorm_nhwc_backward(x, dy, gamma, mean, invstd, g.count(), g.c, batch_stats, dx, dgamma, dbeta,
-                                           s);
+                                           t, s);
     DD_CUDA_CHECK(cudaGetLastError());
     return;
+  }
+  cuda::DeviceScratch dz;  // elsewhere the tail's backward runs first, into scratch
+  if (tail) {
+    dz.reset(static_cast<std::size_t>(g.count() * g.c) * sizeof(float));
+    if (nhwc)
+      cuda::kernels::relu_scale_planes_nhwc_backward(tail->y, dy, tail->scale, g.n, g.c, g.plane, dz.floats(), s);
+    else
+      cuda::kernels::relu_scale_planes_backward(tail->y, dy, tail->scale, g.n * g.c, g.plane, dz.floats(), s);
+    DD_CUDA_CHECK(cudaGetLastError());
+    dy = dz.floats();
   }
   // dgamma and dbeta do not depend on whether the statistics do, so without dx the eval kernel
   // gives them with no dx scratch; with constant statistics it gives everything.
