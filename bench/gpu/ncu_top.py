@@ -2,6 +2,8 @@
 """Sums the per-launch kernel times of an Nsight Compute CSV (ncu --metrics gpu__time_duration.sum --csv)
 by kernel name and prints the 30 largest (scripts/gpu-check.sh part profile)."""
 import csv, sys, collections
+# Nsight Compute writes "ns" (older versions "nsecond"); everything is summed in microseconds.
+US_PER = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
 rows = list(csv.reader(open(sys.argv[1])))
 hdr = None
 tot = collections.Counter(); cnt = collections.Counter()
@@ -12,7 +14,9 @@ for r in rows:
     if d.get("Metric Name") != "gpu__time_duration.sum": continue
     v = float(d["Metric Value"].replace(",", ""))
     unit = d.get("Metric Unit", "")
-    us = v / 1000 if unit == "nsecond" else v * 1000 if unit == "msecond" else v
+    if unit not in US_PER:
+        sys.exit(f"ncu_top.py: unknown time unit {unit!r} in {sys.argv[1]}")
+    us = v * US_PER[unit]
     name = d["Kernel Name"][:110]
     tot[name] += us; cnt[name] += 1
 all_us = sum(tot.values())

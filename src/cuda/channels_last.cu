@@ -38,8 +38,7 @@ struct GradIn {
   i64 sample = 1;
   template <class I>
   __device__ float at(I i, I ch, I c) const {
-    if (!y) return dy[i];
-    return y[i] > 0.0f ? (k ? dy[i] * k[(i / static_cast<I>(sample)) * c + ch] : dy[i]) : 0.0f;
+    return y ? relu_tail_grad(y[i], dy[i], k, i, ch, c, static_cast<I>(sample)) : dy[i];
   }
 };
 
@@ -137,12 +136,8 @@ __global__ void normalize(const float* x, const float* gamma, const float* beta,
   for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) {
     const I ch = i % c;
     const float scale = gamma[ch] * invstd[ch], shift = beta[ch] - mean[ch] * scale;
-    float v = x[i] * scale + shift;
-    if (relu) {
-      v = v > 0.0f ? v : 0.0f;
-      if (k) v = v * k[(i / sample) * c + ch];
-    }
-    y[i] = v;
+    const float v = x[i] * scale + shift;
+    y[i] = relu ? relu_tail(v, k, i, ch, c, sample) : v;
   }
 }
 // coef null: constant statistics (dx = gamma * invstd * dy).
@@ -166,14 +161,6 @@ void sums(const float* x, const GradIn& gin, const float* mean, i64 c, i64 total
   partial_sums<S><<<g.grid, g.block, 2 * g.block * sizeof(double), s>>>(x, gin, mean, c, total, part);
 }
 
-// Calls launch(I{}) with the index type for `total` elements: 32-bit where it suffices.
-template <class Launch>
-void by_index_type(i64 total, Launch launch) {
-  if (total < (i64{1} << 31))
-    launch(std::uint32_t{});
-  else
-    launch(i64{});
-}
 unsigned channel_blocks(i64 c) { return static_cast<unsigned>(std::min<i64>(c, 65535)); }  // one per channel
 
 }  // namespace

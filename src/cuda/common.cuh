@@ -18,6 +18,30 @@ unsigned grid_for(i64 n) { return static_cast<unsigned>(std::min<i64>((n + kBloc
 __device__ i64 first_index() { return static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ i64 grid_stride() { return static_cast<i64>(gridDim.x) * blockDim.x; }
 
+// Calls launch(I{}) with the index type for `total` elements: 32-bit where it suffices (with room
+// for the grid-stride step past the end), since integer division is the cost of the channels-last
+// kernels, 64-bit beyond.
+template <class Launch>
+void by_index_type(i64 total, Launch launch) {
+  if (total < (i64{1} << 31))
+    launch(std::uint32_t{});
+  else
+    launch(i64{});
+}
+
+// The conv block's ReLU-dropout tail on channels-last memory at element i of channel ch: k holds
+// the dropout factors per [sample, channel] (null: ReLU only), sample = h * w * c elements. The
+// forward of a value v, and the gradient handed back for output y with output gradient d.
+template <class I>
+__device__ float relu_tail(float v, const float* k, I i, I ch, I c, I sample) {
+  v = v > 0.0f ? v : 0.0f;
+  return k ? v * k[(i / sample) * c + ch] : v;
+}
+template <class I>
+__device__ float relu_tail_grad(float y, float d, const float* k, I i, I ch, I c, I sample) {
+  return y > 0.0f ? (k ? d * k[(i / sample) * c + ch] : d) : 0.0f;
+}
+
 void check(cudaError_t e, const char* who) {
   if (e != cudaSuccess)
     throw std::runtime_error(std::string("dd::cuda::kernels::") + who + ": " + cudaGetErrorString(e));

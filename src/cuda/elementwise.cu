@@ -81,24 +81,20 @@ __global__ void relu_scale_planes_backward_kernel(const float* y, const float* d
 // I is the index type: 32-bit where the tensor allows (integer division is the cost here).
 template <class I>
 __global__ void relu_scale_nhwc_kernel(float* y, const float* scale, I c, I sample, I total) {
-  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) {
-    const float v = y[i] > 0.0f ? y[i] : 0.0f;
-    y[i] = scale ? v * scale[(i / sample) * c + i % c] : v;
-  }
+  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride()))
+    y[i] = relu_tail(y[i], scale, i, i % c, c, sample);
 }
 template <class I>
 __global__ void relu_scale_nhwc_backward_kernel(const float* y, const float* dy, const float* scale, I c, I sample,
                                                 I total, float* dx) {
   for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride()))
-    dx[i] = y[i] > 0.0f ? (scale ? dy[i] * scale[(i / sample) * c + i % c] : dy[i]) : 0.0f;
+    dx[i] = relu_tail_grad(y[i], dy[i], scale, i, i % c, c, sample);
 }
 template <class I>
 __global__ void scale_nhwc_kernel(const float* x, const float* scale, I c, I sample, I total, float* y) {
   for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride()))
     y[i] = x[i] * scale[(i / sample) * c + i % c];
 }
-// Whether 32-bit indices cover n elements (with room for the grid-stride step past the end).
-bool fits_u32(i64 n) { return n < (i64{1} << 31); }
 
 dim3 plane_grid(i64 planes, i64 plane) {
   // About 64K blocks in all: enough to fill the GPU, few enough to amortise the plane loop.
@@ -223,28 +219,28 @@ void relu_scale_planes_backward(const float* y, const float* dy, const float* sc
 void scale_planes_nhwc(const float* x, const float* scale, i64 n, i64 c, i64 plane, float* y, cudaStream_t s) {
   const i64 total = n * c * plane;
   if (total <= 0) return;
-  if (fits_u32(total))
-    scale_nhwc_kernel<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(x, scale, c, plane * c, total, y);
-  else
-    scale_nhwc_kernel<i64><<<grid_for(total), kBlock, 0, s>>>(x, scale, c, plane * c, total, y);
+  by_index_type(total, [&](auto index) {
+    using I = decltype(index);
+    scale_nhwc_kernel<I><<<grid_for(total), kBlock, 0, s>>>(x, scale, I(c), I(plane * c), I(total), y);
+  });
 }
 void relu_scale_planes_nhwc(float* y, const float* scale, i64 n, i64 c, i64 plane, cudaStream_t s) {
   const i64 total = n * c * plane;
   if (total <= 0) return;
-  if (fits_u32(total))
-    relu_scale_nhwc_kernel<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(y, scale, c, plane * c, total);
-  else
-    relu_scale_nhwc_kernel<i64><<<grid_for(total), kBlock, 0, s>>>(y, scale, c, plane * c, total);
+  by_index_type(total, [&](auto index) {
+    using I = decltype(index);
+    relu_scale_nhwc_kernel<I><<<grid_for(total), kBlock, 0, s>>>(y, scale, I(c), I(plane * c), I(total));
+  });
 }
 void relu_scale_planes_nhwc_backward(const float* y, const float* dy, const float* scale, i64 n, i64 c, i64 plane,
                                      float* dx, cudaStream_t s) {
   const i64 total = n * c * plane;
   if (total <= 0) return;
-  if (fits_u32(total))
-    relu_scale_nhwc_backward_kernel<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(y, dy, scale, c, plane * c,
-                                                                                     total, dx);
-  else
-    relu_scale_nhwc_backward_kernel<i64><<<grid_for(total), kBlock, 0, s>>>(y, dy, scale, c, plane * c, total, dx);
+  by_index_type(total, [&](auto index) {
+    using I = decltype(index);
+    relu_scale_nhwc_backward_kernel<I><<<grid_for(total), kBlock, 0, s>>>(y, dy, scale, I(c), I(plane * c), I(total),
+                                                                          dx);
+  });
 }
 
 void to_half(const float* x, void* y, i64 n, HalfType t, cudaStream_t s) {

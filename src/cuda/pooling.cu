@@ -81,20 +81,21 @@ void maxpool2x2_nhwc_forward(const float* x, i64 n, i64 c, i64 h, i64 w, float* 
                              cudaStream_t s) {
   const i64 ho = h / 2, wo = w / 2, total = n * c * ho * wo;
   if (total <= 0) return;
-  if (n * c * h * w < (i64{1} << 31))
-    maxpool_nhwc_forward_kernel<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(x, c, h, w, ho, wo, total, y, argmax);
-  else
-    maxpool_nhwc_forward_kernel<i64><<<grid_for(total), kBlock, 0, s>>>(x, c, h, w, ho, wo, total, y, argmax);
+  by_index_type(n * c * h * w, [&](auto index) {  // the input's size: the kernel indexes it
+    using I = decltype(index);
+    maxpool_nhwc_forward_kernel<I><<<grid_for(total), kBlock, 0, s>>>(x, I(c), I(h), I(w), I(ho), I(wo), I(total), y,
+                                                                      argmax);
+  });
 }
 void maxpool2x2_nhwc_backward(const float* dy, const std::uint8_t* argmax, i64 n, i64 c, i64 h, i64 w, float* dx,
                               cudaStream_t s) {
   const i64 total = n * c * h * w;
   if (total <= 0) return;
-  if (total < (i64{1} << 31))
-    maxpool_nhwc_backward_kernel<std::uint32_t><<<grid_for(total), kBlock, 0, s>>>(dy, argmax, c, h, w, h / 2, w / 2,
-                                                                                  total, dx);
-  else
-    maxpool_nhwc_backward_kernel<i64><<<grid_for(total), kBlock, 0, s>>>(dy, argmax, c, h, w, h / 2, w / 2, total, dx);
+  by_index_type(total, [&](auto index) {
+    using I = decltype(index);
+    maxpool_nhwc_backward_kernel<I><<<grid_for(total), kBlock, 0, s>>>(dy, argmax, I(c), I(h), I(w), I(h / 2),
+                                                                       I(w / 2), I(total), dx);
+  });
 }
 
 void maxpool2x2_forward(const float* x, i64 planes, i64 h, i64 w, float* y, std::uint8_t* argmax,

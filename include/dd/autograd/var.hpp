@@ -1,7 +1,6 @@
 #pragma once
 // Var: a tensor in the autograd graph. Copies share one node (value + gradient). Gradients
 // ACCUMULATE into a node, so a value used twice (a skip connection) gets the sum of both uses.
-#include <cstdint>
 #include <memory>
 
 #include "dd/autograd/tape.hpp"
@@ -45,8 +44,7 @@ class Var {
     if (!node_->grad.defined()) {
       // Kept as it comes when dense (NCHW or channels-last); a view is copied in the value's order,
       // and so is a GPU view at an address GPU kernels cannot load vectors from (16-byte alignment).
-      const bool keep = g.is_dense(g.format()) &&
-                        (g.device() == Device::cpu || reinterpret_cast<std::uintptr_t>(g.data()) % 16 == 0);
+      const bool keep = g.is_dense(g.format()) && (g.device() == Device::cpu || is_vector_aligned(g.data()));
       node_->grad = keep ? std::move(g) : g.clone_as(value().format());
     } else {
       node_->grad.add_(g.dense_like(node_->grad));

@@ -21,6 +21,11 @@ enum class Device { cpu, cuda };
 
 inline const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
 
+// GPU kernels that load 16 bytes at a time (cuDNN's channels-last and tensor-core ones) need
+// 16-byte aligned pointers. Allocations are; views at other float offsets (a parameter in a model's
+// flat buffer, a slice) need not be, and are copied or staged before such a kernel sees them.
+inline bool is_vector_aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
 class MemoryStats {
  public:
   static std::int64_t current() { return current_.load(std::memory_order_relaxed); }

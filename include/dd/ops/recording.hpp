@@ -1,7 +1,6 @@
 #pragma once
 // What every differentiable op shares: whether to record, how to make its output, and where
 // parameter gradients go.
-#include <cstdint>
 #include <initializer_list>
 
 #include "dd/autograd/var.hpp"
@@ -27,11 +26,11 @@ inline bool on_gpu(const Tensor& t) { return t.device() == Device::cuda; }
 
 // The memory an element-wise or per-channel kernel reads: on the GPU the tensor's own dense order
 // (NCHW or channels-last, see cuda::ConvSettings::channels_last), on the CPU NCHW.
-// GPU views at addresses cuDNN's vector loads cannot take (not 16-byte aligned) are copied too.
+// GPU views at addresses cuDNN's vector loads cannot take (is_vector_aligned) are copied too.
 inline Tensor kernel_input(const Tensor& t) {
   if (!on_gpu(t)) return t.contiguous();
   const Tensor d = t.dense();
-  return reinterpret_cast<std::uintptr_t>(d.data()) % 16 == 0 ? d : d.clone();
+  return is_vector_aligned(d.data()) ? d : d.clone();
 }
 // Whether a tensor from kernel_input is channels-last GPU memory.
 inline bool channels_last(const Tensor& t) { return on_gpu(t) && t.format() == MemoryFormat::nhwc; }

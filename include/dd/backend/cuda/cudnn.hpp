@@ -18,6 +18,7 @@
 
 #include "dd/backend/cuda/allocator.hpp"
 #include "dd/backend/cuda/runtime.hpp"
+#include "dd/core/memory.hpp"
 #include "dd/kernels/cuda/kernels.hpp"
 
 namespace dd::cuda::detail {
@@ -487,17 +488,14 @@ inline kernels::StridedCopy filter_order(std::int64_t k, std::int64_t c, std::in
   return g;
 }
 
-// cuDNN's NHWC and tensor-core kernels load 16 bytes at a time: every pointer they get must be
-// 16-byte aligned. Our allocations are; views into them (a parameter in the model's flat buffer, a
-// slice) need not be, and are staged through aligned scratch.
-inline bool is_aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
-// A small float array (per-channel parameters and statistics) as cuDNN reads and updates it: the
-// array itself, or an aligned copy when it is an unaligned view; write_back() returns updates.
+// Every pointer handed to cuDNN is 16-byte aligned (dd::is_vector_aligned): unaligned views are
+// staged through aligned scratch by the classes below.
+// A float array as cuDNN reads (and updates) it: the array itself, or an aligned copy when it is an
+// unaligned view; write_back() returns updates to it.
 class AlignedFloats {
  public:
   AlignedFloats(const float* p, std::int64_t count) : p_(const_cast<float*>(p)), count_(count) {
-    if (!p || count <= 0 || is_aligned(p)) return;
+    if (!p || count <= 0 || is_vector_aligned(p)) return;
     buf_.reset(bytes());
     copy_on_device(buf_.get(), p, bytes());
   }
@@ -514,21 +512,17 @@ class AlignedFloats {
 };
 
 // An fp32 input as the convolution consumes it: the pointer itself, or a copy in scratch that lives
-// as long as this object: realigned, reordered (a KCRS filter for an NHWC problem) and/or rounded
-// (bf16/fp16).
+// as long as this object: reordered (a KCRS filter for an NHWC problem), rounded (bf16/fp16), or
+// else realigned (AlignedFloats; the other two copies are aligned already).
 class ConvOperand {
  public:
   ConvOperand(const float* p, std::int64_t count, Precision prec, const kernels::StridedCopy* reorder = nullptr)
-      : ptr_(p) {
+      : aligned_(reorder || is_half(prec) ? nullptr : p, count), ptr_(aligned_.get() ? aligned_.get() : p) {
     if (count <= 0) return;
-    if (reorder || (!is_half(prec) && !is_aligned(p))) {
+    if (reorder) {
       order_.reset(static_cast<std::size_t>(count) * sizeof(float));
-      if (reorder) {
-        kernels::copy_strided(order_.floats(), p, *reorder, current_stream());
-        DD_CUDA_CHECK(cudaGetLastError());
-      } else {
-        copy_on_device(order_.get(), p, static_cast<std::size_t>(count) * sizeof(float));
-      }
+      kernels::copy_strided(order_.floats(), p, *reorder, current_stream());
+      DD_CUDA_CHECK(cudaGetLastError());
       ptr_ = p = order_.floats();
     }
     if (!is_half(prec)) return;
@@ -540,6 +534,7 @@ class ConvOperand {
   const void* get() const { return ptr_; }
 
  private:
+  AlignedFloats aligned_;
   const void* ptr_;
   DeviceScratch order_, buf_;
 };
@@ -591,7 +586,7 @@ class Convolution {
     const ConvAlgorithm a = prepare(ConvDirection::backward_filter);
     DeviceScratch ws(a.workspace);
     const float one = 1.0f, zero = 0.0f;
-    if (!is_half(s_.precision) && !reorders_filter() && is_aligned(dw)) {
+    if (!is_half(s_.precision) && !reorders_filter() && is_vector_aligned(dw)) {
       DD_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h_, &one, d_.x, x, d_.y, dy, d_.conv,
                                                     static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.algo), ws.get(),
                                                     a.workspace, &one, d_.w, dw));
@@ -613,7 +608,7 @@ class Convolution {
   class Output {
    public:
     Output(Convolution& c, float* dst, std::int64_t count) : c_(c), dst_(dst), count_(count) {
-      if (!is_half(c.s_.precision) && is_aligned(dst)) return;
+      if (!is_half(c.s_.precision) && is_vector_aligned(dst)) return;
       buf_.reset(static_cast<std::size_t>(count) * (is_half(c.s_.precision) ? 2 : sizeof(float)));
     }
     void* get() const { return buf_.get() ? buf_.get() : dst_; }
@@ -673,7 +668,7 @@ inline void add_channel_bias(const float* b, std::int64_t n, std::int64_t c, std
   }
   const TensorDescriptor bd(CUDNN_DATA_FLOAT, 1, c, 1, 1), yd(CUDNN_DATA_FLOAT, n, c, h, w, nhwc);
   const float one = 1.0f;
-  const ConvOperand bias(b, c, Precision::fp32);  // realigned when b is a view
+  const AlignedFloats bias(b, c);  // realigned when b is a view
   DD_CUDNN_CHECK(cudnnAddTensor(cudnn_handle(), &one, bd, bias.get(), &one, yd, y));
 }
 
@@ -693,15 +688,10 @@ inline void accumulate_channel_bias_grad(const float* dy, std::int64_t n, std::i
     return;
   }
   const TensorDescriptor dyd(CUDNN_DATA_FLOAT, n, c, h, w, nhwc), bd(CUDNN_DATA_FLOAT, 1, c, 1, 1);
-  const float one = 1.0f, zero = 0.0f;
-  if (is_aligned(db)) {
-    DD_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn_handle(), &one, dyd, dy, &one, bd, db));
-    return;
-  }
-  DeviceScratch sum(static_cast<std::size_t>(c) * sizeof(float));  // db is a view: sum aligned, then add
-  DD_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn_handle(), &one, dyd, dy, &zero, bd, sum.get()));
-  kernels::axpy(db, sum.floats(), c, 1.0f, current_stream());
-  DD_CUDA_CHECK(cudaGetLastError());
+  const float one = 1.0f;
+  const AlignedFloats acc(db, c);  // realigned when db is a view, written back after the sum
+  DD_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn_handle(), &one, dyd, dy, &one, bd, acc.get()));
+  acc.write_back();
 }
 
 // Zero-fills `count` floats on the current stream (results of convolutions over empty inputs).
