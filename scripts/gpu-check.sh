@@ -4,7 +4,8 @@
 # and PyTorch (whose pip packages provide cuDNN, cuBLAS and NCCL) but no package manager: carry the
 # header-only dependencies there in .deps/ (scripts/stage-gpu-deps.sh makes it).
 #   usage: scripts/gpu-check.sh [LOGDIR]      (DD_GPU_CHECK_PARTS="tests bench circles cli" to choose;
-#          part "profile" lists the kernels of a U-Net training step by time, with Nsight Compute)
+#          part "profile" lists the kernels of a U-Net training step by time, ours and PyTorch's,
+#          with Nsight Compute, and logs cuDNN's algorithm candidates)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 LOG=${1:-gpu-check-logs}
@@ -61,18 +62,32 @@ if [[ " $PARTS " == *" bench "* ]]; then
   $PY bench/gpu/compare.py --ours build-gpu/bench/gpu/bench_gpu ${DD_BENCH_ARGS:---rounds 3} 2>&1 | tee "$LOG/bench.log" || status=1
 fi
 if [[ " $PARTS " == *" profile "* ]]; then
-  # Where the time of one U-Net(4) training step goes, per kernel (Nsight Compute, cuDNN heuristics so
-  # no algorithm-search kernels), and our step in both activation layouts.
+  # Where the time of one U-Net(4) training step goes, per kernel, ours and PyTorch's (Nsight Compute
+  # on the timed step only: both benchmarks bracket it with cudaProfilerStart/Stop, so the warm-up
+  # with cuDNN's algorithm search stays out), our step in both activation layouts, and the
+  # convolution algorithms cuDNN offered and we chose (DD_CUDNN_LOG, in cudnn_choices.log).
   stamp "profile"
-  for spec in unet_train:fp32:no unet_train:fp32:yes unet_train:bf16:yes ddu_infer:fp32:yes ddu_infer:bf16:yes; do
-    IFS=: read -r c d cl <<<"$spec"
-    ./build-gpu/bench/gpu/bench_gpu --case "$c" --dtype "$d" --iters 10 --channels-last "$cl"
+  # c:d:cl:g = case, dtype, channels-last, graph-API convolutions (cudnn_graph.hpp)
+  for spec in unet_train:fp32:no:no unet_train:fp32:yes:no unet_train:fp32:yes:yes unet_train:bf16:yes:no \
+      unet_train:bf16:yes:yes ddu_infer:fp32:yes:no ddu_infer:fp32:yes:yes ddu_infer:bf16:yes:no; do
+    IFS=: read -r c d cl g <<<"$spec"
+    ./build-gpu/bench/gpu/bench_gpu --case "$c" --dtype "$d" --iters 10 --channels-last "$cl" --graph "$g"
   done
+  DD_CUDNN_LOG=1 ./build-gpu/bench/gpu/bench_gpu --case unet_train --iters 1 --warmup 1 \
+    >/dev/null 2>"$LOG/cudnn_choices.log"
+  DD_CUDNN_LOG=1 ./build-gpu/bench/gpu/bench_gpu --case unet_train --iters 1 --warmup 1 --graph yes \
+    >/dev/null 2>"$LOG/cudnn_graph_choices.log"
+  grep -c "^dd::cudnn" "$LOG/cudnn_choices.log" "$LOG/cudnn_graph_choices.log"
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-  timeout 300 "$NCU" --metrics gpu__time_duration.sum --csv --launch-skip 0 \
-    ./build-gpu/bench/gpu/bench_gpu --case unet_train --iters 1 --warmup 1 --find no ${DD_PROFILE_ARGS:-} \
-    >"$LOG/ncu.csv" 2>"$LOG/ncu.err" || tail -5 "$LOG/ncu.err"
-  $PY bench/gpu/ncu_top.py "$LOG/ncu.csv"
+  profile() {  # name, command...: per-kernel times of the profiled range, largest first
+    local name=$1; shift
+    timeout 240 "$NCU" --metrics gpu__time_duration.sum --csv --profile-from-start off "$@" \
+      >"$LOG/ncu_$name.csv" 2>"$LOG/ncu_$name.err" || tail -5 "$LOG/ncu_$name.err"
+    echo "== $name"; $PY bench/gpu/ncu_top.py "$LOG/ncu_$name.csv"
+  }
+  profile ours ./build-gpu/bench/gpu/bench_gpu --case unet_train --iters 1 --warmup 2 ${DD_PROFILE_ARGS:-}
+  profile ours_graph ./build-gpu/bench/gpu/bench_gpu --case unet_train --iters 1 --warmup 2 --graph yes
+  profile pytorch $PY bench/gpu/torch_reference.py --case unet_train --dtype fp32 --iters 1 --warmup 2
 fi
 if [[ " $PARTS " == *" circles "* ]]; then
   stamp "circles main job on the GPU"

@@ -10,15 +10,17 @@
 #include <string>
 #include <vector>
 
+#include <cuda_profiler_api.h>
+
 #include <dd/ddunet.hpp>
 
-#include "dd/backend/cuda/cudnn.hpp"
+#include "dd/backend/cuda/convolution.hpp"
 
 namespace {
 
 struct Args {
   std::string which = "unet_train", dtype = "fp32";
-  bool channels_last = true, find = true;
+  bool channels_last = true, find = true, graph = false;
   int iters = 20, warmup = 5;
 };
 
@@ -32,36 +34,63 @@ Args parse(int argc, char** argv) {
     else if (k == "--warmup") a.warmup = std::stoi(v);
     else if (k == "--channels-last") a.channels_last = v != "no";
     else if (k == "--find") a.find = v != "no";  // no: cuDNN's heuristics (for profilers: no search kernels)
+    else if (k == "--graph") a.graph = v != "no";  // yes: cuDNN graph-API plans (cudnn_graph.hpp)
     else dd::fail("unknown flag {} (flags: --case unet_train|ddu_infer --dtype fp32|bf16|fp16 --iters N --warmup N "
-                  "--channels-last yes|no --find yes|no)", k);
+                  "--channels-last yes|no --find yes|no --graph yes|no)", k);
   }
   DD_CHECK(a.which == "unet_train" || a.which == "ddu_infer", "--case {}: unet_train or ddu_infer", a.which);
   DD_CHECK(a.dtype == "fp32" || a.dtype == "bf16" || a.dtype == "fp16", "--dtype {}: fp32, bf16 or fp16", a.dtype);
+  DD_CHECK(a.iters >= 1 && a.warmup >= 0, "--iters {} / --warmup {}: at least 1 timed and 0 warm-up iterations",
+           a.iters, a.warmup);
   return a;
 }
 
+// Timed as PyTorch's side is: CUDA events around each step on the caller's stream, steps enqueued
+// back to back (no synchronisation between them, so the host may run ahead of the GPU). enqueue_ms
+// is the host time a step takes to return: when it is close to median_ms, the host is the limit.
+// The timed steps sit inside cudaProfilerStart/Stop, so `ncu --profile-from-start off` sees only
+// them (the warm-up, with cuDNN's algorithm search, stays out of the profile).
 template <class Step>
 void measure(const Args& a, const Step& step) {
   for (int i = 0; i < a.warmup; ++i) step();
   dd::cuda::synchronize_device();
   auto& alloc = dd::cuda::CachingAllocator::instance();
   alloc.reset_peak();
-  std::vector<double> ms;
+  const cudaStream_t s = dd::cuda::current_stream();
+  std::vector<cudaEvent_t> ev(2 * static_cast<std::size_t>(a.iters));
+  for (auto& e : ev) DD_CUDA_CHECK(cudaEventCreate(&e));
+  std::vector<double> host;
+  DD_CUDA_CHECK(cudaProfilerStart());
   for (int i = 0; i < a.iters; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
+    DD_CUDA_CHECK(cudaEventRecord(ev[2 * static_cast<std::size_t>(i)], s));
     step();
-    dd::cuda::synchronize_device();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    DD_CUDA_CHECK(cudaEventRecord(ev[2 * static_cast<std::size_t>(i) + 1], s));
+    host.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
-  std::sort(ms.begin(), ms.end());
+  dd::cuda::synchronize_device();
+  DD_CUDA_CHECK(cudaProfilerStop());
+  std::vector<double> ms;
+  for (int i = 0; i < a.iters; ++i) {
+    float t = 0;
+    DD_CUDA_CHECK(cudaEventElapsedTime(&t, ev[2 * static_cast<std::size_t>(i)], ev[2 * static_cast<std::size_t>(i) + 1]));
+    ms.push_back(t);
+  }
+  for (auto& e : ev) DD_CUDA_CHECK(cudaEventDestroy(e));
+  const auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
   cudaDeviceProp prop{};
   DD_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf(
       "{\"framework\": \"ddunet\", \"case\": \"%s\", \"dtype\": \"%s\", \"median_ms\": %.4f, \"min_ms\": %.4f, "
-      "\"peak_mem_bytes\": %lld, \"reserved_bytes\": %lld, \"tf32\": %s, \"channels_last\": %s, \"cudnn\": %zu, "
-      "\"device\": \"%s\"}\n",
-      a.which.c_str(), a.dtype.c_str(), ms[ms.size() / 2], ms.front(), (long long)alloc.stats().peak_allocated,
-      (long long)alloc.stats().peak_reserved, a.dtype == "fp32" ? "true" : "false", a.channels_last ? "true" : "false",
+      "\"enqueue_ms\": %.4f, \"peak_mem_bytes\": %lld, \"reserved_bytes\": %lld, \"tf32\": %s, \"channels_last\": %s, "
+      "\"graph_api\": %s, \"graph_plans\": %zu, \"graph_fallbacks\": %zu, \"cudnn\": %zu, \"device\": \"%s\"}\n",
+      a.which.c_str(), a.dtype.c_str(), median(ms), *std::min_element(ms.begin(), ms.end()), median(host),
+      (long long)alloc.stats().peak_allocated, (long long)alloc.stats().peak_reserved,
+      a.dtype == "fp32" ? "true" : "false", a.channels_last ? "true" : "false", a.graph ? "true" : "false",
+      dd::cuda::graph::PlanCache::instance().counts().first, dd::cuda::graph::PlanCache::instance().counts().second,
       cudnnGetVersion(), prop.name);
 }
 
@@ -74,6 +103,7 @@ int main(int argc, char** argv) try {
   cs.benchmark = a.find;  // as torch.backends.cudnn.benchmark = True
   cs.deterministic = false;
   cs.channels_last = a.channels_last;
+  cs.graph_api = a.graph;
   // fp32 as PyTorch runs it by default: cuDNN convolutions may use TF32 tensor cores.
   cs.precision = a.dtype == "bf16" ? dd::cuda::Precision::bf16
                  : a.dtype == "fp16" ? dd::cuda::Precision::fp16

@@ -29,6 +29,7 @@ def main():
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--cases", default="unet_train:fp32,unet_train:bf16,ddu_infer:fp32,ddu_infer:bf16")
+    ap.add_argument("--ours-args", default="", help="extra flags for bench_gpu only, e.g. '--graph yes'")
     a = ap.parse_args()
     rows = []
     for spec in a.cases.split(","):
@@ -36,7 +37,7 @@ def main():
         common = ["--case", case, "--dtype", dtype, "--iters", str(a.iters), "--warmup", str(a.warmup)]
         ours, theirs = [], []
         for _ in range(a.rounds):  # alternate, so drifts of the machine hit both sides
-            r = run([a.ours] + common)
+            r = run([a.ours] + common + a.ours_args.split())
             if r: ours.append(r)
             r = run([sys.executable, os.path.join(HERE, "torch_reference.py")] + common)
             if r: theirs.append(r)
@@ -48,6 +49,10 @@ def main():
         m_o = max(r["peak_mem_bytes"] for r in ours)
         m_t = max(r["peak_mem_bytes"] for r in theirs)
         rows.append((case, dtype, t_o, t_t, m_o, m_t))
+        # Host time to enqueue one step: close to the step time means the host, not the GPU, is the limit.
+        h_o = statistics.median(r.get("enqueue_ms") or 0.0 for r in ours)
+        h_t = statistics.median(r.get("enqueue_ms") or 0.0 for r in theirs)
+        print(f"{case} {dtype}: host enqueue time per step: ddunet {h_o:.2f} ms, PyTorch {h_t:.2f} ms", file=sys.stderr)
         print(json.dumps({"case": case, "dtype": dtype, "ours": ours, "pytorch": theirs}), file=sys.stderr)
     print(f"{'case':<12} {'dtype':<5} {'ddunet ms':>10} {'PyTorch ms':>11} {'time ratio':>10} "
           f"{'ddunet MiB':>11} {'PyTorch MiB':>12} {'mem ratio':>9}")

@@ -25,6 +25,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 
 CASES = {
     # case: (model, depth, base, in, classes, image size, grid, F, training)
@@ -251,11 +252,17 @@ def main(argv=None):
     torch.cuda.reset_peak_memory_stats()
 
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(args.iters)]
+    host = []
+    # Only the timed steps inside cudaProfilerStart/Stop (ncu --profile-from-start off), as in bench_gpu.
+    torch.cuda.profiler.start()
     for start, end in events:
+        t0 = time.perf_counter()
         start.record()
         step()
         end.record()
+        host.append((time.perf_counter() - t0) * 1e3)
     torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
     times = [s.elapsed_time(e) for s, e in events]
 
     print(json.dumps({
@@ -264,6 +271,7 @@ def main(argv=None):
         "dtype": args.dtype,
         "median_ms": statistics.median(times) if times else None,
         "min_ms": min(times) if times else None,
+        "enqueue_ms": statistics.median(host) if host else None,
         "peak_mem_bytes": int(torch.cuda.max_memory_allocated()),
         "iters": args.iters,
         "warmup": args.warmup,

@@ -26,7 +26,7 @@ ChannelGrid channel_grid(i64 total, i64 c) {
   return {static_cast<int>(block), static_cast<int>(grid)};
 }
 
-enum class Sum { x, centered_squares, dy_and_dy_centered, dy };
+enum class Sum { x_and_squares, dy_and_dy_centered, dy };
 
 // The gradient batch norm's backward sees at element i (channel ch): dy itself, or, behind the conv
 // block's ReLU and dropout (the fused op; y its output, k its factors per [sample, channel] or null,
@@ -49,14 +49,13 @@ __global__ void partial_sums(const float* x, GradIn gin, const float* mean, i64 
   const i64 stride = static_cast<i64>(gridDim.x) * blockDim.x;
   const i64 first = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
   const i64 ch = threadIdx.x % c;
-  const float m = (S == Sum::centered_squares || S == Sum::dy_and_dy_centered) ? mean[ch] : 0.0f;
+  const float m = S == Sum::dy_and_dy_centered ? mean[ch] : 0.0f;
   double a = 0.0, b = 0.0;
   for (i64 i = first; i < total; i += stride) {
-    if constexpr (S == Sum::x) {
-      a += x[i];
-    } else if constexpr (S == Sum::centered_squares) {
-      const float d = x[i] - m;
-      a += d * d;  // a float product, as the CPU's
+    if constexpr (S == Sum::x_and_squares) {
+      const double v = x[i];
+      a += v;
+      b += v * v;  // exact in double (a float squared has 48 significant bits)
     } else if constexpr (S == Sum::dy_and_dy_centered) {
       const float d = gin.at(i, ch, c);
       a += d;
@@ -86,26 +85,22 @@ __device__ void block_totals(const double* part, int blocks, i64 c, i64 ch, doub
   b = block_sum(b, sh);
 }
 
-__global__ void finish_mean(const double* part, int blocks, i64 c, double count, float* mean) {
+// Mean, invstd and the running statistics from the sums of x and x^2 (one pass over x). The CPU
+// (kernels/cpu/batchnorm.hpp) sums squared deviations in a second pass; in double the two agree to
+// float rounding unless |mean| / std exceeds ~1e4 (cancellation), far beyond normalised activations.
+__global__ void finish_statistics(const double* part, int blocks, i64 c, double count, float eps, float momentum,
+                                  float* mean, float* invstd, float* running_mean, float* running_var) {
   for (i64 ch = blockIdx.x; ch < c; ch += gridDim.x) {
-    double a, b;
-    block_totals(part, blocks, c, ch, a, b);
-    if (threadIdx.x == 0) mean[ch] = static_cast<float>(a / count);
-  }
-}
-
-// invstd and the running statistics, with the CPU's arithmetic (kernels/cpu/batchnorm.hpp).
-__global__ void finish_variance(const double* part, int blocks, i64 c, double count, float eps, float momentum,
-                                const float* mean, float* invstd, float* running_mean, float* running_var) {
-  for (i64 ch = blockIdx.x; ch < c; ch += gridDim.x) {
-    double sq, unused;
-    block_totals(part, blocks, c, ch, sq, unused);
+    double sum, sum_sq;
+    block_totals(part, blocks, c, ch, sum, sum_sq);
     if (threadIdx.x != 0) continue;
+    const double m = sum / count, sq = fmax(sum_sq - sum * m, 0.0);  // sum of squared deviations
     const double var = sq / count;
+    mean[ch] = static_cast<float>(m);
     invstd[ch] = static_cast<float>(1.0 / sqrt(var + eps));
     if (running_mean) {
       const double unbiased = count > 1.0 ? sq / (count - 1.0) : var;
-      running_mean[ch] = static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * double(mean[ch]));
+      running_mean[ch] = static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * m);
       running_var[ch] = static_cast<float>((1.0 - momentum) * running_var[ch] + momentum * unbiased);
     }
   }
@@ -176,11 +171,9 @@ void batchnorm_nhwc_forward_train(const float* x, const float* gamma, const floa
   Scratch part(static_cast<std::size_t>(2 * g.grid * c) * sizeof(double), s, "batchnorm_nhwc_forward_train");
   auto* p = static_cast<double*>(part.p);
   const double count = static_cast<double>(rows);
-  sums<Sum::x>(x, GradIn{nullptr}, nullptr, c, total, g, p, s);
-  finish_mean<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, count, save_mean);
-  sums<Sum::centered_squares>(x, GradIn{nullptr}, save_mean, c, total, g, p, s);
-  finish_variance<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, count, eps, momentum, save_mean, save_invstd,
-                                                        running_mean, running_var);
+  sums<Sum::x_and_squares>(x, GradIn{nullptr}, nullptr, c, total, g, p, s);
+  finish_statistics<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, count, eps, momentum, save_mean, save_invstd,
+                                                          running_mean, running_var);
   batchnorm_nhwc_forward_eval(x, gamma, beta, save_mean, save_invstd, rows, c, y, tail, s);
 }
 

@@ -25,19 +25,25 @@ __global__ void maxpool_forward_kernel(const float* x, i64 h, i64 w, i64 ho, i64
   }
 }
 
-// One thread per input element (a gather, so no atomics and every element of dx is written).
+// One thread per input element (a gather, so no atomics and every element of dx is written; with
+// `accumulate` only the winners are, added to what dx holds, as the CPU kernel does).
 __global__ void maxpool_backward_kernel(const float* dy, const std::uint8_t* argmax, i64 h, i64 w, i64 ho,
-                                        i64 wo, i64 total, float* dx) {
+                                        i64 wo, i64 total, float* dx, bool accumulate) {
   for (i64 e = first_index(); e < total; e += grid_stride()) {
     const i64 r = e / w, col = e - r * w, p = r / h, row = r - p * h;
     const i64 i = row >> 1, j = col >> 1;
     float v = 0.0f;
     if (i < ho && j < wo) {
       const i64 o = (p * ho + i) * wo + j;
-      // + 0.0f: the CPU adds dy into a zeroed dx, which turns -0 into +0.
-      if (argmax[o] == ((row & 1) << 1 | (col & 1))) v = dy[o] + 0.0f;
+      if (argmax[o] == ((row & 1) << 1 | (col & 1))) {
+        if (accumulate) {
+          dx[e] += dy[o];
+          continue;
+        }
+        v = dy[o] + 0.0f;  // + 0.0f: the CPU adds dy into a zeroed dx, which turns -0 into +0
+      }
     }
-    dx[e] = v;
+    if (!accumulate) dx[e] = v;
   }
 }
 
@@ -62,16 +68,22 @@ __global__ void maxpool_nhwc_forward_kernel(const float* x, I c, I h, I w, I ho,
 }
 template <class I>
 __global__ void maxpool_nhwc_backward_kernel(const float* dy, const std::uint8_t* argmax, I c, I h, I w, I ho, I wo,
-                                             I total, float* dx) {
+                                             I total, float* dx, bool accumulate) {
   for (I e = static_cast<I>(first_index()); e < total; e += static_cast<I>(grid_stride())) {
     const I ch = e % c, r = e / c, col = r % w, r2 = r / w, row = r2 % h, p = r2 / h;
     const I i = row >> 1, j = col >> 1;
     float v = 0.0f;
     if (i < ho && j < wo) {
       const I o = ((p * ho + i) * wo + j) * c + ch;
-      if (argmax[o] == ((row & 1) << 1 | (col & 1))) v = dy[o] + 0.0f;
+      if (argmax[o] == ((row & 1) << 1 | (col & 1))) {
+        if (accumulate) {
+          dx[e] += dy[o];
+          continue;
+        }
+        v = dy[o] + 0.0f;
+      }
     }
-    dx[e] = v;
+    if (!accumulate) dx[e] = v;
   }
 }
 
@@ -88,13 +100,13 @@ void maxpool2x2_nhwc_forward(const float* x, i64 n, i64 c, i64 h, i64 w, float* 
   });
 }
 void maxpool2x2_nhwc_backward(const float* dy, const std::uint8_t* argmax, i64 n, i64 c, i64 h, i64 w, float* dx,
-                              cudaStream_t s) {
+                              bool accumulate, cudaStream_t s) {
   const i64 total = n * c * h * w;
   if (total <= 0) return;
   by_index_type(total, [&](auto index) {
     using I = decltype(index);
     maxpool_nhwc_backward_kernel<I><<<grid_for(total), kBlock, 0, s>>>(dy, argmax, I(c), I(h), I(w), I(h / 2),
-                                                                       I(w / 2), I(total), dx);
+                                                                       I(w / 2), I(total), dx, accumulate);
   });
 }
 
@@ -106,10 +118,10 @@ void maxpool2x2_forward(const float* x, i64 planes, i64 h, i64 w, float* y, std:
 }
 
 void maxpool2x2_backward(const float* dy, const std::uint8_t* argmax, i64 planes, i64 h, i64 w, float* dx,
-                         cudaStream_t s) {
+                         bool accumulate, cudaStream_t s) {
   const i64 total = planes * h * w;
   if (planes > 0 && h > 0 && w > 0)
-    maxpool_backward_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, argmax, h, w, h / 2, w / 2, total, dx);
+    maxpool_backward_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, argmax, h, w, h / 2, w / 2, total, dx, accumulate);
 }
 
 }  // namespace dd::cuda::kernels

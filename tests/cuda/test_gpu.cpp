@@ -10,7 +10,7 @@
 
 #include <dd/ddunet.hpp>
 
-#include "dd/backend/cuda/cudnn.hpp"
+#include "dd/backend/cuda/convolution.hpp"
 
 using namespace dd;
 
@@ -38,9 +38,15 @@ double max_error(const Tensor& a, const Tensor& b) {
   return d / std::max(m, 1e-30);
 }
 
-// The GPU activation layout under test (cases that compare with the CPU run in both).
-bool g_channels_last = true;
-constexpr bool kLayouts[] = {true, false};
+// The GPU activation layout and convolution API under test (cases that compare with the CPU run
+// each): channels-last and NCHW with cuDNN's legacy algorithms, channels-last with graph-API plans.
+struct GpuConfig {
+  bool channels_last, graph_api;
+};
+constexpr GpuConfig kDefaultConfig{true, false};
+constexpr GpuConfig kConfigs[] = {{true, false}, {false, false}, {true, true}};
+GpuConfig g_config = kDefaultConfig;
+bool g_channels_last = true;  // g_config.channels_last
 
 // fp32 convolutions without TF32 and deterministic algorithms, in the layout under test, restored
 // afterwards.
@@ -50,6 +56,7 @@ struct ExactConvs {
     cuda::conv_settings().precision = cuda::Precision::fp32;
     cuda::conv_settings().deterministic = true;
     cuda::conv_settings().channels_last = g_channels_last;
+    cuda::conv_settings().graph_api = g_config.graph_api;
   }
   ~ExactConvs() { cuda::conv_settings() = saved; }
 };
@@ -120,10 +127,13 @@ TEST_CASE("GPU tensors: round trips, strided views, fill, add, scale, norm") {
   CHECK(Tensor::full({1, 1, 1, 1}, 3.5f, Device::cuda).item() == 3.5f);
 }
 
-TEST_CASE("GPU ops match the CPU in both layouts: forward within 1e-4, gradients within 1e-3") {
+TEST_CASE("GPU ops match the CPU in both layouts and both cuDNN APIs: forward within 1e-4, gradients within 1e-3") {
   if (no_gpu()) return;
-  for (const bool layout : kLayouts) {
-  g_channels_last = layout;
+  for (const GpuConfig config : kConfigs) {
+  g_config = config;
+  g_channels_last = config.channels_last;
+  const bool layout = config.channels_last;
+  CAPTURE(config.graph_api);
   CAPTURE(layout);
   // Channels-last inputs, as a convolution would hand them on, so every op sees that layout.
   auto in = [layout](const Tensor& t) { return layout ? t.clone_as(MemoryFormat::nhwc) : t; };
@@ -179,6 +189,19 @@ TEST_CASE("GPU ops match the CPU in both layouts: forward within 1e-4, gradients
                return batch_norm_relu_dropout(v[0], v[1], v[2], Tensor::zeros({6, 1, 1, 1}, d),
                                               Tensor::full({6, 1, 1, 1}, 1.0f, d), {training, 0.1f, 1e-5f}, 0.3f, &rng);
              });
+    // Wide layers: one block per 300 channels, 1024 (the widest our kernels take), 1030 (cuDNN's
+    // batch norm with the tail applied after it).
+    for (const std::int64_t c : {300, 1024, 1030}) {
+      CAPTURE(c);
+      const Tensor xc = in(Tensor::randn({2, c, 5, 7}, 60 + c));
+      const Tensor gamma = Tensor::randn({c, 1, 1, 1}, 61), beta = Tensor::randn({c, 1, 1, 1}, 62);
+      check_op("wide fused batch norm -> relu -> dropout", {xc, gamma, beta}, [training, c](const std::vector<Var>& v) {
+        const Device d = v[0].value().device();
+        Rng rng(63);
+        return batch_norm_relu_dropout(v[0], v[1], v[2], Tensor::zeros({c, 1, 1, 1}, d),
+                                       Tensor::full({c, 1, 1, 1}, 1.0f, d), {training, 0.1f, 1e-5f}, 0.3f, &rng);
+      });
+    }
   }
   const Tensor logits = Tensor::randn({2, 3, 9, 11}, 17), L = labels_for({2, 3, 9, 11}, 3, 18);
   check_op("cross entropy", {logits}, [&](const std::vector<Var>& v) {
@@ -196,7 +219,15 @@ TEST_CASE("GPU ops match the CPU in both layouts: forward within 1e-4, gradients
     CHECK(conv2d(Var(xg), w, Var{}, {1, 1, 1}).value().format() == want);
     CHECK(conv2d(Var(xg.clone_as(MemoryFormat::nhwc)), w, Var{}, {1, 1, 1}).value().format() == want);
   }
+  if (config.graph_api) {
+    // The graph-API configuration really ran plans (problems without one fall back to the legacy calls).
+    const auto [with, without] = cuda::graph::PlanCache::instance().counts();
+    MESSAGE("graph API: " << with << " convolution problems ran an execution plan, " << without
+                          << " fell back to the legacy algorithms");
+    CHECK(with > 0);
   }
+  }
+  g_config = kDefaultConfig;
   g_channels_last = true;
 }
 
@@ -249,8 +280,10 @@ void compare_step(M& cpu, M& gpu, const Tensor& x, const Tensor& labels, double 
 
 TEST_CASE("U-Net(3) on the GPU: forward within 1e-4 and gradients within 1e-3 of the CPU (dropout on)") {
   if (no_gpu()) return;
-  for (const bool layout : kLayouts) {
-  g_channels_last = layout;
+  for (const GpuConfig config : kConfigs) {
+  g_config = config;
+  g_channels_last = config.channels_last;
+  CAPTURE(config.graph_api);
   Model<UNet<3, 1, 3, 4>> cpu(7), gpu(7);
   // Dropout masks under which no pre-ReLU value lies within rounding of zero: with the default
   // masks one value of the last block does, and which side of the kink it lands on depends on
@@ -261,13 +294,16 @@ TEST_CASE("U-Net(3) on the GPU: forward within 1e-4 and gradients within 1e-3 of
   const Tensor x = Tensor::randn({4, 1, 64, 64}, 8);
   compare_step(cpu, gpu, x, labels_for(x.shape(), 3, 9));
   }
+  g_config = kDefaultConfig;
   g_channels_last = true;
 }
 
 TEST_CASE("DDU-Net(3, 32, Y) on a 2x2 grid on the GPU (one stream per clone) matches the CPU") {
   if (no_gpu()) return;
-  for (const bool layout : kLayouts) {
-  g_channels_last = layout;
+  for (const GpuConfig config : kConfigs) {
+  g_config = config;
+  g_channels_last = config.channels_last;
+  CAPTURE(config.graph_api);
   using DDU = DomainDecomposed<UNet<3, 1, 3, 4>, CommNet<32>>;
   DDU cpu({2, 2}, Exchange::stitched, 11), gpu({2, 2}, Exchange::stitched, 11);
   const Tensor x = Tensor::randn({2, 1, 128, 128}, 12);
@@ -282,6 +318,7 @@ TEST_CASE("DDU-Net(3, 32, Y) on a 2x2 grid on the GPU (one stream per clone) mat
   // Every op, 3-channel convolutions included, is held to 1e-3 above.
   compare_step(dc, dg, xr, labels_for(xr.shape(), 3, 16), 5e-3);
   }
+  g_config = kDefaultConfig;
   g_channels_last = true;
 }
 
@@ -413,4 +450,32 @@ TEST_CASE("tiled prediction on the GPU gives the CPU model's logits; eval stacks
       });
   CHECK(calls == 6);
   CHECK(rel_error(got, expect) < 1e-4);
+}
+
+TEST_CASE("stacked eval on the GPU gives each clone's logits (both exchanges, batch 2, trained statistics)") {
+  if (no_gpu()) return;
+  ExactConvs exact;
+  for (const Exchange mode : {Exchange::stitched, Exchange::local}) {
+    CAPTURE(static_cast<int>(mode));
+    CAPTURE(g_channels_last);
+    DomainDecomposed<UNet<3, 1, 3, 4>, CommNet<8>> m({2, 2}, mode, 50);
+    m.to(Device::cuda);
+    const Tensor x = Tensor::randn({2, 1, 64, 64}, 51).to(Device::cuda);
+    // One training step first, so the running statistics are not the initial ones.
+    dice_loss(m.forward(Var(x)), labels_for(x.shape(), 3, 52).to(Device::cuda)).backward();
+    m.eval();
+    NoGrad ng;
+    m.set_eval_tiles(EvalTiles::per_clone);
+    CHECK(!m.stacks_eval(x.shape()));
+    const Tensor clones = m.forward(Var(x)).value();
+    m.set_eval_tiles(EvalTiles::automatic);
+    CHECK(m.stacks_eval(x.shape()));
+    CHECK(rel_error(m.forward(Var(x)).value(), clones) < 1e-5);
+    // Unequal subimages (40 = 24 + 16 rows): one stack per shape; per clone runs them on their streams.
+    const Tensor y = Tensor::randn({1, 1, 40, 64}, 53).to(Device::cuda);
+    CHECK(m.stacks_eval(y.shape()));
+    const Tensor uneven = m.forward(Var(y)).value();
+    m.set_eval_tiles(EvalTiles::per_clone);
+    CHECK(rel_error(m.forward(Var(y)).value(), uneven) < 1e-5);
+  }
 }

@@ -12,6 +12,7 @@
 // afterwards: deterministic for a given worker count, and memory grows with the workers, not
 // with the grid. The caller's tape gets two entries that replay the clone tapes, so
 // loss.backward() runs decoders, exchange and encoders in the right order.
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -31,8 +32,9 @@ namespace dd {
 // then uses the running statistics and dropout is off, so a tile's logits do not depend on whether
 // its clone runs alone or stacked with the others on the batch dimension.
 //   per_clone: one pass per clone (CPU workers, or one CUDA stream per clone);
-//   stacked:   the subimages stacked on the batch dimension, one pass (one kernel per layer for all
-//              tiles: what a single GPU wants; PyTorch's DDU-Net reference does the same);
+//   stacked:   the subimages stacked on the batch dimension, one pass per subimage shape (one kernel
+//              per layer for all equal tiles: what a single GPU wants; PyTorch's DDU-Net reference
+//              does the same); when no two subimages are equal, per clone;
 //   automatic: stacked on the GPU, per clone on the CPU (its kernels already split every image).
 // Training and recorded passes always run per clone (each clone normalises with its own statistics).
 enum class EvalTiles { automatic, per_clone, stacked };
@@ -220,30 +222,61 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
     return logits;
   }
 
-  // Whether this pass runs the local clones as one stacked pass (see EvalTiles).
+  // Whether this pass stacks the local clones' subimages (see EvalTiles): in eval without gradients,
+  // when at least two subimages have the same shape.
   bool stacks(const std::vector<Shape>& tiles, bool record) const {
     if (record || training_ || tiles.size() < 2) return false;
     if (eval_tiles_ == EvalTiles::per_clone || (eval_tiles_ == EvalTiles::automatic && !on_gpu())) return false;
-    for (const Shape& t : tiles)
-      if (t != tiles[0]) return false;  // unequal subimages: per clone
-    return true;
+    for (std::size_t i = 0; i < tiles.size(); ++i)
+      for (std::size_t j = i + 1; j < tiles.size(); ++j)
+        if (tiles[i] == tiles[j]) return true;
+    return false;  // all different: per clone (on their own streams)
   }
-  // The local clones' subimages stacked on the batch dimension: one encoder pass, the bottlenecks
-  // cut apart for the exchange (it needs them per subimage), stacked again for one decoder pass.
+  // The local clones' subimages stacked on the batch dimension, one stack per shape (a grid whose
+  // last row or column is narrower has up to four): one encoder pass per stack, the bottlenecks cut
+  // apart for the exchange (it needs them per subimage) and stacked again for one decoder pass per
+  // stack. C = N on one process needs no cutting: one communication pass over all stacks' maps each.
   std::vector<Var> run_stacked(const Grid& coarse, const std::vector<std::int64_t>& local, std::int64_t K,
                                const std::vector<Var>& tiles) {
-    const std::int64_t n = tiles[0].shape().n, L = static_cast<std::int64_t>(tiles.size());
+    const auto L = tiles.size();
+    std::vector<std::vector<std::size_t>> stacks;  // indices of equal subimages, in grid order
+    for (std::size_t i = 0; i < L; ++i) {
+      auto same = std::find_if(stacks.begin(), stacks.end(),
+                               [&](const auto& st) { return tiles[st[0]].shape() == tiles[i].shape(); });
+      if (same == stacks.end()) stacks.push_back({i});
+      else same->push_back(i);
+    }
+    const auto stack_of = [](const std::vector<Var>& v, const std::vector<std::size_t>& st) {
+      if (st.size() == 1) return v[st[0]];
+      std::vector<Var> parts;
+      for (const std::size_t i : st) parts.push_back(v[i]);
+      return concat(parts, 0);
+    };
     Context ctx = main_context(false);
-    UNetFeatures f = net_.encode(ctx, concat(tiles, 0));
-    std::vector<Var> bottlenecks;
-    for (std::int64_t i = 0; i < L; ++i) bottlenecks.push_back(slice(f.bottleneck, 0, i * n, n));
-    TileGroup group{dist_.get(), local, K};
-    f.bottleneck = concat(exchange_bottlenecks(ctx, comm_, bottlenecks, coarse, mode_, net_params_, net_buffers_,
-                                               distributed() ? &group : nullptr),
-                          0);
-    const Var y = net_.decode(ctx, f);
-    std::vector<Var> logits;
-    for (std::int64_t i = 0; i < L; ++i) logits.push_back(slice(y, 0, i * n, n));
+    std::vector<UNetFeatures> features;
+    for (const auto& st : stacks) features.push_back(net_.encode(ctx, stack_of(tiles, st)));
+    if (mode_ == Exchange::local && !distributed()) {
+      for (UNetFeatures& f : features)
+        f.bottleneck = exchange_bottlenecks(ctx, comm_, {f.bottleneck}, coarse, mode_, net_params_, net_buffers_)[0];
+    } else {
+      std::vector<Var> bottlenecks(L);
+      for (std::size_t g = 0; g < stacks.size(); ++g) {
+        const std::int64_t n = tiles[stacks[g][0]].shape().n;
+        for (std::size_t j = 0; j < stacks[g].size(); ++j)
+          bottlenecks[stacks[g][j]] = slice(features[g].bottleneck, 0, std::int64_t(j) * n, n);
+      }
+      TileGroup group{dist_.get(), local, K};
+      const std::vector<Var> exchanged = exchange_bottlenecks(ctx, comm_, bottlenecks, coarse, mode_, net_params_,
+                                                              net_buffers_, distributed() ? &group : nullptr);
+      for (std::size_t g = 0; g < stacks.size(); ++g) features[g].bottleneck = stack_of(exchanged, stacks[g]);
+    }
+    std::vector<Var> logits(L);
+    for (std::size_t g = 0; g < stacks.size(); ++g) {
+      const Var y = net_.decode(ctx, features[g]);
+      const std::int64_t n = tiles[stacks[g][0]].shape().n;
+      for (std::size_t j = 0; j < stacks[g].size(); ++j)
+        logits[stacks[g][j]] = stacks[g].size() == 1 ? y : slice(y, 0, std::int64_t(j) * n, n);
+    }
     return logits;
   }
 

@@ -6,7 +6,9 @@
 //   3. encode each subimage again, put its communicated channels back, decode it and hand its
 //      logits to the sink, which can write the output as it goes.
 // Peak memory is a few subimages' activations plus the coarse map, not the image. The result is
-// the same as DomainDecomposed::forward on the whole image (the kernels run the same way).
+// DomainDecomposed::forward's on the whole image: bit for bit on the CPU (the kernels run the same
+// way); on the GPU forward stacks the subimages (EvalTiles) and cuDNN may sum in another order for
+// a bigger batch, so there it agrees to rounding (the GPU test holds it to 1e-4).
 // A model on the GPU runs there: tiles go to the device as they are read, one at a time (the GPU
 // is parallel within each tile), and the sink gets host tensors.
 #include <functional>
@@ -48,19 +50,12 @@ class TiledPredictor {
         C_(model.bottleneck_channels()),
         ctx_{model.parameters(), Tensor{}, model.buffers(), false, nullptr} {
     model_.eval();
-    NoGrad no_grad;
-    if (F_ == 0) return;
-    const auto K = static_cast<std::int64_t>(rects_.size());
-    std::vector<Var> sent(static_cast<std::size_t>(K));
-    const std::int64_t group = tiles_at_once();
-    for (std::int64_t k0 = 0; k0 < K; k0 += group)
-      run_tiles(std::min(group, K - k0), [&](std::int64_t i) {
-        const UNetFeatures f = encode(k0 + i);
-        sent[std::size_t(k0 + i)] = F_ == C_ ? f.bottleneck : slice(f.bottleneck, 1, C_ - F_, F_);
-      });
-    // On F-channel maps the exchange returns exactly what each clone receives.
-    received_ = exchange_bottlenecks(ctx_, model_.communication(), sent, grid_.coarsened(model_.downsampling()),
-                                     model_.mode(), model_.num_net_params(), model_.num_net_buffers());
+    try {
+      exchange_phase();
+    } catch (...) {
+      model_.train(was_training_);  // the destructor does not run when the constructor throws
+      throw;
+    }
   }
   ~TiledPredictor() { model_.train(was_training_); }
   TiledPredictor(const TiledPredictor&) = delete;
@@ -101,6 +96,23 @@ class TiledPredictor {
   }
 
  private:
+  // Phase 1: every tile's encoder, then the bottleneck exchange (its result kept per tile).
+  void exchange_phase() {
+    NoGrad no_grad;
+    if (F_ == 0) return;
+    const auto K = static_cast<std::int64_t>(rects_.size());
+    std::vector<Var> sent(static_cast<std::size_t>(K));
+    const std::int64_t group = tiles_at_once();
+    for (std::int64_t k0 = 0; k0 < K; k0 += group)
+      run_tiles(std::min(group, K - k0), [&](std::int64_t i) {
+        const UNetFeatures f = encode(k0 + i);
+        sent[std::size_t(k0 + i)] = F_ == C_ ? f.bottleneck : slice(f.bottleneck, 1, C_ - F_, F_);
+      });
+    // On F-channel maps the exchange returns exactly what each clone receives.
+    received_ = exchange_bottlenecks(ctx_, model_.communication(), sent, grid_.coarsened(model_.downsampling()),
+                                     model_.mode(), model_.num_net_params(), model_.num_net_buffers());
+  }
+
   bool on_gpu() const { return model_.parameters().device() != Device::cpu; }
   // Tiles in flight: one per CPU worker; one on the GPU.
   std::int64_t tiles_at_once() const { return on_gpu() ? 1 : std::max(1, model_.workers().count()); }

@@ -32,14 +32,20 @@ inline Var max_pool2x2(const Var& x) {
     Tape::current().record([x, y, argmax, s, gpu, nhwc, f] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = gpu ? Tensor::empty(s, argmax.device(), f) : Tensor::zeros(s);  // the GPU kernels write all of dx
+      // x's gradient so far (the skip connection's, in a U-Net encoder) when its memory is laid out
+      // as the kernels write: the winners are added to it in place (no temporary, no extra pass).
+      const Tensor& g = x.grad();
+      const bool into = g.defined() && g.is_dense(f);
+      // A new gradient: the GPU kernels write all of it, the CPU kernel adds into zeros.
+      Tensor dx = into ? g : gpu ? Tensor::empty(s, argmax.device(), f) : Tensor::zeros(s);
       if (nhwc)
-        DD_GPU(maxpool2x2_nhwc_backward(dy.as_format(f).data(), detail::bytes(argmax), s.n, s.c, s.h, s.w, dx.data()));
+        DD_GPU(maxpool2x2_nhwc_backward(dy.as_format(f).data(), detail::bytes(argmax), s.n, s.c, s.h, s.w, dx.data(),
+                                        into));
       else if (gpu)
-        DD_GPU(maxpool2x2_backward(dy.contiguous().data(), detail::bytes(argmax), s.n * s.c, s.h, s.w, dx.data()));
+        DD_GPU(maxpool2x2_backward(dy.contiguous().data(), detail::bytes(argmax), s.n * s.c, s.h, s.w, dx.data(), into));
       else
         cpu::maxpool2x2_backward(dy.contiguous().data(), detail::bytes(argmax), s.n * s.c, s.h, s.w, dx.data());
-      x.accumulate_grad(std::move(dx));
+      if (!into) x.accumulate_grad(std::move(dx));
     });
   return y;
 }

@@ -1,13 +1,15 @@
 #pragma once
 // cuDNN and cuBLAS as the CUDA backend uses them: checked calls, one handle of each per stream,
 // RAII descriptors, the global convolution settings (precision, determinism, algorithm search,
-// workspace limit), the algorithm cache, and one precision-aware runner for the three convolution
-// directions, onto which gpu/conv2d.hpp and gpu/upconv.hpp map their geometries. Host code only.
+// workspace limit) and the legacy API's algorithm choice and cache. The runner of the three
+// convolution directions is in convolution.hpp, the graph-API path in cudnn_graph.hpp. Host code only.
 #include <cublas_v2.h>
 #include <cudnn.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <mutex>
@@ -131,6 +133,11 @@ class TensorDescriptor {
   TensorDescriptor& operator=(const TensorDescriptor&) = delete;
 
   void set(cudnnDataType_t t, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, bool nhwc = false) {
+    // The legacy API indexes with int: a tensor of 2^31 elements or more fails inside cuDNN, or worse.
+    DD_CHECK(n * c * h * w <= std::numeric_limits<int>::max(),
+             "dd::cudnn: a tensor of [{}, {}, {}, {}] = {} elements is over cuDNN's limit of 2^31 - 1; use a smaller "
+             "batch (a DDU-Net's eval stacks all subimages of the batch into one: set_eval_tiles(EvalTiles::per_clone) "
+             "runs them one by one)", n, c, h, w, n * c * h * w);
     DD_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d_, nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW, t, cudnn_dim(n, "N"),
                                               cudnn_dim(c, "C"), cudnn_dim(h, "H"), cudnn_dim(w, "W")));
   }
@@ -216,6 +223,9 @@ struct ConvSettings {
   // the other order are converted once, at the first op that sees them.
   bool channels_last = true;
   std::size_t workspace_limit = std::size_t{1} << 30;
+  // Run convolutions through cuDNN's graph API (cudnn_graph.hpp: every engine configuration, as
+  // PyTorch does) instead of the legacy algorithm enums; problems without a plan fall back to them.
+  bool graph_api = false;
 };
 
 // Global, read at the start of every convolution call: change it between steps, not during them.
@@ -406,6 +416,16 @@ struct ConvBackwardFilterOps {
   }
 };
 
+// DD_CUDNN_LOG=1: every algorithm search prints its problem, the ranked candidates (status, time,
+// workspace, math type) and the choice to stderr (to see why a layer got a slow kernel).
+inline bool log_algorithm_choices() {
+  static const bool on = [] {
+    const char* v = std::getenv("DD_CUDNN_LOG");
+    return v != nullptr && *v != '\0' && *v != '0';
+  }();
+  return on;
+}
+
 // Ranks the candidates (by measured time with `benchmark`, else by cuDNN's heuristics) and takes
 // the first that succeeded, fits the workspace limit, is deterministic when asked, and in fp32 mode
 // does not use tensor cores. Leaves the descriptor's math type set to the choice's.
@@ -429,9 +449,20 @@ ConvAlgorithm search_algorithm(cudnnHandle_t h, ConvDescriptors& d, const ConvPr
     ranked = st == CUDNN_STATUS_SUCCESS;
   }
   if (!ranked) DD_CUDNN_CHECK(Ops::heuristic(h, d, max_count, &got, perf.data()));
+  const bool log = log_algorithm_choices();
+  if (log)
+    std::fprintf(stderr, "dd::cudnn %s %s [%lld %lld %lld %lld] filter [%lld %lld %lld %lld] pad %lld stride %lld "
+                 "dilation %lld, %s, %s:\n", direction_name(dir), p.nhwc ? "NHWC" : "NCHW", (long long)p.n,
+                 (long long)p.c, (long long)p.h, (long long)p.w, (long long)p.k, (long long)p.c, (long long)p.r,
+                 (long long)p.s, (long long)p.pad, (long long)p.stride, (long long)p.dilation,
+                 precision_name(s.precision), ranked ? "timed (cudnnFind)" : "heuristics");
 
   for (int i = 0; i < got; ++i) {
     const auto& c = perf[static_cast<std::size_t>(i)];
+    if (log)
+      std::fprintf(stderr, "  algo %d: %s, %.3f ms, %.1f MiB, math %d, %s\n", static_cast<int>(c.algo),
+                   cudnnGetErrorString(c.status), double(c.time), double(c.memory) / 1048576.0,
+                   static_cast<int>(c.mathType), c.determinism == CUDNN_DETERMINISTIC ? "deterministic" : "");
     if (c.status != CUDNN_STATUS_SUCCESS) continue;
     if (s.deterministic && c.determinism != CUDNN_DETERMINISTIC) continue;
     // fp32 runs every algorithm with FMA math (no TF32), whatever math the search reported for it.
@@ -441,6 +472,8 @@ ConvAlgorithm search_algorithm(cudnnHandle_t h, ConvDescriptors& d, const ConvPr
     std::size_t bytes = 0;
     if (Ops::workspace(h, d, c.algo, &bytes) != CUDNN_STATUS_SUCCESS) continue;
     if (bytes > s.workspace_limit) continue;
+    if (log) std::fprintf(stderr, "  -> algo %d, math %d, %.1f MiB workspace\n", static_cast<int>(c.algo),
+                          static_cast<int>(math), double(bytes) / 1048576.0);
     return ConvAlgorithm{static_cast<int>(c.algo), math, bytes};
   }
   fail("dd::cudnn: no {} convolution algorithm for {} input [{}, {}, {}, {}], filter [{}, {}, {}, {}], pad {}, "
@@ -472,232 +505,5 @@ inline ConvAlgorithm conv_algorithm(cudnnHandle_t h, ConvDescriptors& d, const C
 }
 
 inline void clear_conv_algorithm_cache() { ConvAlgorithmCache::instance().clear(); }
-
-// ---------------------------------------------------------------------------------------------
-// Running convolutions
-// ---------------------------------------------------------------------------------------------
-
-// The copy between a [k, c, r, s] filter in KCRS memory (our weights) and KRSC (cuDNN's NHWC filter).
-inline kernels::StridedCopy filter_order(std::int64_t k, std::int64_t c, std::int64_t r, std::int64_t s, bool to_krsc) {
-  const std::int64_t kcrs[4] = {c * r * s, r * s, s, 1}, krsc[4] = {r * s * c, 1, s * c, c};
-  kernels::StridedCopy g{{k, c, r, s}, {}, {}};
-  for (int i = 0; i < 4; ++i) {
-    g.dst_strides[i] = to_krsc ? krsc[i] : kcrs[i];
-    g.src_strides[i] = to_krsc ? kcrs[i] : krsc[i];
-  }
-  return g;
-}
-
-// Every pointer handed to cuDNN is 16-byte aligned (dd::is_vector_aligned): unaligned views are
-// staged through aligned scratch by the classes below.
-// A float array as cuDNN reads (and updates) it: the array itself, or an aligned copy when it is an
-// unaligned view; write_back() returns updates to it.
-class AlignedFloats {
- public:
-  AlignedFloats(const float* p, std::int64_t count) : p_(const_cast<float*>(p)), count_(count) {
-    if (!p || count <= 0 || is_vector_aligned(p)) return;
-    buf_.reset(bytes());
-    copy_on_device(buf_.get(), p, bytes());
-  }
-  float* get() const { return buf_.get() ? buf_.floats() : p_; }
-  void write_back() const {
-    if (buf_.get()) copy_on_device(p_, buf_.get(), bytes());
-  }
-
- private:
-  std::size_t bytes() const { return static_cast<std::size_t>(count_) * sizeof(float); }
-  float* p_;
-  std::int64_t count_;
-  DeviceScratch buf_;
-};
-
-// An fp32 input as the convolution consumes it: the pointer itself, or a copy in scratch that lives
-// as long as this object: reordered (a KCRS filter for an NHWC problem), rounded (bf16/fp16), or
-// else realigned (AlignedFloats; the other two copies are aligned already).
-class ConvOperand {
- public:
-  ConvOperand(const float* p, std::int64_t count, Precision prec, const kernels::StridedCopy* reorder = nullptr)
-      : aligned_(reorder || is_half(prec) ? nullptr : p, count), ptr_(aligned_.get() ? aligned_.get() : p) {
-    if (count <= 0) return;
-    if (reorder) {
-      order_.reset(static_cast<std::size_t>(count) * sizeof(float));
-      kernels::copy_strided(order_.floats(), p, *reorder, current_stream());
-      DD_CUDA_CHECK(cudaGetLastError());
-      ptr_ = p = order_.floats();
-    }
-    if (!is_half(prec)) return;
-    buf_.reset(static_cast<std::size_t>(count) * 2);
-    kernels::to_half(p, buf_.get(), count, half_type(prec), current_stream());
-    DD_CUDA_CHECK(cudaGetLastError());
-    ptr_ = buf_.get();
-  }
-  const void* get() const { return ptr_; }
-
- private:
-  AlignedFloats aligned_;
-  const void* ptr_;
-  DeviceScratch order_, buf_;
-};
-
-// One convolution problem on the current stream, with the settings read once at construction.
-// Inputs come as ConvOperands (already in the compute data type); outputs are fp32.
-class Convolution {
- public:
-  explicit Convolution(const ConvProblem& p)
-      : p_(p), s_(conv_settings()), stream_(current_stream()), h_(cudnn_handle(stream_)), d_(p, s_.precision) {}
-
-  Precision precision() const { return s_.precision; }
-  ConvOperand operand(const float* ptr, std::int64_t count) const { return ConvOperand(ptr, count, s_.precision); }
-  // The weight [k, c, r, s] (KCRS memory) as the filter: reordered to KRSC for an NHWC problem.
-  ConvOperand filter(const float* w) const {
-    if (!reorders_filter()) return operand(w, p_.filter_count());
-    const kernels::StridedCopy g = filter_order(p_.k, p_.c, p_.r, p_.s, true);
-    return ConvOperand(w, p_.filter_count(), s_.precision, &g);
-  }
-
-  // y = conv(x, w), written.
-  void forward(const void* x, const void* w, float* y) {
-    const ConvAlgorithm a = prepare(ConvDirection::forward);
-    DeviceScratch ws(a.workspace);
-    const float one = 1.0f, zero = 0.0f;
-    Output out(*this, y, p_.output_count());
-    DD_CUDNN_CHECK(cudnnConvolutionForward(h_, &one, d_.x, x, d_.w, w, d_.conv,
-                                           static_cast<cudnnConvolutionFwdAlgo_t>(a.algo), ws.get(), a.workspace,
-                                           &zero, d_.y, out.get()));
-    out.finish();
-  }
-
-  // dx = conv_backward_data(w, dy), written.
-  void backward_data(const void* w, const void* dy, float* dx) {
-    const ConvAlgorithm a = prepare(ConvDirection::backward_data);
-    DeviceScratch ws(a.workspace);
-    const float one = 1.0f, zero = 0.0f;
-    Output out(*this, dx, p_.input_count());
-    DD_CUDNN_CHECK(cudnnConvolutionBackwardData(h_, &one, d_.w, w, d_.y, dy, d_.conv,
-                                                static_cast<cudnnConvolutionBwdDataAlgo_t>(a.algo), ws.get(),
-                                                a.workspace, &zero, d_.x, out.get()));
-    out.finish();
-  }
-
-  // dw += conv_backward_filter(x, dy), dw in KCRS memory. cuDNN accumulates into dw itself when it
-  // can (fp32, the filter's order is ours, dw aligned); otherwise the gradient goes to scratch in the
-  // data type and the filter order of the problem, and is widened, reordered and added.
-  void backward_filter(const void* x, const void* dy, float* dw) {
-    const ConvAlgorithm a = prepare(ConvDirection::backward_filter);
-    DeviceScratch ws(a.workspace);
-    const float one = 1.0f, zero = 0.0f;
-    if (!is_half(s_.precision) && !reorders_filter() && is_vector_aligned(dw)) {
-      DD_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h_, &one, d_.x, x, d_.y, dy, d_.conv,
-                                                    static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.algo), ws.get(),
-                                                    a.workspace, &one, d_.w, dw));
-      return;
-    }
-    const std::int64_t count = p_.filter_count();
-    DeviceScratch wide(static_cast<std::size_t>(count) * sizeof(float)), half;
-    if (is_half(s_.precision)) half.reset(static_cast<std::size_t>(count) * 2);
-    DD_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h_, &one, d_.x, x, d_.y, dy, d_.conv,
-                                                  static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.algo), ws.get(),
-                                                  a.workspace, &zero, d_.w, half.get() ? half.get() : wide.get()));
-    if (half.get()) from_half(half.get(), wide.floats(), count);
-    add_filter(wide.floats(), dw);
-  }
-
- private:
-  // Where cuDNN writes an fp32 result of `count` elements: dst itself, or (half precision, or dst not
-  // aligned) scratch that finish() widens or copies into dst.
-  class Output {
-   public:
-    Output(Convolution& c, float* dst, std::int64_t count) : c_(c), dst_(dst), count_(count) {
-      if (!is_half(c.s_.precision) && is_vector_aligned(dst)) return;
-      buf_.reset(static_cast<std::size_t>(count) * (is_half(c.s_.precision) ? 2 : sizeof(float)));
-    }
-    void* get() const { return buf_.get() ? buf_.get() : dst_; }
-    void finish() {
-      if (!buf_.get()) return;
-      if (is_half(c_.s_.precision))
-        c_.from_half(buf_.get(), dst_, count_);
-      else
-        copy_on_device(dst_, buf_.get(), static_cast<std::size_t>(count_) * sizeof(float));
-    }
-
-   private:
-    Convolution& c_;
-    float* dst_;
-    std::int64_t count_;
-    DeviceScratch buf_;
-  };
-
-  // An NHWC problem's filter is KRSC; for 1x1 filters that is the same memory as KCRS.
-  bool reorders_filter() const { return p_.nhwc && p_.r * p_.s > 1 && p_.c > 1; }
-  // dw (KCRS) += g (the filter gradient in cuDNN's order for this problem).
-  void add_filter(const float* g, float* dw) {
-    if (reorders_filter())
-      kernels::add_strided(dw, g, filter_order(p_.k, p_.c, p_.r, p_.s, false), stream_);
-    else
-      kernels::axpy(dw, g, p_.filter_count(), 1.0f, stream_);
-    DD_CUDA_CHECK(cudaGetLastError());
-  }
-  ConvAlgorithm prepare(ConvDirection dir) {
-    const ConvAlgorithm a = conv_algorithm(h_, d_, p_, dir, s_);
-    d_.conv.set_math(a.math);  // a cache hit must run with the math type the algorithm was chosen with
-    return a;
-  }
-  void from_half(const void* src, float* dst, std::int64_t count) {
-    kernels::from_half(src, dst, count, half_type(s_.precision), stream_);
-    DD_CUDA_CHECK(cudaGetLastError());
-  }
-
-  ConvProblem p_;
-  ConvSettings s_;
-  cudaStream_t stream_;
-  cudnnHandle_t h_;
-  ConvDescriptors d_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Per-channel bias of NCHW or NHWC tensors (fp32 in every precision)
-// ---------------------------------------------------------------------------------------------
-
-// y[n, c, :, :] += b[c]
-inline void add_channel_bias(const float* b, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
-                             float* y, bool nhwc = false) {
-  if (nhwc && kernels::channels_last_supported(c)) {
-    kernels::add_bias_nhwc(b, n * h * w, c, y, current_stream());
-    DD_CUDA_CHECK(cudaGetLastError());
-    return;
-  }
-  const TensorDescriptor bd(CUDNN_DATA_FLOAT, 1, c, 1, 1), yd(CUDNN_DATA_FLOAT, n, c, h, w, nhwc);
-  const float one = 1.0f;
-  const AlignedFloats bias(b, c);  // realigned when b is a view
-  DD_CUDNN_CHECK(cudnnAddTensor(cudnn_handle(), &one, bd, bias.get(), &one, yd, y));
-}
-
-// db[c] += sum over n, h, w of dy[n, c, :, :]
-inline void accumulate_channel_bias_grad(const float* dy, std::int64_t n, std::int64_t c, std::int64_t h,
-                                         std::int64_t w, float* db, bool nhwc = false) {
-  // Our deterministic per-channel sums (cuDNN's bias-gradient kernels took milliseconds on 2 x 1024^2).
-  if (nhwc && kernels::channels_last_supported(c)) {
-    kernels::bias_grad_nhwc(dy, n * h * w, c, db, current_stream());
-    DD_CUDA_CHECK(cudaGetLastError());
-    return;
-  }
-  if (!nhwc) {
-    kernels::batchnorm_backward_eval(nullptr, dy, nullptr, nullptr, nullptr, n, c, h * w, nullptr, nullptr, db, false,
-                                     current_stream());
-    DD_CUDA_CHECK(cudaGetLastError());
-    return;
-  }
-  const TensorDescriptor dyd(CUDNN_DATA_FLOAT, n, c, h, w, nhwc), bd(CUDNN_DATA_FLOAT, 1, c, 1, 1);
-  const float one = 1.0f;
-  const AlignedFloats acc(db, c);  // realigned when db is a view, written back after the sum
-  DD_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn_handle(), &one, dyd, dy, &one, bd, acc.get()));
-  acc.write_back();
-}
-
-// Zero-fills `count` floats on the current stream (results of convolutions over empty inputs).
-inline void zero_floats(float* p, std::int64_t count) {
-  if (p && count > 0)
-    DD_CUDA_CHECK(cudaMemsetAsync(p, 0, static_cast<std::size_t>(count) * sizeof(float), current_stream()));
-}
 
 }  // namespace dd::cuda

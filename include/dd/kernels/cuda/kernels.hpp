@@ -51,15 +51,16 @@ void relu_scale_planes_nhwc_backward(const float* y, const float* dy, const floa
 // argmax holds the winner's offset in its window (0..3: row * 2 + column), one byte per output.
 void maxpool2x2_forward(const float* x, std::int64_t planes, std::int64_t h, std::int64_t w, float* y,
                         std::uint8_t* argmax, cudaStream_t s);
-// Writes EVERY element of dx (zero where no window chose it).
+// Writes EVERY element of dx (zero where no window chose it), or with `accumulate` adds each window's
+// gradient to its winner in dx and leaves the other elements as they are.
 void maxpool2x2_backward(const float* dy, const std::uint8_t* argmax, std::int64_t planes, std::int64_t h,
-                         std::int64_t w, float* dx, cudaStream_t s);
+                         std::int64_t w, float* dx, bool accumulate, cudaStream_t s);
 
 // Channels-last twins: x and dx are NHWC [n, h, w, c], y, dy and argmax NHWC [n, h/2, w/2, c].
 void maxpool2x2_nhwc_forward(const float* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, float* y,
                              std::uint8_t* argmax, cudaStream_t s);
 void maxpool2x2_nhwc_backward(const float* dy, const std::uint8_t* argmax, std::int64_t n, std::int64_t c,
-                              std::int64_t h, std::int64_t w, float* dx, cudaStream_t s);
+                              std::int64_t h, std::int64_t w, float* dx, bool accumulate, cudaStream_t s);
 
 // ---- softmax over channels of NCHW (one distribution per pixel) ----
 void softmax_channels(const float* x, std::int64_t n, std::int64_t c, std::int64_t plane, float* p, cudaStream_t s);

@@ -6,7 +6,7 @@
 // work goes to the current stream.
 #include <algorithm>
 
-#include "dd/backend/cuda/cudnn.hpp"
+#include "dd/backend/cuda/convolution.hpp"
 #include "dd/kernels/cpu/batchnorm.hpp"
 
 namespace dd::gpu {
@@ -123,6 +123,7 @@ inline void batchnorm_backward(const float* x, const float* dy, const float* gam
                                float* dgamma, float* dbeta, bool nhwc = false,
                                const cpu::BatchNormTail* tail = nullptr) {
   if (detail::batchnorm_empty(g) || (!dx && !dgamma && !dbeta)) return;
+  DD_CHECK(!tail || tail->y, "dd::gpu::batchnorm_backward: a fused tail needs its output (the ReLU mask)");
   const cudaStream_t s = cuda::current_stream();
   if (detail::own_nhwc(g, nhwc)) {  // the tail's backward read on the fly
     const cuda::kernels::ReluTail t =

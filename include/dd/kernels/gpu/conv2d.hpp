@@ -2,7 +2,7 @@
 // Conv2d on the GPU through cuDNN, with the CPU kernel's interface and conventions (weight layout
 // [Cout, Cin, K, K]; dx written, dw and db accumulated). Precision, determinism and algorithm
 // search follow dd::cuda::conv_settings(). Device pointers; work goes to the current stream.
-#include "dd/backend/cuda/cudnn.hpp"
+#include "dd/backend/cuda/convolution.hpp"
 #include "dd/core/tensor.hpp"
 #include "dd/kernels/cpu/conv2d.hpp"
 

@@ -83,9 +83,10 @@ inline void maxpool2x2_nhwc_forward(const float* x, std::int64_t n, std::int64_t
                                     float* y, std::uint8_t* argmax) {
   detail::launch("maxpool2x2_nhwc", k::maxpool2x2_nhwc_forward, x, n, c, h, w, y, argmax);
 }
+// accumulate: add into dx (as the CPU kernel always does) instead of writing all of it.
 inline void maxpool2x2_nhwc_backward(const float* dy, const std::uint8_t* argmax, std::int64_t n, std::int64_t c,
-                                     std::int64_t h, std::int64_t w, float* dx) {
-  detail::launch("maxpool2x2_nhwc_backward", k::maxpool2x2_nhwc_backward, dy, argmax, n, c, h, w, dx);
+                                     std::int64_t h, std::int64_t w, float* dx, bool accumulate = false) {
+  detail::launch("maxpool2x2_nhwc_backward", k::maxpool2x2_nhwc_backward, dy, argmax, n, c, h, w, dx, accumulate);
 }
 
 inline void maxpool2x2_forward(const float* x, std::int64_t planes, std::int64_t h, std::int64_t w, float* y,
@@ -93,8 +94,8 @@ inline void maxpool2x2_forward(const float* x, std::int64_t planes, std::int64_t
   detail::launch("maxpool2x2", k::maxpool2x2_forward, x, planes, h, w, y, argmax);
 }
 inline void maxpool2x2_backward(const float* dy, const std::uint8_t* argmax, std::int64_t planes, std::int64_t h,
-                                std::int64_t w, float* dx) {
-  detail::launch("maxpool2x2_backward", k::maxpool2x2_backward, dy, argmax, planes, h, w, dx);
+                                std::int64_t w, float* dx, bool accumulate = false) {
+  detail::launch("maxpool2x2_backward", k::maxpool2x2_backward, dy, argmax, planes, h, w, dx, accumulate);
 }
 
 inline void softmax_channels(const float* x, std::int64_t n, std::int64_t c, std::int64_t plane, float* p) {

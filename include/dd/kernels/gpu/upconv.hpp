@@ -9,7 +9,7 @@
 //   dx = C forward (dy, w)
 //   dw += C backward-filter ("x" = dy, "dy" = x)
 // Precision etc. follow dd::cuda::conv_settings(). Device pointers; work goes to the current stream.
-#include "dd/backend/cuda/cudnn.hpp"
+#include "dd/backend/cuda/convolution.hpp"
 #include "dd/kernels/cpu/upconv.hpp"
 
 namespace dd::gpu {
