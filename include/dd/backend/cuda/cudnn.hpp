@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -318,36 +319,36 @@ struct ConvAlgorithmKey {
   bool operator==(const ConvAlgorithmKey&) const = default;
 };
 
+// Combines hashes of integer fields (boost's hash_combine).
+inline std::size_t hash_fields(std::initializer_list<std::int64_t> fields, std::size_t h = 0) {
+  for (const std::int64_t f : fields) h ^= std::hash<std::int64_t>{}(f) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+  return h;
+}
+
 struct ConvAlgorithmKeyHash {
   std::size_t operator()(const ConvAlgorithmKey& k) const {
     const ConvProblem& p = k.problem;
-    const std::int64_t fields[] = {p.n, p.c, p.h, p.w, p.k, p.r, p.s, p.pad, p.stride, p.dilation, p.nhwc,
-                                   static_cast<std::int64_t>(k.direction), static_cast<std::int64_t>(k.precision),
-                                   k.deterministic, k.benchmark, static_cast<std::int64_t>(k.workspace_limit),
-                                   k.device};
-    std::size_t h = 0;
-    for (std::int64_t f : fields) h ^= std::hash<std::int64_t>{}(f) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
-    return h;
+    return hash_fields({p.n, p.c, p.h, p.w, p.k, p.r, p.s, p.pad, p.stride, p.dilation, p.nhwc,
+                        static_cast<std::int64_t>(k.direction), static_cast<std::int64_t>(k.precision),
+                        k.deterministic, k.benchmark, static_cast<std::int64_t>(k.workspace_limit), k.device});
   }
 };
 
-// Chosen algorithms, thread-safe. The search runs outside the lock (a cudnnFind can take a
-// while); two threads racing on the same key both search and the first result is kept.
-class ConvAlgorithmCache {
+// The results of searches (algorithms, execution plans), thread-safe. A search runs outside the
+// lock (a cudnnFind can take a while); two threads racing on the same key both search and the
+// first result is kept.
+template <class Key, class Value, class Hash>
+class SearchCache {
  public:
-  static ConvAlgorithmCache& instance() {
-    static auto* c = new ConvAlgorithmCache();
-    return *c;
-  }
-  std::optional<ConvAlgorithm> find(const ConvAlgorithmKey& key) const {
+  std::optional<Value> find(const Key& key) const {
     std::lock_guard lock(m_);
     auto it = map_.find(key);
     if (it == map_.end()) return std::nullopt;
     return it->second;
   }
-  ConvAlgorithm insert(const ConvAlgorithmKey& key, const ConvAlgorithm& a) {
+  Value insert(const Key& key, Value v) {
     std::lock_guard lock(m_);
-    return map_.emplace(key, a).first->second;
+    return map_.emplace(key, std::move(v)).first->second;
   }
   void clear() {
     std::lock_guard lock(m_);
@@ -357,11 +358,30 @@ class ConvAlgorithmCache {
     std::lock_guard lock(m_);
     return map_.size();
   }
+  // How many results satisfy pred.
+  template <class Pred>
+  std::size_t count_if(Pred pred) const {
+    std::lock_guard lock(m_);
+    std::size_t n = 0;
+    for (const auto& kv : map_) n += pred(kv.second) ? 1 : 0;
+    return n;
+  }
+
+ private:
+  mutable std::mutex m_;
+  std::unordered_map<Key, Value, Hash> map_;
+};
+
+// Chosen legacy algorithms.
+class ConvAlgorithmCache : public SearchCache<ConvAlgorithmKey, ConvAlgorithm, ConvAlgorithmKeyHash> {
+ public:
+  static ConvAlgorithmCache& instance() {
+    static auto* c = new ConvAlgorithmCache();
+    return *c;
+  }
 
  private:
   ConvAlgorithmCache() = default;
-  mutable std::mutex m_;
-  std::unordered_map<ConvAlgorithmKey, ConvAlgorithm, ConvAlgorithmKeyHash> map_;
 };
 
 namespace detail {

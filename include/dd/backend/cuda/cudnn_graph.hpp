@@ -13,12 +13,11 @@
 // scratch while timing, so an accumulating filter gradient is not disturbed).
 #include <cudnn.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -125,48 +124,25 @@ struct PlanKey {
 };
 struct PlanKeyHash {
   std::size_t operator()(const PlanKey& k) const {
-    std::size_t h = ConvAlgorithmKeyHash{}(k.algorithm);
-    for (const std::size_t f : {std::size_t(k.accumulate), std::size_t(k.handle)})
-      h ^= std::hash<std::size_t>{}(f) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
-    return h;
+    return hash_fields({k.accumulate, static_cast<std::int64_t>(k.handle)}, ConvAlgorithmKeyHash{}(k.algorithm));
   }
 };
 
-// Searched plans (null: no engine configuration works, run the legacy path). Thread-safe; a
-// search runs outside the lock, and when two threads race on a key the first result is kept.
-class PlanCache {
+// Searched plans (null: no engine configuration works, run the legacy path).
+class PlanCache : public SearchCache<PlanKey, std::shared_ptr<const Plan>, PlanKeyHash> {
  public:
   static PlanCache& instance() {
     static auto* c = new PlanCache();
     return *c;
   }
-  bool find(const PlanKey& k, std::shared_ptr<const Plan>* out) const {
-    std::lock_guard<std::mutex> lock(m_);
-    const auto it = map_.find(k);
-    if (it == map_.end()) return false;
-    *out = it->second;
-    return true;
-  }
-  std::shared_ptr<const Plan> insert(const PlanKey& k, std::shared_ptr<const Plan> p) {
-    std::lock_guard<std::mutex> lock(m_);
-    return map_.emplace(k, std::move(p)).first->second;
-  }
-  void clear() {
-    std::lock_guard<std::mutex> lock(m_);
-    map_.clear();
-  }
   // Problems searched so far: with a plan, and without one (those run the legacy algorithms).
   std::pair<std::size_t, std::size_t> counts() const {
-    std::lock_guard<std::mutex> lock(m_);
-    std::size_t with = 0;
-    for (const auto& kv : map_) with += kv.second != nullptr;
-    return {with, map_.size() - with};
+    const std::size_t with = count_if([](const std::shared_ptr<const Plan>& p) { return p != nullptr; });
+    return {with, size() - with};
   }
 
  private:
   PlanCache() = default;
-  mutable std::mutex m_;
-  std::unordered_map<PlanKey, std::shared_ptr<const Plan>, PlanKeyHash> map_;
 };
 
 namespace detail {
@@ -193,37 +169,35 @@ inline const Descriptor& operation_graph(cudnnHandle_t h, const ConvProblem& p, 
   conv.set(CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, dilation, 2);
   conv.finalize();
 
+  // The direction's operation and the attribute names of its (x-shaped, filter-shaped, y-shaped)
+  // tensors, convolution, alpha and beta.
+  struct Names {
+    cudnnBackendDescriptorType_t type;
+    cudnnBackendAttributeName_t x, w, y, conv, alpha, beta;
+  };
+  const Names a =
+      dir == ConvDirection::forward
+          ? Names{CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+                  CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y,
+                  CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+                  CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA}
+      : dir == ConvDirection::backward_data
+          ? Names{CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR,
+                  CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W,
+                  CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC,
+                  CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA}
+          : Names{CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR,
+                  CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW,
+                  CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC,
+                  CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA};
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  const Descriptor* op = nullptr;
-  switch (dir) {
-    case ConvDirection::forward:
-      op = &parts.emplace_back(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, x);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, w);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, y);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, conv);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, &alpha);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, &beta);
-      break;
-    case ConvDirection::backward_data:
-      op = &parts.emplace_back(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, x);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, w);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY, y);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, conv);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, CUDNN_TYPE_FLOAT, &alpha);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA, CUDNN_TYPE_FLOAT, &beta);
-      break;
-    case ConvDirection::backward_filter:
-      op = &parts.emplace_back(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X, x);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW, w);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY, y);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC, conv);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA, CUDNN_TYPE_FLOAT, &alpha);
-      op->set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA, CUDNN_TYPE_FLOAT, &beta);
-      break;
-  }
+  const Descriptor* op = &parts.emplace_back(a.type);
+  op->set(a.x, x);
+  op->set(a.w, w);
+  op->set(a.y, y);
+  op->set(a.conv, conv);
+  op->set(a.alpha, CUDNN_TYPE_FLOAT, &alpha);
+  op->set(a.beta, CUDNN_TYPE_FLOAT, &beta);
   op->finalize();
 
   const Descriptor& graph = parts.emplace_back(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
@@ -264,6 +238,16 @@ struct EngineInfo {
   std::vector<cudnnBackendBehaviorNote_t> behavior;
   std::int64_t index = -1;
 };
+// Up to `most` values of an array attribute of type T (none when cuDNN does not answer).
+template <class T>
+std::vector<T> array_attribute(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name,
+                               cudnnBackendAttributeType_t type, std::int64_t most) {
+  std::vector<T> v(static_cast<std::size_t>(most));
+  std::int64_t n = 0;
+  if (cudnnBackendGetAttribute(d, name, type, most, &n, v.data()) != CUDNN_STATUS_SUCCESS) n = 0;
+  v.resize(static_cast<std::size_t>(std::clamp<std::int64_t>(n, 0, most)));
+  return v;
+}
 inline EngineInfo engine_info(const Descriptor& config) {
   EngineInfo info;
   Descriptor engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
@@ -272,18 +256,10 @@ inline EngineInfo engine_info(const Descriptor& config) {
   if (cudnnBackendGetAttribute(config.get(), CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &e) !=
       CUDNN_STATUS_SUCCESS)
     return info;
-  info.notes.resize(CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
-  if (cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
-                               CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &n, info.notes.data()) == CUDNN_STATUS_SUCCESS)
-    info.notes.resize(static_cast<std::size_t>(std::max<std::int64_t>(0, n)));
-  else
-    info.notes.clear();
-  info.behavior.resize(CUDNN_BEHAVIOR_NOTE_TYPE_COUNT);
-  if (cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
-                               CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &n, info.behavior.data()) == CUDNN_STATUS_SUCCESS)
-    info.behavior.resize(static_cast<std::size_t>(std::max<std::int64_t>(0, n)));
-  else
-    info.behavior.clear();
+  info.notes = array_attribute<cudnnBackendNumericalNote_t>(e, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
+                                                            CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
+  info.behavior = array_attribute<cudnnBackendBehaviorNote_t>(e, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE,
+                                                              CUDNN_TYPE_BEHAVIOR_NOTE, CUDNN_BEHAVIOR_NOTE_TYPE_COUNT);
   cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, &info.index);
   return info;
 }
@@ -327,8 +303,7 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
                     accumulate,
                     reinterpret_cast<std::uintptr_t>(h)};
   auto& cache = PlanCache::instance();
-  std::shared_ptr<const Plan> hit;
-  if (cache.find(key, &hit)) return hit;
+  if (auto hit = cache.find(key)) return *hit;
 
   const bool log = ::dd::cuda::detail::log_algorithm_choices();
   if (log)
