@@ -59,7 +59,9 @@ if [[ " $PARTS " == *" tests "* ]]; then
 fi
 if [[ " $PARTS " == *" bench "* ]]; then
   stamp "benchmark against PyTorch"
-  $PY bench/gpu/compare.py --ours build-gpu/bench/gpu/bench_gpu ${DD_BENCH_ARGS:---rounds 3} 2>&1 | tee "$LOG/bench.log" || status=1
+  # DD_BENCH_OURS_ARGS: flags for our side only, e.g. "--graph yes" (graph-API convolutions).
+  $PY bench/gpu/compare.py --ours build-gpu/bench/gpu/bench_gpu ${DD_BENCH_ARGS:---rounds 3} \
+    ${DD_BENCH_OURS_ARGS:+--ours-args "$DD_BENCH_OURS_ARGS"} 2>&1 | tee "$LOG/bench.log" || status=1
 fi
 if [[ " $PARTS " == *" profile "* ]]; then
   # Where the time of one U-Net(4) training step goes, per kernel, ours and PyTorch's (Nsight Compute
@@ -68,8 +70,8 @@ if [[ " $PARTS " == *" profile "* ]]; then
   # convolution algorithms cuDNN offered and we chose (DD_CUDNN_LOG, in cudnn_choices.log).
   stamp "profile"
   # c:d:cl:g = case, dtype, channels-last, graph-API convolutions (cudnn_graph.hpp)
-  for spec in unet_train:fp32:no:no unet_train:fp32:yes:no unet_train:fp32:yes:yes unet_train:bf16:yes:no \
-      unet_train:bf16:yes:yes ddu_infer:fp32:yes:no ddu_infer:fp32:yes:yes ddu_infer:bf16:yes:no; do
+  for spec in unet_train:fp32:yes:no unet_train:fp32:yes:yes unet_train:bf16:yes:no unet_train:bf16:yes:yes \
+      ddu_infer:fp32:yes:no ddu_infer:fp32:yes:yes; do
     IFS=: read -r c d cl g <<<"$spec"
     ./build-gpu/bench/gpu/bench_gpu --case "$c" --dtype "$d" --iters 10 --channels-last "$cl" --graph "$g"
   done

@@ -479,3 +479,36 @@ TEST_CASE("stacked eval on the GPU gives each clone's logits (both exchanges, ba
     CHECK(rel_error(m.forward(Var(y)).value(), uneven) < 1e-5);
   }
 }
+
+TEST_CASE("filter gradients add to what the gradient holds (beta = 1), under both cuDNN APIs") {
+  if (no_gpu()) return;
+  for (const GpuConfig config : kConfigs) {
+    g_config = config;
+    g_channels_last = config.channels_last;
+    CAPTURE(config.channels_last);
+    CAPTURE(config.graph_api);
+    ExactConvs exact;
+    const Tensor x = Tensor::randn({2, 6, 17, 20}, 70), w0 = Tensor::randn({8, 6, 3, 3}, 71, 0.2f);
+    const Tensor u0 = Tensor::randn({6, 4, 2, 2}, 72, 0.3f), p0 = Tensor::randn({8, 6, 1, 1}, 75, 0.3f);
+    const Tensor R = Tensor::randn({2, 8, 17, 20}, 73), Ru = Tensor::randn({2, 4, 34, 40}, 74);
+    // Two backward passes into the same parameters: the second must add to the first's gradient
+    // (cuDNN's beta = 1 where the filter order needs no reorder: the 1x1 convolution, NCHW).
+    auto run = [&](Device d, Var& w, Var& u, Var& pw) {
+      for (int pass = 0; pass < 2; ++pass) {
+        const Var xv(x.to(d));
+        weighted_sum(conv2d(xv, w, Var{}, {1, 1, 1}), R).backward();
+        weighted_sum(upconv2x2(xv, u, Var{}), Ru).backward();
+        weighted_sum(conv2d(xv, pw, Var{}, {0, 1, 1}), R).backward();
+      }
+    };
+    Var wc(w0.clone(), true), uc(u0.clone(), true), pc(p0.clone(), true);
+    Var wg(w0.to(Device::cuda), true), ug(u0.to(Device::cuda), true), pg(p0.to(Device::cuda), true);
+    run(Device::cpu, wc, uc, pc);
+    run(Device::cuda, wg, ug, pg);
+    CHECK(rel_error(wg.grad(), wc.grad()) < 1e-3);
+    CHECK(rel_error(ug.grad(), uc.grad()) < 1e-3);
+    CHECK(rel_error(pg.grad(), pc.grad()) < 1e-3);
+  }
+  g_config = kDefaultConfig;
+  g_channels_last = true;
+}

@@ -8,15 +8,16 @@
 // engine configuration finalises for a problem, the caller runs the legacy path instead.
 //
 // One plan per problem, direction, settings and cuDNN handle (plans are built against a handle),
-// searched once: the first configuration that passes the filters in heuristic order, or with
-// `benchmark` the fastest of the first kMaxTimed, timed on the call's own inputs (outputs go to
-// scratch while timing, so an accumulating filter gradient is not disturbed).
+// searched once: the first configuration in heuristic order that passes the filters and runs, or
+// with `benchmark` the fastest of the first kMaxTimed; candidates run on the call's own inputs with
+// the output in scratch (so an accumulating filter gradient is not disturbed).
 #include <cudnn.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -78,7 +79,7 @@ inline Descriptor tensor(std::int64_t uid, cudnnDataType_t type, std::int64_t d0
 }
 
 // Why an engine configuration is not allowed under the settings, or nullptr: fp32 means no
-// tensor cores (TF32) and nothing converted down; tf32 allows TF32 but no down-conversion; half
+// tensor cores (TF32); no precision converts its inputs further down (as PyTorch filters); half
 // precision keeps fp32 accumulation; deterministic excludes engines cuDNN marks otherwise; engines
 // that compile kernels at run time are skipped (seconds on first use, and NVRTC may be missing).
 inline const char* excluded(const std::vector<cudnnBackendNumericalNote_t>& notes,
@@ -86,7 +87,7 @@ inline const char* excluded(const std::vector<cudnnBackendNumericalNote_t>& note
   for (const auto n : notes) {
     if (n == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC && s.deterministic) return "nondeterministic";
     if (n == CUDNN_NUMERICAL_NOTE_TENSOR_CORE && s.precision == Precision::fp32) return "tensor cores (TF32)";
-    if (n == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS && !is_half(s.precision)) return "converts inputs down";
+    if (n == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS) return "converts inputs down";
     if (n == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION) return "reduced-precision reduction";
   }
   for (const auto b : behavior)
@@ -234,17 +235,18 @@ inline std::vector<Descriptor> engine_configs(const Descriptor& graph, cudnnBack
 
 // The numerical and behaviour notes and the global index of a configuration's engine.
 struct EngineInfo {
+  bool known = false;  // the notes could be read (an engine whose notes cannot be is not used)
   std::vector<cudnnBackendNumericalNote_t> notes;
   std::vector<cudnnBackendBehaviorNote_t> behavior;
   std::int64_t index = -1;
 };
-// Up to `most` values of an array attribute of type T (none when cuDNN does not answer).
+// Up to `most` values of an array attribute of type T; nullopt when cuDNN does not answer.
 template <class T>
-std::vector<T> array_attribute(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name,
-                               cudnnBackendAttributeType_t type, std::int64_t most) {
+std::optional<std::vector<T>> array_attribute(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name,
+                                              cudnnBackendAttributeType_t type, std::int64_t most) {
   std::vector<T> v(static_cast<std::size_t>(most));
   std::int64_t n = 0;
-  if (cudnnBackendGetAttribute(d, name, type, most, &n, v.data()) != CUDNN_STATUS_SUCCESS) n = 0;
+  if (cudnnBackendGetAttribute(d, name, type, most, &n, v.data()) != CUDNN_STATUS_SUCCESS) return std::nullopt;
   v.resize(static_cast<std::size_t>(std::clamp<std::int64_t>(n, 0, most)));
   return v;
 }
@@ -256,10 +258,15 @@ inline EngineInfo engine_info(const Descriptor& config) {
   if (cudnnBackendGetAttribute(config.get(), CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &e) !=
       CUDNN_STATUS_SUCCESS)
     return info;
-  info.notes = array_attribute<cudnnBackendNumericalNote_t>(e, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
-                                                            CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
+  const auto notes = array_attribute<cudnnBackendNumericalNote_t>(e, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
+                                                                  CUDNN_TYPE_NUMERICAL_NOTE,
+                                                                  CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
+  if (!notes) return info;  // unknown numerics (TF32? nondeterministic?): not used
+  info.known = true;
+  info.notes = *notes;
   info.behavior = array_attribute<cudnnBackendBehaviorNote_t>(e, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE,
-                                                              CUDNN_TYPE_BEHAVIOR_NOTE, CUDNN_BEHAVIOR_NOTE_TYPE_COUNT);
+                                                              CUDNN_TYPE_BEHAVIOR_NOTE, CUDNN_BEHAVIOR_NOTE_TYPE_COUNT)
+                      .value_or(std::vector<cudnnBackendBehaviorNote_t>{});
   cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, &info.index);
   return info;
 }
@@ -292,8 +299,11 @@ inline float time_plan(cudnnHandle_t h, cudaStream_t stream, const Plan& plan, c
 inline constexpr int kMaxTimed = 12;  // configurations timed per problem with `benchmark` (PyTorch: 10)
 
 // The plan for a direction of problem p on handle h (searched and cached on first use), or null
-// when no configuration passes. x, w, y: the call's device pointers in the problem's data type;
-// only read while timing (outputs go to scratch).
+// when no configuration passes or the graph itself is not supported. x, w, y: the call's device
+// pointers in the problem's data type; the search runs candidates on the inputs among them, with
+// the output in scratch (so an accumulating filter gradient is not disturbed). Without `benchmark`
+// the first candidate that finalises AND runs is taken (a plan that fails at execution is never
+// cached); with it, the fastest of the first kMaxTimed.
 inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream, const ConvProblem& p,
                                             ConvDirection dir, const ConvSettings& s, bool accumulate, const void* x,
                                             const void* w, const void* y) {
@@ -312,61 +322,62 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
                  (long long)p.c, (long long)p.h, (long long)p.w, (long long)p.k, (long long)p.c, (long long)p.r,
                  (long long)p.s, (long long)p.pad, (long long)p.stride, (long long)p.dilation,
                  precision_name(s.precision), s.benchmark ? ", timed" : "");
-  std::vector<Descriptor> parts;
-  const Descriptor& graph = detail::operation_graph(h, p, dir, s.precision, accumulate, parts);
-  std::vector<Descriptor> configs = detail::engine_configs(graph, CUDNN_HEUR_MODE_A);
-  for (auto& c : detail::engine_configs(graph, CUDNN_HEUR_MODE_FALLBACK)) configs.push_back(std::move(c));
-
-  // Scratch outputs for timing, in the problem's data type.
-  const std::size_t elem = is_half(s.precision) ? 2 : sizeof(float);
-  const std::int64_t x_count = p.input_count(), w_count = p.filter_count(), y_count = p.output_count();
-  DeviceScratch scratch;
-  const void* tx = x;
-  const void* tw = w;
-  const void* ty = y;
-  if (s.benchmark) {
-    const std::int64_t out_count = dir == ConvDirection::forward         ? y_count
-                                   : dir == ConvDirection::backward_data ? x_count
-                                                                         : w_count;
-    scratch.reset(static_cast<std::size_t>(out_count) * elem);
-    DD_CUDA_CHECK(cudaMemsetAsync(scratch.get(), 0, static_cast<std::size_t>(out_count) * elem, stream));
-    (dir == ConvDirection::forward ? ty : dir == ConvDirection::backward_data ? tx : tw) = scratch.get();
+  std::vector<Descriptor> parts, configs;
+  try {
+    const Descriptor& graph = detail::operation_graph(h, p, dir, s.precision, accumulate, parts);
+    configs = detail::engine_configs(graph, CUDNN_HEUR_MODE_A);
+    for (auto& c : detail::engine_configs(graph, CUDNN_HEUR_MODE_FALLBACK)) configs.push_back(std::move(c));
+  } catch (const dd::Error& e) {  // a graph cuDNN does not support: the legacy calls run it
+    if (log) std::fprintf(stderr, "  no graph: %s\n  -> none: the legacy algorithms run this problem\n", e.what());
+    return cache.insert(key, nullptr);
   }
+
+  // The output slot points at scratch while candidates run.
+  const std::size_t elem = is_half(s.precision) ? 2 : sizeof(float);
+  const std::int64_t out_count = dir == ConvDirection::forward         ? p.output_count()
+                                 : dir == ConvDirection::backward_data ? p.input_count()
+                                                                       : p.filter_count();
+  DeviceScratch scratch(static_cast<std::size_t>(out_count) * elem);
+  DD_CUDA_CHECK(cudaMemsetAsync(scratch.get(), 0, static_cast<std::size_t>(out_count) * elem, stream));
+  const void* tx = dir == ConvDirection::backward_data ? scratch.get() : x;
+  const void* tw = dir == ConvDirection::backward_filter ? scratch.get() : w;
+  const void* ty = dir == ConvDirection::forward ? scratch.get() : y;
 
   std::shared_ptr<Plan> best;
   float best_ms = 0.0f;
   int timed = 0;
   for (std::size_t i = 0; i < configs.size(); ++i) {
     const detail::EngineInfo info = detail::engine_info(configs[i]);
-    const char* why = excluded(info.notes, info.behavior, s);
+    const char* why = info.known ? excluded(info.notes, info.behavior, s) : "notes unreadable";
     auto plan = std::make_unique<Descriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
-    plan->set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, &h);
-    plan->set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, configs[i]);
     std::int64_t ws = 0, n = 0;
-    if (!why && plan->try_finalize() != CUDNN_STATUS_SUCCESS) why = "does not finalise";
+    if (!why) {
+      plan->set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, &h);
+      plan->set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, configs[i]);
+      if (plan->try_finalize() != CUDNN_STATUS_SUCCESS) why = "does not finalise";
+    }
     if (!why && cudnnBackendGetAttribute(plan->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
                                          &ws) != CUDNN_STATUS_SUCCESS)
       why = "no workspace size";
     if (!why && static_cast<std::size_t>(ws) > s.workspace_limit) why = "workspace over the limit";
+    std::shared_ptr<Plan> candidate;
+    float ms = -1.0f;
+    if (!why) {
+      candidate = std::make_shared<Plan>();
+      candidate->plan = std::move(plan);
+      candidate->workspace = static_cast<std::size_t>(ws);
+      candidate->engine = info.index;
+      ms = detail::time_plan(h, stream, *candidate, tx, tw, ty);
+      if (ms < 0.0f) why = "fails to run";
+    }
     if (why) {
       if (log) std::fprintf(stderr, "  engine %lld: %s\n", (long long)info.index, why);
       continue;
     }
-    auto candidate = std::make_shared<Plan>();
-    candidate->plan = std::move(plan);
-    candidate->workspace = static_cast<std::size_t>(ws);
-    candidate->engine = info.index;
-    if (!s.benchmark) {
-      best = std::move(candidate);
-      if (log) std::fprintf(stderr, "  engine %lld: first allowed, %.1f MiB workspace\n", (long long)info.index,
-                            double(ws) / 1048576.0);
-      break;
-    }
-    const float ms = detail::time_plan(h, stream, *candidate, tx, tw, ty);
     if (log) std::fprintf(stderr, "  engine %lld: %.3f ms, %.1f MiB workspace\n", (long long)info.index, double(ms),
                           double(ws) / 1048576.0);
-    if (ms >= 0.0f && (!best || ms < best_ms)) best = std::move(candidate), best_ms = ms;
-    if (++timed >= kMaxTimed) break;
+    if (!best || ms < best_ms) best = std::move(candidate), best_ms = ms;
+    if (!s.benchmark || ++timed >= kMaxTimed) break;  // heuristics: the first that runs
   }
   if (best) {
     // The plan keeps the graph and every configuration alive (its engine configuration is one).
