@@ -48,6 +48,19 @@ constexpr GpuConfig kConfigs[] = {{true, false}, {false, false}, {true, true}};
 GpuConfig g_config = kDefaultConfig;
 bool g_channels_last = true;  // g_config.channels_last
 
+// Runs body under every configuration of kConfigs (the globals set; the default restored after).
+void for_each_config(const std::function<void(const GpuConfig&)>& body) {
+  for (const GpuConfig config : kConfigs) {
+    g_config = config;
+    g_channels_last = config.channels_last;
+    CAPTURE(config.channels_last);
+    CAPTURE(config.graph_api);
+    body(config);
+  }
+  g_config = kDefaultConfig;
+  g_channels_last = true;
+}
+
 // fp32 convolutions without TF32 and deterministic algorithms, in the layout under test, restored
 // afterwards.
 struct ExactConvs {
@@ -129,12 +142,8 @@ TEST_CASE("GPU tensors: round trips, strided views, fill, add, scale, norm") {
 
 TEST_CASE("GPU ops match the CPU in both layouts and both cuDNN APIs: forward within 1e-4, gradients within 1e-3") {
   if (no_gpu()) return;
-  for (const GpuConfig config : kConfigs) {
-  g_config = config;
-  g_channels_last = config.channels_last;
+  for_each_config([&](const GpuConfig& config) {
   const bool layout = config.channels_last;
-  CAPTURE(config.graph_api);
-  CAPTURE(layout);
   // Channels-last inputs, as a convolution would hand them on, so every op sees that layout.
   auto in = [layout](const Tensor& t) { return layout ? t.clone_as(MemoryFormat::nhwc) : t; };
   const Tensor x = in(Tensor::randn({2, 6, 17, 20}, 2));
@@ -226,9 +235,7 @@ TEST_CASE("GPU ops match the CPU in both layouts and both cuDNN APIs: forward wi
                           << " fell back to the legacy algorithms");
     CHECK(with > 0);
   }
-  }
-  g_config = kDefaultConfig;
-  g_channels_last = true;
+  });
 }
 
 TEST_CASE("GPU errors: mixed devices and bad labels are dd::Error with a message") {
@@ -280,10 +287,7 @@ void compare_step(M& cpu, M& gpu, const Tensor& x, const Tensor& labels, double 
 
 TEST_CASE("U-Net(3) on the GPU: forward within 1e-4 and gradients within 1e-3 of the CPU (dropout on)") {
   if (no_gpu()) return;
-  for (const GpuConfig config : kConfigs) {
-  g_config = config;
-  g_channels_last = config.channels_last;
-  CAPTURE(config.graph_api);
+  for_each_config([&](const GpuConfig&) {
   Model<UNet<3, 1, 3, 4>> cpu(7), gpu(7);
   // Dropout masks under which no pre-ReLU value lies within rounding of zero: with the default
   // masks one value of the last block does, and which side of the kink it lands on depends on
@@ -293,17 +297,12 @@ TEST_CASE("U-Net(3) on the GPU: forward within 1e-4 and gradients within 1e-3 of
   cpu.reseed_dropout(24), gpu.reseed_dropout(24);
   const Tensor x = Tensor::randn({4, 1, 64, 64}, 8);
   compare_step(cpu, gpu, x, labels_for(x.shape(), 3, 9));
-  }
-  g_config = kDefaultConfig;
-  g_channels_last = true;
+  });
 }
 
 TEST_CASE("DDU-Net(3, 32, Y) on a 2x2 grid on the GPU (one stream per clone) matches the CPU") {
   if (no_gpu()) return;
-  for (const GpuConfig config : kConfigs) {
-  g_config = config;
-  g_channels_last = config.channels_last;
-  CAPTURE(config.graph_api);
+  for_each_config([&](const GpuConfig&) {
   using DDU = DomainDecomposed<UNet<3, 1, 3, 4>, CommNet<32>>;
   DDU cpu({2, 2}, Exchange::stitched, 11), gpu({2, 2}, Exchange::stitched, 11);
   const Tensor x = Tensor::randn({2, 1, 128, 128}, 12);
@@ -317,9 +316,7 @@ TEST_CASE("DDU-Net(3, 32, Y) on a 2x2 grid on the GPU (one stream per clone) mat
   // cuDNN), and one flipped pixel moves every gradient upstream by ~1e-3 (see the U-Net case).
   // Every op, 3-channel convolutions included, is held to 1e-3 above.
   compare_step(dc, dg, xr, labels_for(xr.shape(), 3, 16), 5e-3);
-  }
-  g_config = kDefaultConfig;
-  g_channels_last = true;
+  });
 }
 
 TEST_CASE("Adam on the GPU takes the CPU's step; the trainer runs there") {
@@ -482,11 +479,7 @@ TEST_CASE("stacked eval on the GPU gives each clone's logits (both exchanges, ba
 
 TEST_CASE("filter gradients add to what the gradient holds (beta = 1), under both cuDNN APIs") {
   if (no_gpu()) return;
-  for (const GpuConfig config : kConfigs) {
-    g_config = config;
-    g_channels_last = config.channels_last;
-    CAPTURE(config.channels_last);
-    CAPTURE(config.graph_api);
+  for_each_config([&](const GpuConfig&) {
     ExactConvs exact;
     const Tensor x = Tensor::randn({2, 6, 17, 20}, 70), w0 = Tensor::randn({8, 6, 3, 3}, 71, 0.2f);
     const Tensor u0 = Tensor::randn({6, 4, 2, 2}, 72, 0.3f), p0 = Tensor::randn({8, 6, 1, 1}, 75, 0.3f);
@@ -508,7 +501,5 @@ TEST_CASE("filter gradients add to what the gradient holds (beta = 1), under bot
     CHECK(rel_error(wg.grad(), wc.grad()) < 1e-3);
     CHECK(rel_error(ug.grad(), uc.grad()) < 1e-3);
     CHECK(rel_error(pg.grad(), pc.grad()) < 1e-3);
-  }
-  g_config = kDefaultConfig;
-  g_channels_last = true;
+  });
 }
