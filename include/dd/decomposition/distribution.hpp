@@ -29,6 +29,21 @@ class Distribution {
   // so a distributed model gets the single process's gradients bit for bit.
   virtual void chain_sum(float* running, std::int64_t n, const std::function<void(float*)>& add_mine) = 0;
 
+  // Direct collectives, on the tensors' own memory (GPU memory: NCCL, backend/mpi/nccl_distribution.hpp)
+  // instead of host buffers. A distribution that has them says so, and the model then runs the
+  // bottleneck exchange and the shared-weight gradient sum through them, on the current stream:
+  //   all_gather_direct: every rank sends n values (equal counts: pad), `all` gets size() * n in
+  //     rank order;
+  //   all_reduce_sum_direct: in-place sum, the same values on every rank, but in the library's
+  //     order (not chain_sum's one-process bits).
+  virtual bool direct_collectives() const { return false; }
+  virtual void all_gather_direct(const float* /*local*/, std::int64_t /*n*/, float* /*all*/) {
+    fail("dd::Distribution: this distribution has no direct collectives");
+  }
+  virtual void all_reduce_sum_direct(float* /*x*/, std::int64_t /*n*/) {
+    fail("dd::Distribution: this distribution has no direct collectives");
+  }
+
   // The clones rank r runs out of K: [first(r), first(r + 1)).
   std::int64_t first_clone(int r, std::int64_t K) const { return std::int64_t(r) * K / size(); }
   std::vector<std::int64_t> local_clones(std::int64_t K) const {

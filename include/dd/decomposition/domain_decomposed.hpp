@@ -351,7 +351,8 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   // Shared weights: the true gradient is the sum over clones, accumulated from zero in clone order
   // (per-clone buffers; in worker order with per-worker ones), then added to the gradients. A
   // distributed model passes the running sum along the ranks (Distribution::chain_sum), so it gets
-  // one process's bits. The communication network ran on every rank alike and needs no sum.
+  // one process's bits; with direct collectives (NCCL) each rank sums its own clones and the ranks
+  // all-reduce that on the device. The communication network ran on every rank alike and needs no sum.
   void reduce_clone_gradients() {
     if (clones_ == 1 || lane_grads_.empty()) return;
     const auto n = static_cast<std::int64_t>(net_params_);
@@ -359,9 +360,10 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
     auto add_lanes = [&](const Tensor& running) {
       for (auto& cg : lane_grads_) running.add_(cg.slice(0, 0, n).to(running.device()));
     };
-    if (!distributed()) {
+    if (!distributed() || dist_->direct_collectives()) {
       const Tensor running = Tensor::zeros(g.shape(), g.device());
       add_lanes(running);
+      if (distributed()) dist_->all_reduce_sum_direct(running.data(), n);  // on the gradients' device
       g.add_(running);
     } else {
       const Tensor running = Tensor::empty(g.shape());  // on the host: it travels between the ranks

@@ -7,6 +7,7 @@
 //     the ranks all-gather these tiles' gradients, so each rank can run the communication
 //     network's backward on the whole map (and gets the same parameter gradient as one process).
 // Both run on every rank in the same order, so the collectives match.
+#include <algorithm>
 #include <vector>
 
 #include "dd/decomposition/distribution.hpp"
@@ -46,6 +47,50 @@ inline std::vector<Tensor> unpack(const std::vector<float>& all, const std::vect
   DD_CHECK(at == all.size(), "dd::exchange: the ranks sent {} values, the grid's tiles hold {}", all.size(), at);
   return out;
 }
+
+// The K tiles of all ranks from this rank's `mine`, through the distribution's direct collectives
+// (on the tensors' device): each rank packs its tiles into a buffer of the largest rank's size
+// (every rank knows every tile's shape, so every rank's count), one all-gather, and the tiles are
+// views of the gathered buffer.
+inline std::vector<Tensor> gather_direct(const std::vector<Tensor>& mine, const std::vector<Shape>& shapes,
+                                         Distribution& dist, Device d) {
+  const auto K = static_cast<std::int64_t>(shapes.size());
+  const int P = dist.size();
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(P), 0);
+  for (int r = 0; r < P; ++r)
+    for (std::int64_t k = dist.first_clone(r, K); k < dist.first_clone(r + 1, K); ++k)
+      counts[std::size_t(r)] += shapes[std::size_t(k)].numel();
+  const std::int64_t most = *std::max_element(counts.begin(), counts.end());
+  const Tensor send = Tensor::zeros({1, 1, 1, most}, d);  // the padding travels as zeros
+  std::int64_t at = 0;
+  for (const Tensor& t : mine) {
+    DD_CHECK(at + t.numel() <= most, "dd::exchange: this rank's tiles hold more values than its clones' shapes");
+    send.slice(3, at, t.numel()).reshape(t.shape()).copy_from(t);
+    at += t.numel();
+  }
+  const Tensor all = Tensor::empty({1, 1, 1, std::int64_t(P) * most}, d);
+  dist.all_gather_direct(send.data(), most, all.data());
+  std::vector<Tensor> out;
+  for (int r = 0; r < P; ++r) {
+    std::int64_t off = std::int64_t(r) * most;
+    for (std::int64_t k = dist.first_clone(r, K); k < dist.first_clone(r + 1, K); ++k) {
+      const Shape s = shapes[std::size_t(k)];
+      out.push_back(all.slice(3, off, s.numel()).reshape(s));
+      off += s.numel();
+    }
+  }
+  return out;
+}
+
+// All K tiles from this rank's, through host buffers or, when the distribution has them, its direct
+// collectives.
+inline std::vector<Tensor> gather_all(const std::vector<Tensor>& mine, const std::vector<Shape>& shapes,
+                                      Distribution& dist, Device d) {
+  if (dist.direct_collectives()) return gather_direct(mine, shapes, dist, d);
+  const std::vector<float> packed = pack(mine);
+  std::vector<std::int64_t> counts;
+  return unpack(dist.all_gather(packed.data(), std::int64_t(packed.size()), counts), shapes, d);
+}
 }  // namespace detail
 
 // local: this rank's tiles (in local order); shapes: all K tiles' shapes. Returns all K tiles.
@@ -55,11 +100,8 @@ inline std::vector<Var> gather_tiles(const std::vector<Var>& local, const std::v
            group.local.size());
   std::vector<Tensor> values;
   for (const Var& v : local) values.push_back(v.value());
-  const std::vector<float> mine = detail::pack(values);
-  std::vector<std::int64_t> counts;
-  const std::vector<float> all = group.dist->all_gather(mine.data(), std::int64_t(mine.size()), counts);
   const Device d = local.empty() ? Device::cpu : local[0].value().device();
-  std::vector<Tensor> tiles = detail::unpack(all, shapes, d);
+  std::vector<Tensor> tiles = detail::gather_all(values, shapes, *group.dist, d);
   std::vector<Var> out;
   for (std::int64_t k = 0, i = 0; k < group.K; ++k) {
     const bool own = i < std::int64_t(group.local.size()) && group.local[std::size_t(i)] == k;
@@ -80,12 +122,9 @@ inline std::vector<Var> keep_local(const std::vector<Var>& all, const TileGroup&
     Tape::current().record([all, out, group] {
       std::vector<Tensor> grads;  // a tile without a gradient sends zeros: every rank sends its full share
       for (const Var& v : out) grads.push_back(v.grad().defined() ? v.grad() : Tensor::zeros(v.shape(), v.value().device()));
-      const std::vector<float> mine = detail::pack(grads);
-      std::vector<std::int64_t> counts;
-      const std::vector<float> gathered = group.dist->all_gather(mine.data(), std::int64_t(mine.size()), counts);
       std::vector<Shape> shapes;
       for (const Var& v : all) shapes.push_back(v.shape());
-      std::vector<Tensor> g = detail::unpack(gathered, shapes, all[0].value().device());
+      std::vector<Tensor> g = detail::gather_all(grads, shapes, *group.dist, all[0].value().device());
       for (std::size_t k = 0; k < all.size(); ++k)
         if (all[k].requires_grad()) all[k].accumulate_grad(std::move(g[k]));
     });
