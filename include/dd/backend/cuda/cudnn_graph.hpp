@@ -323,9 +323,11 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
                  (long long)p.s, (long long)p.pad, (long long)p.stride, (long long)p.dilation,
                  precision_name(s.precision), s.benchmark ? ", timed" : "");
   std::vector<Descriptor> parts, configs;
+  std::size_t first_fallback = 0;  // configs[first_fallback..]: the fallback list
   try {
     const Descriptor& graph = detail::operation_graph(h, p, dir, s.precision, accumulate, parts);
     configs = detail::engine_configs(graph, CUDNN_HEUR_MODE_A);
+    first_fallback = configs.size();
     for (auto& c : detail::engine_configs(graph, CUDNN_HEUR_MODE_FALLBACK)) configs.push_back(std::move(c));
   } catch (const dd::Error& e) {  // a graph cuDNN does not support: the legacy calls run it
     if (log) std::fprintf(stderr, "  no graph: %s\n  -> none: the legacy algorithms run this problem\n", e.what());
@@ -346,9 +348,14 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
   std::shared_ptr<Plan> best;
   float best_ms = 0.0f;
   int timed = 0;
+  std::vector<std::int64_t> seen;  // engines the heuristics listed: their fallback entries are repeats
   for (std::size_t i = 0; i < configs.size(); ++i) {
     const detail::EngineInfo info = detail::engine_info(configs[i]);
     const char* why = info.known ? excluded(info.notes, info.behavior, s) : "notes unreadable";
+    if (i < first_fallback)
+      seen.push_back(info.index);
+    else if (!why && info.index >= 0 && std::find(seen.begin(), seen.end(), info.index) != seen.end())
+      why = "listed by the heuristics already";
     auto plan = std::make_unique<Descriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
     std::int64_t ws = 0, n = 0;
     if (!why) {
