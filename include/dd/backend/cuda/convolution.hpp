@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "dd/backend/cuda/allocator.hpp"
 #include "dd/backend/cuda/cudnn.hpp"
@@ -89,7 +90,7 @@ class ConvOperand {
 class Convolution {
  public:
   explicit Convolution(const ConvProblem& p)
-      : p_(p), s_(conv_settings()), stream_(current_stream()), h_(cudnn_handle(stream_)), d_(p, s_.precision) {}
+      : p_(p), s_(conv_settings()), stream_(current_stream()), h_(cudnn_handle(stream_)) {}
 
   Precision precision() const { return s_.precision; }
   ConvOperand operand(const float* ptr, std::int64_t count) const { return ConvOperand(ptr, count, s_.precision); }
@@ -107,9 +108,9 @@ class Convolution {
     const ConvAlgorithm a = prepare(ConvDirection::forward);
     DeviceScratch ws(a.workspace);
     const float one = 1.0f, zero = 0.0f;
-    DD_CUDNN_CHECK(cudnnConvolutionForward(h_, &one, d_.x, x, d_.w, w, d_.conv,
+    DD_CUDNN_CHECK(cudnnConvolutionForward(h_, &one, d_->x, x, d_->w, w, d_->conv,
                                            static_cast<cudnnConvolutionFwdAlgo_t>(a.algo), ws.get(), a.workspace,
-                                           &zero, d_.y, out.get()));
+                                           &zero, d_->y, out.get()));
     out.finish();
   }
 
@@ -120,9 +121,9 @@ class Convolution {
     const ConvAlgorithm a = prepare(ConvDirection::backward_data);
     DeviceScratch ws(a.workspace);
     const float one = 1.0f, zero = 0.0f;
-    DD_CUDNN_CHECK(cudnnConvolutionBackwardData(h_, &one, d_.w, w, d_.y, dy, d_.conv,
+    DD_CUDNN_CHECK(cudnnConvolutionBackwardData(h_, &one, d_->w, w, d_->y, dy, d_->conv,
                                                 static_cast<cudnnConvolutionBwdDataAlgo_t>(a.algo), ws.get(),
-                                                a.workspace, &zero, d_.x, out.get()));
+                                                a.workspace, &zero, d_->x, out.get()));
     out.finish();
   }
 
@@ -192,13 +193,14 @@ class Convolution {
     const ConvAlgorithm a = prepare(ConvDirection::backward_filter);
     DeviceScratch ws(a.workspace);
     const float one = 1.0f;
-    DD_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h_, &one, d_.x, x, d_.y, dy, d_.conv,
+    DD_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h_, &one, d_->x, x, d_->y, dy, d_->conv,
                                                   static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.algo), ws.get(),
-                                                  a.workspace, &beta, d_.w, dw));
+                                                  a.workspace, &beta, d_->w, dw));
   }
   ConvAlgorithm prepare(ConvDirection dir) {
-    const ConvAlgorithm a = conv_algorithm(h_, d_, p_, dir, s_);
-    d_.conv.set_math(a.math);  // a cache hit must run with the math type the algorithm was chosen with
+    if (!d_) d_.emplace(p_, s_.precision);  // the legacy path's descriptors, made when it runs
+    const ConvAlgorithm a = conv_algorithm(h_, *d_, p_, dir, s_);
+    d_->conv.set_math(a.math);  // a cache hit must run with the math type the algorithm was chosen with
     return a;
   }
   void from_half(const void* src, float* dst, std::int64_t count) {
@@ -210,7 +212,7 @@ class Convolution {
   ConvSettings s_;
   cudaStream_t stream_;
   cudnnHandle_t h_;
-  ConvDescriptors d_;
+  std::optional<ConvDescriptors> d_;
 };
 
 // ---------------------------------------------------------------------------------------------
