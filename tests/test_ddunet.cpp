@@ -224,6 +224,16 @@ TEST_CASE("eval without gradients: subimages stacked on the batch give each clon
     for (std::size_t i = 0; i < uneven.size(); ++i)
       worst = std::max(worst, double(std::fabs(uneven[i] - uneven_clones[i])));
     CHECK(worst <= 1e-5);
+    // Stacks held to a limit of values (2 images x 8 channels (the concatenation) x 32 x 32 = 16384 per
+    // subimage, a limit of 40000: stacks of two), same logits.
+    m.set_eval_tiles(dd::EvalTiles::stacked);
+    m.set_eval_stack_limit(40000);
+    CHECK(m.stacks_eval(x.shape()));
+    const std::vector<float> chunked = m.forward(Var(x)).value().to_vector();
+    worst = 0;
+    for (std::size_t i = 0; i < clones.size(); ++i) worst = std::max(worst, double(std::fabs(chunked[i] - clones[i])));
+    CHECK(worst <= 1e-5);
+    CHECK_THROWS_AS(m.set_eval_stack_limit(0), dd::Error);
     // No two subimages alike (a 1x2 grid of 24 = 16 + 8 columns): per clone even when asked to stack.
     m.set_eval_tiles(dd::EvalTiles::stacked);
     m.set_grid({1, 2});

@@ -60,7 +60,8 @@ void measure(const Args& a, const Step& step) {
   std::vector<cudaEvent_t> ev(2 * static_cast<std::size_t>(a.iters));
   for (auto& e : ev) DD_CUDA_CHECK(cudaEventCreate(&e));
   std::vector<double> host;
-  DD_CUDA_CHECK(cudaProfilerStart());
+  (void)cudaProfilerStart();  // no profiler attached: a no-op; never a reason to fail the benchmark
+  (void)cudaGetLastError();
   for (int i = 0; i < a.iters; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     DD_CUDA_CHECK(cudaEventRecord(ev[2 * static_cast<std::size_t>(i)], s));
@@ -69,7 +70,8 @@ void measure(const Args& a, const Step& step) {
     host.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   dd::cuda::synchronize_device();
-  DD_CUDA_CHECK(cudaProfilerStop());
+  (void)cudaProfilerStop();
+  (void)cudaGetLastError();
   std::vector<double> ms;
   for (int i = 0; i < a.iters; ++i) {
     float t = 0;

@@ -13,6 +13,7 @@
 // with the grid. The caller's tape gets two entries that replay the clone tapes, so
 // loss.backward() runs decoders, exchange and encoders in the right order.
 #include <algorithm>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -34,7 +35,8 @@ namespace dd {
 //   per_clone: one pass per clone (CPU workers, or one CUDA stream per clone);
 //   stacked:   the subimages stacked on the batch dimension, one pass per subimage shape (one kernel
 //              per layer for all equal tiles: what a single GPU wants; PyTorch's DDU-Net reference
-//              does the same); when no two subimages are equal, per clone;
+//              does the same), split where a stack would exceed set_eval_stack_limit; when no two
+//              subimages are equal, per clone;
 //   automatic: stacked on the GPU, per clone on the CPU (its kernels already split every image).
 // Training and recorded passes always run per clone (each clone normalises with its own statistics).
 enum class EvalTiles { automatic, per_clone, stacked };
@@ -117,6 +119,12 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   const CpuWorkers& workers() const { return workers_; }
   void set_eval_tiles(EvalTiles e) { eval_tiles_ = e; }
   EvalTiles eval_tiles() const { return eval_tiles_; }
+  // The most values one stacked activation may hold (default 2^31 - 1, what cuDNN's legacy API
+  // indexes): a stack that would exceed it is split into several passes.
+  void set_eval_stack_limit(std::int64_t values) {
+    DD_CHECK(values > 0, "dd::DomainDecomposed::set_eval_stack_limit: {} values is not a limit", values);
+    eval_stack_limit_ = values;
+  }
   // Whether a pass without gradients over an image of this shape, in the current mode, runs this
   // process's clones stacked (see EvalTiles).
   bool stacks_eval(const Shape& image) const {
@@ -241,8 +249,13 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
     const auto L = tiles.size();
     std::vector<std::vector<std::size_t>> stacks;  // indices of equal subimages, in grid order
     for (std::size_t i = 0; i < L; ++i) {
-      auto same = std::find_if(stacks.begin(), stacks.end(),
-                               [&](const auto& st) { return tiles[st[0]].shape() == tiles[i].shape(); });
+      const Shape& s = tiles[i].shape();
+      // Values of the widest activation of this subimage; a stack holds as many as the limit allows.
+      const std::int64_t per_tile = s.n * widest_per_pixel() * s.h * s.w;
+      const auto most = static_cast<std::size_t>(std::max<std::int64_t>(1, eval_stack_limit_ / per_tile));
+      auto same = std::find_if(stacks.begin(), stacks.end(), [&](const auto& st) {
+        return tiles[st[0]].shape() == s && st.size() < most;
+      });
       if (same == stacks.end()) stacks.push_back({i});
       else same->push_back(i);
     }
@@ -278,6 +291,15 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
         logits[stacks[g][j]] = stacks[g].size() == 1 ? y : slice(y, 0, std::int64_t(j) * n, n);
     }
     return logits;
+  }
+
+  // Values per pixel of a subimage's widest activation: the first level's concatenation (twice the
+  // base channels at full resolution), or the input, or the logits (deeper levels hold fewer).
+  std::int64_t widest_per_pixel() const {
+    if constexpr (requires { Net::channels(0) + Net::in_channels + Net::classes; })
+      return std::max({2 * std::int64_t(Net::channels(0)), std::int64_t(Net::in_channels), std::int64_t(Net::classes)});
+    else
+      return std::max({2 * std::int64_t(net_.ch(0)), std::int64_t(net_.in_channels()), std::int64_t(net_.classes())});
   }
 
   // Runs task(i) for every local clone i: on the CPU workers, or on the GPU with clone i's work
@@ -420,6 +442,7 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   std::int64_t clones_ = 1;
   bool per_clone_lanes_ = false;
   EvalTiles eval_tiles_ = EvalTiles::automatic;
+  std::int64_t eval_stack_limit_ = std::numeric_limits<int>::max();
   std::shared_ptr<Distribution> dist_;
 };
 

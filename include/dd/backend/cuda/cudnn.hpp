@@ -137,8 +137,7 @@ class TensorDescriptor {
     // The legacy API indexes with int: a tensor of 2^31 elements or more fails inside cuDNN, or worse.
     DD_CHECK(n * c * h * w <= std::numeric_limits<int>::max(),
              "dd::cudnn: a tensor of [{}, {}, {}, {}] = {} elements is over cuDNN's limit of 2^31 - 1; use a smaller "
-             "batch (a DDU-Net's eval stacks all subimages of the batch into one: set_eval_tiles(EvalTiles::per_clone) "
-             "runs them one by one)", n, c, h, w, n * c * h * w);
+             "batch or smaller subimages (a finer grid)", n, c, h, w, n * c * h * w);
     DD_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d_, nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW, t, cudnn_dim(n, "N"),
                                               cudnn_dim(c, "C"), cudnn_dim(h, "H"), cudnn_dim(w, "W")));
   }
