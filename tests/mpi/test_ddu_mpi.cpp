@@ -164,6 +164,7 @@ TEST_CASE("unequal ownership: a 2x3 grid of unequal subimages, DDU-Net(2, 8, Y) 
 TEST_CASE("direct collectives (NcclDistribution's path, on host memory): unequal tiles padded, gradients all-reduced") {
   using DDU = DomainDecomposed<UNet<2, 1, 3, 4>, CommNet<8>>;
   compare_with_one_process<DDU>({2, 3}, Exchange::stitched, {1, 1, 40, 52}, true);
+  compare_with_one_process<DDU>({2, 3}, Exchange::local, {1, 1, 40, 52}, true);
   compare_with_one_process<DomainDecomposed<UNet<3, 1, 3, 4>, CommNet<16>>>({2, 2}, Exchange::stitched,
                                                                             {2, 1, 64, 64}, true);
 }
