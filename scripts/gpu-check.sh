@@ -73,7 +73,14 @@ if [[ " $PARTS " == *" profile "* ]]; then
   for spec in unet_train:fp32:yes:no unet_train:fp32:yes:yes unet_train:bf16:yes:no unet_train:bf16:yes:yes \
       ddu_infer:fp32:yes:no ddu_infer:fp32:yes:yes; do
     IFS=: read -r c d cl g <<<"$spec"
-    ./build-gpu/bench/gpu/bench_gpu --case "$c" --dtype "$d" --iters 10 --channels-last "$cl" --graph "$g"
+    ./build-gpu/bench/gpu/bench_gpu --case "$c" --dtype "$d" --iters 10 --channels-last "$cl" --graph "$g" \
+      | tee -a "$LOG/profile_runs.jsonl" | $PY -c 'import json, sys
+for line in sys.stdin:
+    if line.startswith("{"):
+        r = json.loads(line)
+        print("run %(case)s %(dtype)s channels-last %(channels_last)s graph %(graph_api)s: %(median_ms).2f ms "
+              "(enqueue %(enqueue_ms).2f ms), peak %(mib).0f MiB, graph plans %(graph_plans)s / fallbacks "
+              "%(graph_fallbacks)s" % dict(r, mib=r["peak_mem_bytes"] / 2**20))'
   done
   DD_CUDNN_LOG=1 ./build-gpu/bench/gpu/bench_gpu --case unet_train --iters 1 --warmup 1 \
     >/dev/null 2>"$LOG/cudnn_choices.log"
