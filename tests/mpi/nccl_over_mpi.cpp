@@ -2,7 +2,6 @@
 // shares the NCCL id over MPI and the ranks all-reduce a buffer on their GPUs (one rank per GPU),
 // then a DDU-Net on the GPUs spread over the ranks with NcclDistribution (exchange and gradient sum
 // over NCCL) trains a step as the same model in one process does.
-#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <vector>
@@ -12,49 +11,35 @@
 #include "dd/backend/mpi/environment.hpp"
 #include "dd/backend/mpi/nccl.hpp"
 #include "dd/backend/mpi/nccl_distribution.hpp"
+#include "tiles.hpp"
 
 namespace {
-double max_rel(const dd::Tensor& a, const dd::Tensor& b) {
-  const auto x = a.to_vector(), y = b.to_vector();
-  double d = 0, m = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) d = std::max(d, double(std::fabs(x[i] - y[i]))), m = std::max(m, double(std::fabs(y[i])));
-  return d / std::max(m, 1e-30);
-}
-
 // DDU-Net(2, 8, Y) on a 2x3 grid of unequal subimages: this rank's logits and everyone's gradients
 // after one step, distributed over NCCL, against the undistributed model (same seeds, same GPU).
 void ddu_over_nccl(dd::mpi::Communicator& world) {
   using DDU = dd::DomainDecomposed<dd::UNet<2, 1, 3, 4>, dd::CommNet<8>>;
   auto dist = std::make_shared<dd::mpi::NcclDistribution>(world);
   const dd::Shape image{1, 1, 40, 52};
-  const dd::Tensor x = dd::Tensor::randn(image, 7);
+  const dd::Tensor x = dd::Tensor::randn(image, 7), labels = dd::Tensor::full(image, 1.0f);
   DDU ref({2, 3}, dd::Exchange::stitched, 3), m({2, 3}, dd::Exchange::stitched, 3);
   ref.to(dd::Device::cuda), m.to(dd::Device::cuda);
   m.distribute(dist);
   const dd::Grid g = ref.grid_for(image);
   const dd::Var y_ref = ref.forward(dd::Var(x.to(dd::Device::cuda)));
   std::vector<dd::Tensor> all_labels;
-  for (const dd::Var& t : dd::cut(y_ref, g)) all_labels.push_back(dd::Tensor::full({1, 1, t.shape().h, t.shape().w}, 1.0f).to(dd::Device::cuda));
+  for (const dd::Var& t : dd::cut(y_ref, g))
+    all_labels.push_back(dd::Tensor::full({1, 1, t.shape().h, t.shape().w}, 1.0f).to(dd::Device::cuda));
   dd::dice_loss(dd::cut(y_ref, g), all_labels).backward();
   std::vector<dd::Var> in;
   std::vector<dd::Tensor> my_labels;
-  const std::vector<std::int64_t> mine = m.local_clones(g.count());
-  for (const std::int64_t k : mine) {
-    const std::int64_t i = k / g.cols(), j = k % g.cols();
-    in.emplace_back(x.tile(g.row_offset(i), g.heights()[std::size_t(i)], g.col_offset(j), g.widths()[std::size_t(j)])
-                        .clone()
-                        .to(dd::Device::cuda));
-    my_labels.push_back(all_labels[std::size_t(k)]);
-  }
+  for (const dd::Tensor& t : dd::test::my_tiles(m, x)) in.emplace_back(t.to(dd::Device::cuda));
+  for (const dd::Tensor& t : dd::test::my_tiles(m, labels)) my_labels.push_back(t.to(dd::Device::cuda));
   const std::vector<dd::Var> y = m.forward_tiles(image, in);
   dd::dice_loss(y, my_labels, dd::mpi::sum_over(*dist)).backward();
-  for (std::size_t i = 0; i < y.size(); ++i) {
-    const std::int64_t k = mine[i], r = k / g.cols(), c = k % g.cols();
-    const dd::Tensor want = y_ref.value().to(dd::Device::cpu).tile(g.row_offset(r), g.heights()[std::size_t(r)],
-                                                                   g.col_offset(c), g.widths()[std::size_t(c)]);
-    DD_CHECK(max_rel(y[i].value(), want) < 1e-5, "nccl_over_mpi: logits of clone {} differ", k);
-  }
-  const double dg = max_rel(m.gradients(), ref.gradients());
+  const std::vector<dd::Tensor> want = dd::test::my_tiles(m, y_ref.value());
+  for (std::size_t i = 0; i < y.size(); ++i)
+    DD_CHECK(dd::test::max_rel(y[i].value(), want[i]) < 1e-5, "nccl_over_mpi: logits of local clone {} differ", i);
+  const double dg = dd::test::max_rel(m.gradients(), ref.gradients());
   DD_CHECK(dg < 1e-4, "nccl_over_mpi: gradients differ by {} from one process", dg);
   if (world.rank() == 0) std::printf("nccl_over_mpi: DDU-Net over NCCL: gradients within %.1e of one process\n", dg);
 }

@@ -14,6 +14,7 @@
 #include "dd/backend/mpi/distribution.hpp"
 #include "dd/backend/mpi/environment.hpp"
 #include "dd/backend/mpi/rank_grid.hpp"
+#include "tiles.hpp"
 
 using namespace dd;
 
@@ -21,31 +22,14 @@ namespace {
 
 mpi::Communicator* world = nullptr;
 
-double max_rel(const Tensor& a, const Tensor& b) {
-  const auto x = a.to_vector(), y = b.to_vector();
-  REQUIRE(x.size() == y.size());
-  double d = 0, m = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) d = std::max(d, double(std::fabs(x[i] - y[i]))), m = std::max(m, double(std::fabs(y[i])));
-  return d / std::max(m, 1e-30);
-}
+using test::max_rel;
+using test::my_tiles;
 
 Tensor labels_for(Shape s, std::uint64_t seed) {
   Rng rng(seed);
   Tensor l = Tensor::empty({s.n, 1, s.h, s.w});
   for (std::int64_t i = 0; i < l.numel(); ++i) l.data()[i] = float(rng.uniform_int(0, 2));
   return l;
-}
-
-// The subimages of the clones this rank owns, as separate (contiguous) tensors.
-template <class M>
-std::vector<Tensor> my_tiles(const M& m, const Tensor& image) {
-  const Grid g = m.grid_for(image.shape());
-  std::vector<Tensor> out;
-  for (const std::int64_t k : m.local_clones(g.count())) {
-    const std::int64_t i = k / g.cols(), j = k % g.cols();
-    out.push_back(image.tile(g.row_offset(i), g.heights()[std::size_t(i)], g.col_offset(j), g.widths()[std::size_t(j)]).clone());
-  }
-  return out;
 }
 
 // MpiDistribution with direct collectives on host memory: the code path NcclDistribution takes on

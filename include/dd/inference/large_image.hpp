@@ -113,7 +113,7 @@ class TiledPredictor {
                                      model_.mode(), model_.num_net_params(), model_.num_net_buffers());
   }
 
-  bool on_gpu() const { return model_.parameters().device() != Device::cpu; }
+  bool on_gpu() const { return model_.device() == Device::cuda; }
   // Tiles in flight: one per CPU worker; one on the GPU.
   std::int64_t tiles_at_once() const { return on_gpu() ? 1 : std::max(1, model_.workers().count()); }
   void run_tiles(std::int64_t n, const std::function<void(std::int64_t)>& task) {

@@ -65,7 +65,7 @@ inline Tensor batch_norm_forward(const Var& x, const Var& gamma, const Var& beta
     if (gpu) {
       DD_GPU(batchnorm_invstd(running_var.data(), s.c, o.eps, invstd.data()));
       DD_GPU(batchnorm_forward_eval(X.data(), gamma.value().data(), beta.value().data(), running_mean.data(),
-                                    running_var.data(), g, o.eps, Y.data(), nhwc, tail));
+                                    running_var.data(), g, o.eps, Y.data(), nhwc, tail, invstd.data()));
     } else {
       for (std::int64_t c = 0; c < s.c; ++c) invstd.data()[c] = 1.0f / std::sqrt(running_var.data()[c] + o.eps);
       cpu::batchnorm_forward_eval(X.data(), gamma.value().data(), beta.value().data(), running_mean.data(),

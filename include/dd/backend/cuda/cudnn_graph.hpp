@@ -397,6 +397,4 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
   return cache.insert(key, std::move(best));
 }
 
-inline void clear_plan_cache() { PlanCache::instance().clear(); }
-
 }  // namespace dd::cuda::graph

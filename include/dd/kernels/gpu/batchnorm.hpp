@@ -92,16 +92,22 @@ inline void batchnorm_forward_train(const float* x, const float* gamma, const fl
 }
 
 // Evaluation forward with given statistics: y = gamma * (x - mean) / sqrt(var + eps) + beta.
+// invstd: 1 / sqrt(var + eps) when the caller has it already (may be null).
 inline void batchnorm_forward_eval(const float* x, const float* gamma, const float* beta, const float* mean,
                                    const float* var, const cpu::BatchNormGeometry& g, float eps, float* y,
-                                   bool nhwc = false, cpu::BatchNormTail* tail = nullptr) {
+                                   bool nhwc = false, cpu::BatchNormTail* tail = nullptr,
+                                   const float* invstd = nullptr) {
   if (detail::batchnorm_empty(g)) return;
   const double epsilon = detail::batchnorm_epsilon(eps);
   if (detail::own_nhwc(g, nhwc)) {
     const cudaStream_t s = cuda::current_stream();
-    cuda::DeviceScratch invstd(static_cast<std::size_t>(g.c) * sizeof(float));
-    cuda::kernels::batchnorm_invstd(var, g.c, eps, invstd.floats(), s);
-    cuda::kernels::batchnorm_nhwc_forward_eval(x, gamma, beta, mean, invstd.floats(), g.count(), g.c, y,
+    cuda::DeviceScratch computed;
+    if (!invstd) {
+      computed.reset(static_cast<std::size_t>(g.c) * sizeof(float));
+      cuda::kernels::batchnorm_invstd(var, g.c, eps, computed.floats(), s);
+      invstd = computed.floats();
+    }
+    cuda::kernels::batchnorm_nhwc_forward_eval(x, gamma, beta, mean, invstd, g.count(), g.c, y,
                                                detail::kernel_tail(g, tail), s);
     DD_CUDA_CHECK(cudaGetLastError());
     return;
