@@ -69,16 +69,19 @@ if [[ " $PARTS " == *" profile "* ]]; then
   # with cuDNN's algorithm search stays out), our step in both activation layouts, and the
   # convolution algorithms cuDNN offered and we chose (DD_CUDNN_LOG, in cudnn_choices.log).
   stamp "profile"
-  # c:d:cl:g = case, dtype, channels-last, graph-API convolutions (cudnn_graph.hpp)
-  for spec in unet_train:fp32:yes:no unet_train:fp32:yes:yes unet_train:bf16:yes:no unet_train:bf16:yes:yes \
-      ddu_infer:fp32:yes:no ddu_infer:fp32:yes:yes; do
-    IFS=: read -r c d cl g <<<"$spec"
+  # c:d:cl:g:h = case, dtype, channels-last, graph-API convolutions (cudnn_graph.hpp), half activations
+  for spec in unet_train:fp32:yes:no:no unet_train:fp32:yes:yes:no unet_train:bf16:yes:no:no \
+      unet_train:bf16:yes:yes:no unet_train:bf16:yes:no:yes unet_train:bf16:yes:yes:yes \
+      ddu_infer:fp32:yes:no:no ddu_infer:fp32:yes:yes:no ddu_infer:bf16:yes:no:no ddu_infer:bf16:yes:no:yes; do
+    IFS=: read -r c d cl g h <<<"$spec"
     ./build-gpu/bench/gpu/bench_gpu --case "$c" --dtype "$d" --iters 10 --channels-last "$cl" --graph "$g" \
+      --half-activations "$h" \
       | tee -a "$LOG/profile_runs.jsonl" | $PY -c 'import json, sys
 for line in sys.stdin:
     if line.startswith("{"):
         r = json.loads(line)
-        print("run %(case)s %(dtype)s channels-last %(channels_last)s graph %(graph_api)s: %(median_ms).2f ms "
+        print("run %(case)s %(dtype)s channels-last %(channels_last)s graph %(graph_api)s half activations "
+              "%(half_activations)s: %(median_ms).2f ms "
               "(enqueue %(enqueue_ms).2f ms), peak %(mib).0f MiB, graph plans %(graph_plans)s / fallbacks "
               "%(graph_fallbacks)s" % dict(r, mib=r["peak_mem_bytes"] / 2**20))'
   done

@@ -20,7 +20,7 @@ namespace {
 
 struct Args {
   std::string which = "unet_train", dtype = "fp32";
-  bool channels_last = true, find = true, graph = false;
+  bool channels_last = true, find = true, graph = false, half_activations = false;
   int iters = 20, warmup = 5;
 };
 
@@ -35,8 +35,10 @@ Args parse(int argc, char** argv) {
     else if (k == "--channels-last") a.channels_last = v != "no";
     else if (k == "--find") a.find = v != "no";  // no: cuDNN's heuristics (for profilers: no search kernels)
     else if (k == "--graph") a.graph = v != "no";  // yes: cuDNN graph-API plans (cudnn_graph.hpp)
+    // yes: bf16/fp16 activations (ConvSettings::half_activations), as PyTorch's autocast keeps them
+    else if (k == "--half-activations") a.half_activations = v != "no";
     else dd::fail("unknown flag {} (flags: --case unet_train|ddu_infer --dtype fp32|bf16|fp16 --iters N --warmup N "
-                  "--channels-last yes|no --find yes|no --graph yes|no)", k);
+                  "--channels-last yes|no --find yes|no --graph yes|no --half-activations yes|no)", k);
   }
   DD_CHECK(a.which == "unet_train" || a.which == "ddu_infer", "--case {}: unet_train or ddu_infer", a.which);
   DD_CHECK(a.dtype == "fp32" || a.dtype == "bf16" || a.dtype == "fp16", "--dtype {}: fp32, bf16 or fp16", a.dtype);
@@ -88,11 +90,13 @@ void measure(const Args& a, const Step& step) {
   std::printf(
       "{\"framework\": \"ddunet\", \"case\": \"%s\", \"dtype\": \"%s\", \"median_ms\": %.4f, \"min_ms\": %.4f, "
       "\"enqueue_ms\": %.4f, \"peak_mem_bytes\": %lld, \"reserved_bytes\": %lld, \"tf32\": %s, \"channels_last\": %s, "
-      "\"graph_api\": %s, \"graph_plans\": %zu, \"graph_fallbacks\": %zu, \"cudnn\": %zu, \"device\": \"%s\"}\n",
+      "\"graph_api\": %s, \"half_activations\": %s, \"graph_plans\": %zu, \"graph_fallbacks\": %zu, \"cudnn\": %zu, "
+      "\"device\": \"%s\"}\n",
       a.which.c_str(), a.dtype.c_str(), median(ms), *std::min_element(ms.begin(), ms.end()), median(host),
       (long long)alloc.stats().peak_allocated, (long long)alloc.stats().peak_reserved,
       a.dtype == "fp32" ? "true" : "false", a.channels_last ? "true" : "false", a.graph ? "true" : "false",
-      dd::cuda::graph::PlanCache::instance().counts().first, dd::cuda::graph::PlanCache::instance().counts().second,
+      a.half_activations && a.dtype != "fp32" ? "true" : "false", dd::cuda::graph::PlanCache::instance().counts().first,
+      dd::cuda::graph::PlanCache::instance().counts().second,
       cudnnGetVersion(), prop.name);
 }
 
@@ -106,6 +110,7 @@ int main(int argc, char** argv) try {
   cs.deterministic = false;
   cs.channels_last = a.channels_last;
   cs.graph_api = a.graph;
+  cs.half_activations = a.half_activations;
   // fp32 as PyTorch runs it by default: cuDNN convolutions may use TF32 tensor cores.
   cs.precision = a.dtype == "bf16" ? dd::cuda::Precision::bf16
                  : a.dtype == "fp16" ? dd::cuda::Precision::fp16

@@ -22,9 +22,11 @@ __global__ void invstd_kernel(const float* var, i64 c, float eps, float* invstd)
 // Grid (chunks, channels). Block (x, ch) visits its share of channel ch's count = n * plane values,
 // writes dx = (gamma * invstd) * dy when dx is given, and, when part is given, the partial sums
 // part[ch][x] = sum dy and part[c + ch][x] = sum dy * (x - mean) (x is read only if with_x).
-__global__ void backward_eval_kernel(const float* x, const float* dy, const float* gamma, const float* mean,
-                                     const float* invstd, i64 c, i64 plane, i64 count, float* dx,
-                                     double* part, bool with_x, bool nhwc) {
+// T is the element type of x, dy and dx.
+template <class T>
+__global__ void backward_eval_kernel(const T* x, const T* dy, const float* gamma, const float* mean,
+                                     const float* invstd, i64 c, i64 plane, i64 count, T* dx, double* part, bool with_x,
+                                     bool nhwc) {
   __shared__ double sh[kBlock];
   const i64 chunks = gridDim.x;
   for (i64 ch = blockIdx.y; ch < c; ch += gridDim.y) {
@@ -33,10 +35,10 @@ __global__ void backward_eval_kernel(const float* x, const float* dy, const floa
     double sum_dy = 0.0, sum_dyx = 0.0;
     for (i64 t = static_cast<i64>(blockIdx.x) * kBlock + threadIdx.x; t < count; t += chunks * kBlock) {
       const i64 b = t / plane, idx = nhwc ? t * c + ch : (b * c + ch) * plane + (t - b * plane);
-      const float d = dy[idx];
-      if (dx) dx[idx] = k * d;
+      const float d = load(dy + idx);
+      if (dx) store(k * d, dx + idx);
       sum_dy += d;
-      if (with_x) sum_dyx += d * (x[idx] - m);  // a float product, as the CPU's
+      if (with_x) sum_dyx += d * (load(x + idx) - m);  // a float product, as the CPU's
     }
     if (part) {  // uniform over the block, so the barriers in block_sum are safe
       sum_dy = block_sum(sum_dy, sh);
@@ -70,23 +72,29 @@ void batchnorm_invstd(const float* var, i64 c, float eps, float* invstd, cudaStr
   if (c > 0) invstd_kernel<<<grid_for(c), kBlock, 0, s>>>(var, c, eps, invstd);
 }
 
-void batchnorm_backward_eval(const float* x, const float* dy, const float* gamma, const float* mean,
-                             const float* invstd, i64 n, i64 c, i64 plane, float* dx, float* dgamma,
-                             float* dbeta, bool channels_last, cudaStream_t s) {
+void batchnorm_backward_eval(const void* x, const void* dy, const float* gamma, const float* mean, const float* invstd,
+                             i64 n, i64 c, i64 plane, void* dx, float* dgamma, float* dbeta, bool channels_last,
+                             DType t, cudaStream_t s) {
   const i64 count = n * plane;
   if (n <= 0 || c <= 0 || plane <= 0 || (!dx && !dgamma && !dbeta)) return;
   // The chunk count depends only on the sizes, so the summation order is fixed.
   const i64 chunks = std::min<i64>((count + kBlock - 1) / kBlock, std::max<i64>(1, kPartials / c));
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(std::min<i64>(c, 65535)));
+  const auto first_pass = [&](double* part, bool with_x) {
+    by_dtype(t, [&](auto element) {
+      using T = decltype(element);
+      backward_eval_kernel<T><<<grid, kBlock, 0, s>>>(static_cast<const T*>(x), static_cast<const T*>(dy), gamma, mean,
+                                                      invstd, c, plane, count, static_cast<T*>(dx), part, with_x,
+                                                      channels_last);
+    });
+  };
   if (!dgamma && !dbeta) {
-    backward_eval_kernel<<<grid, kBlock, 0, s>>>(x, dy, gamma, mean, invstd, c, plane, count, dx, nullptr,
-                                                 false, channels_last);
+    first_pass(nullptr, false);
     return;
   }
   Scratch scratch(static_cast<std::size_t>(2 * c * chunks) * sizeof(double), s, "batchnorm_backward_eval");
   auto* part = static_cast<double*>(scratch.p);
-  backward_eval_kernel<<<grid, kBlock, 0, s>>>(x, dy, gamma, mean, invstd, c, plane, count, dx, part,
-                                               dgamma != nullptr, channels_last);
+  first_pass(part, dgamma != nullptr);
   backward_eval_finish<<<static_cast<unsigned>(std::min<i64>(c, 65535)), kBlock, 0, s>>>(
       part, invstd, c, chunks, dgamma, dbeta);
 }

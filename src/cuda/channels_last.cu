@@ -31,20 +31,22 @@ enum class Sum { x_and_squares, dy_and_dy_centered, dy };
 // The gradient batch norm's backward sees at element i (channel ch): dy itself, or, behind the conv
 // block's ReLU and dropout (the fused op; y its output, k its factors per [sample, channel] or null,
 // sample = h * w * c elements), what the separate ReLU-dropout backward would have handed on.
+// T is the activations' element type (dy, y); the factors k are float.
+template <class T>
 struct GradIn {
-  const float* dy;
-  const float* y = nullptr;
+  const T* dy;
+  const T* y = nullptr;
   const float* k = nullptr;
   i64 sample = 1;
   template <class I>
   __device__ float at(I i, I ch, I c) const {
-    return y ? relu_tail_grad(y[i], dy[i], k, i, ch, c, static_cast<I>(sample)) : dy[i];
+    return y ? relu_tail_grad(load(y + i), load(dy + i), k, i, ch, c, static_cast<I>(sample)) : load(dy + i);
   }
 };
 
 // part[block][k][ch] for k = 0, 1: the block's sums for channel ch.
-template <Sum S>
-__global__ void partial_sums(const float* x, GradIn gin, const float* mean, i64 c, i64 total, double* part) {
+template <Sum S, class T>
+__global__ void partial_sums(const T* x, GradIn<T> gin, const float* mean, i64 c, i64 total, double* part) {
   extern __shared__ double sh[];  // 2 * blockDim.x
   const i64 stride = static_cast<i64>(gridDim.x) * blockDim.x;
   const i64 first = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -53,15 +55,15 @@ __global__ void partial_sums(const float* x, GradIn gin, const float* mean, i64 
   double a = 0.0, b = 0.0;
   for (i64 i = first; i < total; i += stride) {
     if constexpr (S == Sum::x_and_squares) {
-      const double v = x[i];
+      const double v = load(x + i);
       a += v;
       b += v * v;  // exact in double (a float squared has 48 significant bits)
     } else if constexpr (S == Sum::dy_and_dy_centered) {
       const float d = gin.at(i, ch, c);
       a += d;
-      b += d * (x[i] - m);
+      b += d * (load(x + i) - m);
     } else {
-      a += gin.dy[i];
+      a += load(gin.dy + i);
     }
   }
   sh[threadIdx.x] = a;
@@ -122,36 +124,38 @@ __global__ void finish_backward(const double* part, int blocks, i64 c, double co
   }
 }
 
-// Element-wise passes; I is the index type (32-bit where the array allows: i % c is the cost).
-// With relu: the conv block's tail in the same pass (relu, then the dropout factor of the sample
-// and channel when k is given; sample = h * w * c elements), the arithmetic of the separate ops.
-template <class I>
-__global__ void normalize(const float* x, const float* gamma, const float* beta, const float* mean,
-                          const float* invstd, I c, I total, float* y, bool relu, const float* k, I sample) {
+// Element-wise passes; T is the element type, I the index type (32-bit where the array allows: i % c
+// is the cost). With relu: the conv block's tail in the same pass (relu, then the dropout factor of
+// the sample and channel when k is given; sample = h * w * c elements), the arithmetic of the
+// separate ops, rounded to T once at the end.
+template <class T, class I>
+__global__ void normalize(const T* x, const float* gamma, const float* beta, const float* mean, const float* invstd,
+                          I c, I total, T* y, bool relu, const float* k, I sample) {
   for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) {
     const I ch = i % c;
     const float scale = gamma[ch] * invstd[ch], shift = beta[ch] - mean[ch] * scale;
-    const float v = x[i] * scale + shift;
-    y[i] = relu ? relu_tail(v, k, i, ch, c, sample) : v;
+    const float v = load(x + i) * scale + shift;
+    store(relu ? relu_tail(v, k, i, ch, c, sample) : v, y + i);
   }
 }
 // coef null: constant statistics (dx = gamma * invstd * dy).
-template <class I>
-__global__ void input_gradient(const float* x, GradIn gin, const float* gamma, const float* mean,
-                               const float* invstd, const float* coef, I c, I total, float* dx) {
+template <class T, class I>
+__global__ void input_gradient(const T* x, GradIn<T> gin, const float* gamma, const float* mean, const float* invstd,
+                               const float* coef, I c, I total, T* dx) {
   for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) {
     const I ch = i % c;
     const float k = gamma[ch] * invstd[ch], d = gin.at(i, ch, c);
-    dx[i] = coef ? k * (d - coef[ch] - (x[i] - mean[ch]) * coef[c + ch]) : k * d;
+    store(coef ? k * (d - coef[ch] - (load(x + i) - mean[ch]) * coef[c + ch]) : k * d, dx + i);
   }
 }
-template <class I>
-__global__ void add_bias(const float* b, I c, I total, float* y) {
-  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) y[i] += b[i % c];
+template <class T, class I>
+__global__ void add_bias(const float* b, I c, I total, T* y) {
+  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride()))
+    store(load(y + i) + b[i % c], y + i);
 }
 
-template <Sum S>
-void sums(const float* x, const GradIn& gin, const float* mean, i64 c, i64 total, const ChannelGrid& g, double* part,
+template <Sum S, class T>
+void sums(const T* x, const GradIn<T>& gin, const float* mean, i64 c, i64 total, const ChannelGrid& g, double* part,
           cudaStream_t s) {
   partial_sums<S><<<g.grid, g.block, 2 * g.block * sizeof(double), s>>>(x, gin, mean, c, total, part);
 }
@@ -162,38 +166,42 @@ unsigned channel_blocks(i64 c) { return static_cast<unsigned>(std::min<i64>(c, 6
 
 bool channels_last_supported(std::int64_t c) { return c >= 1 && c <= 1024; }
 
-void batchnorm_nhwc_forward_train(const float* x, const float* gamma, const float* beta, i64 rows, i64 c, float eps,
-                                  float momentum, float* y, float* save_mean, float* save_invstd, float* running_mean,
-                                  float* running_var, const ReluTail& tail, cudaStream_t s) {
+void batchnorm_nhwc_forward_train(const void* x, const float* gamma, const float* beta, i64 rows, i64 c, float eps,
+                                  float momentum, void* y, float* save_mean, float* save_invstd, float* running_mean,
+                                  float* running_var, const ReluTail& tail, DType t, cudaStream_t s) {
   const i64 total = rows * c;
   if (total <= 0) return;
   const ChannelGrid g = channel_grid(total, c);
   Scratch part(static_cast<std::size_t>(2 * g.grid * c) * sizeof(double), s, "batchnorm_nhwc_forward_train");
   auto* p = static_cast<double*>(part.p);
   const double count = static_cast<double>(rows);
-  sums<Sum::x_and_squares>(x, GradIn{nullptr}, nullptr, c, total, g, p, s);
+  by_dtype(t, [&](auto element) {
+    using T = decltype(element);
+    sums<Sum::x_and_squares>(static_cast<const T*>(x), GradIn<T>{nullptr}, nullptr, c, total, g, p, s);
+  });
   finish_statistics<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, count, eps, momentum, save_mean, save_invstd,
                                                           running_mean, running_var);
-  batchnorm_nhwc_forward_eval(x, gamma, beta, save_mean, save_invstd, rows, c, y, tail, s);
+  batchnorm_nhwc_forward_eval(x, gamma, beta, save_mean, save_invstd, rows, c, y, tail, t, s);
 }
 
-void batchnorm_nhwc_forward_eval(const float* x, const float* gamma, const float* beta, const float* mean,
-                                 const float* invstd, i64 rows, i64 c, float* y, const ReluTail& tail,
+void batchnorm_nhwc_forward_eval(const void* x, const float* gamma, const float* beta, const float* mean,
+                                 const float* invstd, i64 rows, i64 c, void* y, const ReluTail& tail, DType t,
                                  cudaStream_t s) {
   const i64 total = rows * c;
   if (total <= 0) return;
-  by_index_type(total, [&](auto index) {
+  by_types(t, total, [&](auto element, auto index) {
+    using T = decltype(element);
     using I = decltype(index);
-    normalize<I><<<grid_for(total), kBlock, 0, s>>>(x, gamma, beta, mean, invstd, I(c), I(total), y, tail.relu,
-                                                    tail.scale, I(tail.plane * c));
+    normalize<T, I><<<grid_for(total), kBlock, 0, s>>>(static_cast<const T*>(x), gamma, beta, mean, invstd, I(c),
+                                                       I(total), static_cast<T*>(y), tail.relu, tail.scale,
+                                                       I(tail.plane * c));
   });
 }
 
-void batchnorm_nhwc_backward(const float* x, const float* dy, const float* gamma, const float* mean,
-                             const float* invstd, i64 rows, i64 c, bool batch_stats, float* dx, float* dgamma,
-                             float* dbeta, const ReluTail& tail, cudaStream_t s) {
+void batchnorm_nhwc_backward(const void* x, const void* dy, const float* gamma, const float* mean, const float* invstd,
+                             i64 rows, i64 c, bool batch_stats, void* dx, float* dgamma, float* dbeta,
+                             const ReluTail& tail, DType t, cudaStream_t s) {
   const i64 total = rows * c;
-  const GradIn gin{dy, tail.relu ? tail.y : nullptr, tail.scale, tail.plane * c};
   if (total <= 0 || (!dx && !dgamma && !dbeta)) return;
   const ChannelGrid g = channel_grid(total, c);
   const bool coef_needed = dx && batch_stats;
@@ -201,34 +209,45 @@ void batchnorm_nhwc_backward(const float* x, const float* dy, const float* gamma
                s, "batchnorm_nhwc_backward");
   auto* p = static_cast<double*>(part.p);
   float* coef = coef_needed ? reinterpret_cast<float*>(p + 2 * g.grid * c) : nullptr;
-  if (dgamma || dbeta || coef_needed) {
-    sums<Sum::dy_and_dy_centered>(x, gin, mean, c, total, g, p, s);
-    finish_backward<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, static_cast<double>(rows), invstd, dgamma,
-                                                          dbeta, coef);
-  }
-  if (!dx) return;
-  by_index_type(total, [&](auto index) {
-    using I = decltype(index);
-    input_gradient<I><<<grid_for(total), kBlock, 0, s>>>(x, gin, gamma, mean, invstd, coef, I(c), I(total), dx);
+  by_dtype(t, [&](auto element) {
+    using T = decltype(element);
+    const auto* xs = static_cast<const T*>(x);
+    const GradIn<T> gin{static_cast<const T*>(dy), tail.relu ? static_cast<const T*>(tail.y) : nullptr, tail.scale,
+                        tail.plane * c};
+    if (dgamma || dbeta || coef_needed) {
+      sums<Sum::dy_and_dy_centered>(xs, gin, mean, c, total, g, p, s);
+      finish_backward<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, static_cast<double>(rows), invstd, dgamma,
+                                                           dbeta, coef);
+    }
+    if (!dx) return;
+    by_index_type(total, [&](auto index) {
+      using I = decltype(index);
+      input_gradient<T, I>
+          <<<grid_for(total), kBlock, 0, s>>>(xs, gin, gamma, mean, invstd, coef, I(c), I(total), static_cast<T*>(dx));
+    });
   });
 }
 
-void bias_grad_nhwc(const float* dy, i64 rows, i64 c, float* db, cudaStream_t s) {
+void bias_grad_nhwc(const void* dy, i64 rows, i64 c, float* db, DType t, cudaStream_t s) {
   const i64 total = rows * c;
   if (total <= 0) return;
   const ChannelGrid g = channel_grid(total, c);
   Scratch part(static_cast<std::size_t>(2 * g.grid * c) * sizeof(double), s, "bias_grad_nhwc");
   auto* p = static_cast<double*>(part.p);
-  sums<Sum::dy>(nullptr, GradIn{dy}, nullptr, c, total, g, p, s);
+  by_dtype(t, [&](auto element) {
+    using T = decltype(element);
+    sums<Sum::dy>(static_cast<const T*>(nullptr), GradIn<T>{static_cast<const T*>(dy)}, nullptr, c, total, g, p, s);
+  });
   finish_backward<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, 1.0, nullptr, nullptr, db, nullptr);
 }
 
-void add_bias_nhwc(const float* b, i64 rows, i64 c, float* y, cudaStream_t s) {
+void add_bias_nhwc(const float* b, i64 rows, i64 c, void* y, DType t, cudaStream_t s) {
   const i64 total = rows * c;
   if (total <= 0) return;
-  by_index_type(total, [&](auto index) {
+  by_types(t, total, [&](auto element, auto index) {
+    using T = decltype(element);
     using I = decltype(index);
-    add_bias<I><<<grid_for(total), kBlock, 0, s>>>(b, I(c), I(total), y);
+    add_bias<T, I><<<grid_for(total), kBlock, 0, s>>>(b, I(c), I(total), static_cast<T*>(y));
   });
 }
 

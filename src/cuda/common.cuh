@@ -1,11 +1,17 @@
-// What every kernel file shares: 64-bit grid-stride loops, launch-error checks, stream-ordered
-// scratch and the fixed-order block sum behind the deterministic reductions. Private to src/cuda
-// (nvcc only; no dd headers, which pull fmt).
+// What every kernel file shares: 64-bit grid-stride loops, the element types of activations,
+// launch-error checks, stream-ordered scratch and the fixed-order block sum behind the
+// deterministic reductions. Private to src/cuda (nvcc only; of the dd headers only dtype.hpp,
+// which depends on nothing: the others pull fmt).
 #pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+
+#include "dd/core/dtype.hpp"
 
 namespace dd::cuda::kernels {
 namespace {
@@ -27,6 +33,38 @@ void by_index_type(i64 total, Launch launch) {
     launch(std::uint32_t{});
   else
     launch(i64{});
+}
+
+// Activation elements T (float, __nv_bfloat16, __half): kernels load them into float, compute in
+// float, and round each result once when they store it. For float both are plain memory accesses,
+// so the f32 kernels do exactly the arithmetic they did before the other types came.
+__device__ float load(const float* x) { return *x; }
+__device__ float load(const __nv_bfloat16* x) { return __bfloat162float(*x); }
+__device__ float load(const __half* x) { return __half2float(*x); }
+__device__ void store(float v, float* y) { *y = v; }
+__device__ void store(float v, __nv_bfloat16* y) { *y = __float2bfloat16_rn(v); }
+__device__ void store(float v, __half* y) { *y = __float2half_rn(v); }
+
+// Calls f(T{}) with the element type of DType t.
+template <class F>
+void by_dtype(DType t, F f) {
+  switch (t) {
+    case DType::f32:
+      f(float{});
+      return;
+    case DType::bf16:
+      f(__nv_bfloat16{});
+      return;
+    case DType::f16:
+      f(__half{});
+      return;
+  }
+  throw std::invalid_argument("dd::cuda::kernels: unknown DType");
+}
+// Both: calls f(T{}, I{}) for the element type of t and the index type for `total` elements.
+template <class F>
+void by_types(DType t, i64 total, F f) {
+  by_dtype(t, [&](auto element) { by_index_type(total, [&](auto index) { f(element, index); }); });
 }
 
 // The conv block's ReLU-dropout tail on channels-last memory at element i of channel ch: k holds

@@ -1,10 +1,8 @@
-// Element-wise launchers: fill, axpy, scale, strided copy, ReLU, per-plane scaling, half casts.
-// Pointers may be views at any float offset, so every kernel is scalar (no float4 alignment).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+// Element-wise launchers: fill, axpy, scale, type conversion, strided copy, ReLU, per-plane scaling.
+// Pointers may be views at any element offset, so every kernel is scalar (no vector alignment).
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "common.cuh"
 #include "dd/kernels/cuda/kernels.hpp"
@@ -12,22 +10,31 @@
 namespace dd::cuda::kernels {
 namespace {
 
-__global__ void fill_kernel(float* x, i64 n, float v) {
-  for (i64 i = first_index(); i < n; i += grid_stride()) x[i] = v;
+template <class T>
+__global__ void fill_kernel(T* x, i64 n, float v) {
+  for (i64 i = first_index(); i < n; i += grid_stride()) store(v, x + i);
 }
-__global__ void axpy_kernel(float* y, const float* x, i64 n, float a) {
-  for (i64 i = first_index(); i < n; i += grid_stride()) y[i] += a * x[i];
+template <class T>
+__global__ void axpy_kernel(T* y, const T* x, i64 n, float a) {
+  for (i64 i = first_index(); i < n; i += grid_stride()) store(load(y + i) + a * load(x + i), y + i);
 }
-__global__ void scale_kernel(float* x, i64 n, float a) {
-  for (i64 i = first_index(); i < n; i += grid_stride()) x[i] *= a;
+template <class T>
+__global__ void scale_kernel(T* x, i64 n, float a) {
+  for (i64 i = first_index(); i < n; i += grid_stride()) store(load(x + i) * a, x + i);
+}
+// X != Y: from bf16 or f16 the float is exact, so a narrowing result is rounded once.
+template <class X, class Y>
+__global__ void convert_kernel(const X* x, Y* y, i64 n) {
+  for (i64 i = first_index(); i < n; i += grid_stride()) store(load(x + i), y + i);
 }
 
-// Up to 4 dimensions after merging, innermost last.
+// Up to 4 dimensions after merging, innermost last. T is the element type when adding; a copy moves
+// the bits unconverted, so bf16 and f16 share its std::uint16_t instantiation.
 struct Dims {
   i64 shape[4], dst[4], src[4];
 };
-template <int D, bool Add>
-__global__ void copy_strided_kernel(float* dst, const float* src, Dims g, i64 total) {
+template <int D, bool Add, class T>
+__global__ void copy_strided_kernel(T* dst, const T* src, Dims g, i64 total) {
   for (i64 i = first_index(); i < total; i += grid_stride()) {
     i64 r = i, od = 0, os = 0;
 #pragma unroll
@@ -37,21 +44,29 @@ __global__ void copy_strided_kernel(float* dst, const float* src, Dims g, i64 to
       os += x * g.src[k];
       r = q;
     }
+    const T* from = src + os + r * g.src[0];
+    T* to = dst + od + r * g.dst[0];
     if constexpr (Add)
-      dst[od + r * g.dst[0]] += src[os + r * g.src[0]];
+      store(load(to) + load(from), to);
     else
-      dst[od + r * g.dst[0]] = src[os + r * g.src[0]];
+      *to = *from;
   }
 }
-__global__ void copy_kernel(float* dst, const float* src, i64 n) {
+template <class T>
+__global__ void copy_kernel(T* dst, const T* src, i64 n) {
   for (i64 i = first_index(); i < n; i += grid_stride()) dst[i] = src[i];
 }
 
-__global__ void relu_forward_kernel(const float* x, i64 n, float* y) {
-  for (i64 i = first_index(); i < n; i += grid_stride()) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+template <class T>
+__global__ void relu_forward_kernel(const T* x, i64 n, T* y) {
+  for (i64 i = first_index(); i < n; i += grid_stride()) {
+    const float v = load(x + i);
+    store(v > 0.0f ? v : 0.0f, y + i);
+  }
 }
-__global__ void relu_backward_kernel(const float* y, const float* dy, i64 n, float* dx) {
-  for (i64 i = first_index(); i < n; i += grid_stride()) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+template <class T>
+__global__ void relu_backward_kernel(const T* y, const T* dy, i64 n, T* dx) {
+  for (i64 i = first_index(); i < n; i += grid_stride()) store(load(y + i) > 0.0f ? load(dy + i) : 0.0f, dx + i);
 }
 
 __global__ void scale_planes_kernel(const float* x, const float* scale, i64 total, i64 plane, float* y) {
@@ -78,22 +93,22 @@ __global__ void relu_scale_planes_backward_kernel(const float* y, const float* d
   }
 }
 // The same two in channels-last memory: element i belongs to channel i % c of sample i / (plane * c).
-// I is the index type: 32-bit where the tensor allows (integer division is the cost here).
-template <class I>
-__global__ void relu_scale_nhwc_kernel(float* y, const float* scale, I c, I sample, I total) {
+// T is the element type; I the index type: 32-bit where the tensor allows (integer division is the cost here).
+template <class T, class I>
+__global__ void relu_scale_nhwc_kernel(T* y, const float* scale, I c, I sample, I total) {
   for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride()))
-    y[i] = relu_tail(y[i], scale, i, i % c, c, sample);
+    store(relu_tail(load(y + i), scale, i, i % c, c, sample), y + i);
 }
-template <class I>
-__global__ void relu_scale_nhwc_backward_kernel(const float* y, const float* dy, const float* scale, I c, I sample,
-                                                I total, float* dx) {
+template <class T, class I>
+__global__ void relu_scale_nhwc_backward_kernel(const T* y, const T* dy, const float* scale, I c, I sample, I total,
+                                                T* dx) {
   for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride()))
-    dx[i] = relu_tail_grad(y[i], dy[i], scale, i, i % c, c, sample);
+    store(relu_tail_grad(load(y + i), load(dy + i), scale, i, i % c, c, sample), dx + i);
 }
-template <class I>
-__global__ void scale_nhwc_kernel(const float* x, const float* scale, I c, I sample, I total, float* y) {
+template <class T, class I>
+__global__ void scale_nhwc_kernel(const T* x, const float* scale, I c, I sample, I total, T* y) {
   for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride()))
-    y[i] = x[i] * scale[(i / sample) * c + i % c];
+    store(load(x + i) * scale[(i / sample) * c + i % c], y + i);
 }
 
 dim3 plane_grid(i64 planes, i64 plane) {
@@ -103,42 +118,47 @@ dim3 plane_grid(i64 planes, i64 plane) {
   return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
 }
 
-__device__ void store(float v, __nv_bfloat16* y) {
-  *y = __float2bfloat16_rn(v);
-}
-__device__ void store(float v, __half* y) {
-  *y = __float2half_rn(v);
-}
-__device__ float load(const __nv_bfloat16* x) {
-  return __bfloat162float(*x);
-}
-__device__ float load(const __half* x) {
-  return __half2float(*x);
-}
-
-template <class H>
-__global__ void to_half_kernel(const float* x, H* y, i64 n) {
-  for (i64 i = first_index(); i < n; i += grid_stride()) store(x[i], y + i);
-}
-template <class H>
-__global__ void from_half_kernel(const H* x, float* y, i64 n) {
-  for (i64 i = first_index(); i < n; i += grid_stride()) y[i] = load(x + i);
-}
-
 }  // namespace
 
-void fill(float* x, i64 n, float value, cudaStream_t s) {
-  if (n > 0) fill_kernel<<<grid_for(n), kBlock, 0, s>>>(x, n, value);
+void fill(void* x, i64 n, float value, DType t, cudaStream_t s) {
+  if (n <= 0) return;
+  by_dtype(t, [&](auto element) {
+    using T = decltype(element);
+    fill_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<T*>(x), n, value);
+  });
 }
-void axpy(float* y, const float* x, i64 n, float a, cudaStream_t s) {
-  if (n > 0) axpy_kernel<<<grid_for(n), kBlock, 0, s>>>(y, x, n, a);
+void axpy(void* y, const void* x, i64 n, float a, DType t, cudaStream_t s) {
+  if (n <= 0) return;
+  by_dtype(t, [&](auto element) {
+    using T = decltype(element);
+    axpy_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<T*>(y), static_cast<const T*>(x), n, a);
+  });
 }
-void scale(float* x, i64 n, float a, cudaStream_t s) {
-  if (n > 0) scale_kernel<<<grid_for(n), kBlock, 0, s>>>(x, n, a);
+void scale(void* x, i64 n, float a, DType t, cudaStream_t s) {
+  if (n <= 0) return;
+  by_dtype(t, [&](auto element) {
+    using T = decltype(element);
+    scale_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<T*>(x), n, a);
+  });
+}
+void convert(const void* x, DType xt, void* y, DType yt, i64 n, cudaStream_t s) {
+  if (n <= 0) return;
+  if (xt == yt) {
+    check(cudaMemcpyAsync(y, x, static_cast<std::size_t>(n) * dtype_size(xt), cudaMemcpyDeviceToDevice, s), "convert");
+    return;
+  }
+  by_dtype(xt, [&](auto from) {
+    by_dtype(yt, [&](auto to) {
+      using X = decltype(from);
+      using Y = decltype(to);
+      if constexpr (!std::is_same_v<X, Y>)  // the same type was copied above
+        convert_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<const X*>(x), static_cast<Y*>(y), n);
+    });
+  });
 }
 
 template <bool Add>
-void strided(float* dst, const float* src, const StridedCopy& geometry, cudaStream_t s) {
+void strided(void* dst, const void* src, const StridedCopy& geometry, DType t, cudaStream_t s) {
   // Drop size-1 dimensions, order the rest by destination stride (largest outermost, so neighbouring
   // threads write neighbouring addresses whatever the memory order, NCHW or channels-last), and
   // merge neighbours that are contiguous on both sides: a dense copy becomes 1-D (no index
@@ -168,37 +188,60 @@ void strided(float* dst, const float* src, const StridedCopy& geometry, cudaStre
   if (total <= 0) return;
   if (d == 0) g.shape[0] = 1, g.dst[0] = 0, g.src[0] = 0, d = 1;  // a single element
   const unsigned grid = grid_for(total);
-  switch (d) {
-    case 1:
-      if (!Add && g.dst[0] == 1 && g.src[0] == 1)
-        copy_kernel<<<grid, kBlock, 0, s>>>(dst, src, total);
-      else
-        copy_strided_kernel<1, Add><<<grid, kBlock, 0, s>>>(dst, src, g, total);
-      break;
-    case 2:
-      copy_strided_kernel<2, Add><<<grid, kBlock, 0, s>>>(dst, src, g, total);
-      break;
-    case 3:
-      copy_strided_kernel<3, Add><<<grid, kBlock, 0, s>>>(dst, src, g, total);
-      break;
-    default:
-      copy_strided_kernel<4, Add><<<grid, kBlock, 0, s>>>(dst, src, g, total);
-      break;
-  }
+  const auto launch = [&](auto element) {
+    using T = decltype(element);
+    auto* y = static_cast<T*>(dst);
+    const auto* x = static_cast<const T*>(src);
+    switch (d) {
+      case 1:
+        if constexpr (!Add) {
+          if (g.dst[0] == 1 && g.src[0] == 1) {
+            copy_kernel<<<grid, kBlock, 0, s>>>(y, x, total);
+            break;
+          }
+        }
+        copy_strided_kernel<1, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
+        break;
+      case 2:
+        copy_strided_kernel<2, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
+        break;
+      case 3:
+        copy_strided_kernel<3, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
+        break;
+      default:
+        copy_strided_kernel<4, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
+        break;
+    }
+  };
+  if constexpr (Add)
+    by_dtype(t, launch);
+  else if (t == DType::f32)
+    launch(float{});
+  else
+    launch(std::uint16_t{});
 }
 
-void copy_strided(float* dst, const float* src, const StridedCopy& geometry, cudaStream_t s) {
-  strided<false>(dst, src, geometry, s);
+void copy_strided(void* dst, const void* src, const StridedCopy& geometry, DType t, cudaStream_t s) {
+  strided<false>(dst, src, geometry, t, s);
 }
-void add_strided(float* dst, const float* src, const StridedCopy& geometry, cudaStream_t s) {
-  strided<true>(dst, src, geometry, s);
+void add_strided(void* dst, const void* src, const StridedCopy& geometry, DType t, cudaStream_t s) {
+  strided<true>(dst, src, geometry, t, s);
 }
 
-void relu_forward(const float* x, i64 n, float* y, cudaStream_t s) {
-  if (n > 0) relu_forward_kernel<<<grid_for(n), kBlock, 0, s>>>(x, n, y);
+void relu_forward(const void* x, i64 n, void* y, DType t, cudaStream_t s) {
+  if (n <= 0) return;
+  by_dtype(t, [&](auto element) {
+    using T = decltype(element);
+    relu_forward_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<const T*>(x), n, static_cast<T*>(y));
+  });
 }
-void relu_backward(const float* y, const float* dy, i64 n, float* dx, cudaStream_t s) {
-  if (n > 0) relu_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(y, dy, n, dx);
+void relu_backward(const void* y, const void* dy, i64 n, void* dx, DType t, cudaStream_t s) {
+  if (n <= 0) return;
+  by_dtype(t, [&](auto element) {
+    using T = decltype(element);
+    relu_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<const T*>(y), static_cast<const T*>(dy), n,
+                                                        static_cast<T*>(dx));
+  });
 }
 
 void scale_planes(const float* x, const float* scale, i64 planes, i64 plane, float* y, cudaStream_t s) {
@@ -216,46 +259,36 @@ void relu_scale_planes_backward(const float* y, const float* dy, const float* sc
     relu_scale_planes_backward_kernel<<<plane_grid(planes, plane), kBlock, 0, s>>>(y, dy, scale, planes, plane, dx);
 }
 
-void scale_planes_nhwc(const float* x, const float* scale, i64 n, i64 c, i64 plane, float* y, cudaStream_t s) {
+void scale_planes_nhwc(const void* x, const float* scale, i64 n, i64 c, i64 plane, void* y, DType t, cudaStream_t s) {
   const i64 total = n * c * plane;
   if (total <= 0) return;
-  by_index_type(total, [&](auto index) {
+  by_types(t, total, [&](auto element, auto index) {
+    using T = decltype(element);
     using I = decltype(index);
-    scale_nhwc_kernel<I><<<grid_for(total), kBlock, 0, s>>>(x, scale, I(c), I(plane * c), I(total), y);
+    scale_nhwc_kernel<T, I><<<grid_for(total), kBlock, 0, s>>>(static_cast<const T*>(x), scale, I(c), I(plane * c),
+                                                               I(total), static_cast<T*>(y));
   });
 }
-void relu_scale_planes_nhwc(float* y, const float* scale, i64 n, i64 c, i64 plane, cudaStream_t s) {
+void relu_scale_planes_nhwc(void* y, const float* scale, i64 n, i64 c, i64 plane, DType t, cudaStream_t s) {
   const i64 total = n * c * plane;
   if (total <= 0) return;
-  by_index_type(total, [&](auto index) {
+  by_types(t, total, [&](auto element, auto index) {
+    using T = decltype(element);
     using I = decltype(index);
-    relu_scale_nhwc_kernel<I><<<grid_for(total), kBlock, 0, s>>>(y, scale, I(c), I(plane * c), I(total));
+    relu_scale_nhwc_kernel<T, I>
+        <<<grid_for(total), kBlock, 0, s>>>(static_cast<T*>(y), scale, I(c), I(plane * c), I(total));
   });
 }
-void relu_scale_planes_nhwc_backward(const float* y, const float* dy, const float* scale, i64 n, i64 c, i64 plane,
-                                     float* dx, cudaStream_t s) {
+void relu_scale_planes_nhwc_backward(const void* y, const void* dy, const float* scale, i64 n, i64 c, i64 plane,
+                                     void* dx, DType t, cudaStream_t s) {
   const i64 total = n * c * plane;
   if (total <= 0) return;
-  by_index_type(total, [&](auto index) {
+  by_types(t, total, [&](auto element, auto index) {
+    using T = decltype(element);
     using I = decltype(index);
-    relu_scale_nhwc_backward_kernel<I><<<grid_for(total), kBlock, 0, s>>>(y, dy, scale, I(c), I(plane * c), I(total),
-                                                                          dx);
+    relu_scale_nhwc_backward_kernel<T, I><<<grid_for(total), kBlock, 0, s>>>(
+        static_cast<const T*>(y), static_cast<const T*>(dy), scale, I(c), I(plane * c), I(total), static_cast<T*>(dx));
   });
-}
-
-void to_half(const float* x, void* y, i64 n, HalfType t, cudaStream_t s) {
-  if (n <= 0) return;
-  if (t == HalfType::bf16)
-    to_half_kernel<<<grid_for(n), kBlock, 0, s>>>(x, static_cast<__nv_bfloat16*>(y), n);
-  else
-    to_half_kernel<<<grid_for(n), kBlock, 0, s>>>(x, static_cast<__half*>(y), n);
-}
-void from_half(const void* x, float* y, i64 n, HalfType t, cudaStream_t s) {
-  if (n <= 0) return;
-  if (t == HalfType::bf16)
-    from_half_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<const __nv_bfloat16*>(x), y, n);
-  else
-    from_half_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<const __half*>(x), y, n);
 }
 
 }  // namespace dd::cuda::kernels

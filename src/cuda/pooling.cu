@@ -48,27 +48,29 @@ __global__ void maxpool_backward_kernel(const float* dy, const std::uint8_t* arg
 }
 
 // Channels-last twins: output o = ((p * ho + i) * wo + j) * c + ch over samples p; a window's four
-// inputs are c and w * c apart. Same comparisons in the same order.
-// I is the index type (32-bit where the tensor allows: the divisions are the cost).
-template <class I>
-__global__ void maxpool_nhwc_forward_kernel(const float* x, I c, I h, I w, I ho, I wo, I total, float* y,
+// inputs are c and w * c apart. Same comparisons in the same order, on the loaded floats (the winner
+// is stored back unchanged: it came from a T).
+// T is the element type, I the index type (32-bit where the tensor allows: the divisions are the cost).
+template <class T, class I>
+__global__ void maxpool_nhwc_forward_kernel(const T* x, I c, I h, I w, I ho, I wo, I total, T* y,
                                             std::uint8_t* argmax) {
   for (I o = static_cast<I>(first_index()); o < total; o += static_cast<I>(grid_stride())) {
     const I ch = o % c, r = o / c, j = r % wo, r2 = r / wo, i = r2 % ho, p = r2 / ho;
-    const float* r0 = x + ((p * h + 2 * i) * w + 2 * j) * static_cast<i64>(c) + ch;
-    const float* r1 = r0 + w * c;
-    float best = r0[0];
+    const T* r0 = x + ((p * h + 2 * i) * w + 2 * j) * static_cast<i64>(c) + ch;
+    const T* r1 = r0 + w * c;
+    const float v1 = load(r0 + c), v2 = load(r1), v3 = load(r1 + c);
+    float best = load(r0);
     std::uint8_t at = 0;
-    if (r0[c] > best) best = r0[c], at = 1;
-    if (r1[0] > best) best = r1[0], at = 2;
-    if (r1[c] > best) best = r1[c], at = 3;
-    y[o] = best;
+    if (v1 > best) best = v1, at = 1;
+    if (v2 > best) best = v2, at = 2;
+    if (v3 > best) best = v3, at = 3;
+    store(best, y + o);
     argmax[o] = at;
   }
 }
-template <class I>
-__global__ void maxpool_nhwc_backward_kernel(const float* dy, const std::uint8_t* argmax, I c, I h, I w, I ho, I wo,
-                                             I total, float* dx, bool accumulate) {
+template <class T, class I>
+__global__ void maxpool_nhwc_backward_kernel(const T* dy, const std::uint8_t* argmax, I c, I h, I w, I ho, I wo,
+                                             I total, T* dx, bool accumulate) {
   for (I e = static_cast<I>(first_index()); e < total; e += static_cast<I>(grid_stride())) {
     const I ch = e % c, r = e / c, col = r % w, r2 = r / w, row = r2 % h, p = r2 / h;
     const I i = row >> 1, j = col >> 1;
@@ -77,36 +79,39 @@ __global__ void maxpool_nhwc_backward_kernel(const float* dy, const std::uint8_t
       const I o = ((p * ho + i) * wo + j) * c + ch;
       if (argmax[o] == ((row & 1) << 1 | (col & 1))) {
         if (accumulate) {
-          dx[e] += dy[o];
+          store(load(dx + e) + load(dy + o), dx + e);
           continue;
         }
-        v = dy[o] + 0.0f;
+        v = load(dy + o) + 0.0f;
       }
     }
-    if (!accumulate) dx[e] = v;
+    if (!accumulate) store(v, dx + e);
   }
 }
 
 }  // namespace
 
-void maxpool2x2_nhwc_forward(const float* x, i64 n, i64 c, i64 h, i64 w, float* y, std::uint8_t* argmax,
+void maxpool2x2_nhwc_forward(const void* x, i64 n, i64 c, i64 h, i64 w, void* y, std::uint8_t* argmax, DType t,
                              cudaStream_t s) {
   const i64 ho = h / 2, wo = w / 2, total = n * c * ho * wo;
   if (total <= 0) return;
-  by_index_type(n * c * h * w, [&](auto index) {  // the input's size: the kernel indexes it
+  by_types(t, n * c * h * w, [&](auto element, auto index) {  // the input's size: the kernel indexes it
+    using T = decltype(element);
     using I = decltype(index);
-    maxpool_nhwc_forward_kernel<I><<<grid_for(total), kBlock, 0, s>>>(x, I(c), I(h), I(w), I(ho), I(wo), I(total), y,
-                                                                      argmax);
+    maxpool_nhwc_forward_kernel<T, I><<<grid_for(total), kBlock, 0, s>>>(
+        static_cast<const T*>(x), I(c), I(h), I(w), I(ho), I(wo), I(total), static_cast<T*>(y), argmax);
   });
 }
-void maxpool2x2_nhwc_backward(const float* dy, const std::uint8_t* argmax, i64 n, i64 c, i64 h, i64 w, float* dx,
-                              bool accumulate, cudaStream_t s) {
+void maxpool2x2_nhwc_backward(const void* dy, const std::uint8_t* argmax, i64 n, i64 c, i64 h, i64 w, void* dx,
+                              bool accumulate, DType t, cudaStream_t s) {
   const i64 total = n * c * h * w;
   if (total <= 0) return;
-  by_index_type(total, [&](auto index) {
+  by_types(t, total, [&](auto element, auto index) {
+    using T = decltype(element);
     using I = decltype(index);
-    maxpool_nhwc_backward_kernel<I><<<grid_for(total), kBlock, 0, s>>>(dy, argmax, I(c), I(h), I(w), I(h / 2),
-                                                                       I(w / 2), I(total), dx, accumulate);
+    maxpool_nhwc_backward_kernel<T, I><<<grid_for(total), kBlock, 0, s>>>(static_cast<const T*>(dy), argmax, I(c), I(h),
+                                                                          I(w), I(h / 2), I(w / 2), I(total),
+                                                                          static_cast<T*>(dx), accumulate);
   });
 }
 

@@ -76,6 +76,19 @@ struct ExactConvs {
 
 using OpFn = std::function<Var(const std::vector<Var>&)>;
 
+// The GPU inputs' gradients against the CPU's: where one has a gradient the other has it, on the
+// GPU, in its value's element type, within grad_tol.
+void check_input_gradients(const std::vector<Var>& cpu_in, const std::vector<Var>& gpu_in, double grad_tol) {
+  for (std::size_t i = 0; i < cpu_in.size(); ++i) {
+    CAPTURE(i);
+    REQUIRE(cpu_in[i].grad().defined() == gpu_in[i].grad().defined());
+    if (!cpu_in[i].grad().defined()) continue;
+    CHECK(gpu_in[i].grad().device() == Device::cuda);
+    CHECK(gpu_in[i].grad().dtype() == gpu_in[i].value().dtype());
+    CHECK(rel_error(gpu_in[i].grad(), cpu_in[i].grad()) < grad_tol);
+  }
+}
+
 // Runs op on CPU and GPU copies of the inputs, backpropagates sum(R * y) with the same random R,
 // and compares the output and every input gradient. Each side runs forward AND backward before the
 // other starts: backward() replays the whole current tape (autograd/tape.hpp).
@@ -97,13 +110,7 @@ void check_op(const char* name, const std::vector<Tensor>& inputs, const OpFn& o
     CHECK(yg.value().format() == MemoryFormat::nhwc);
   CHECK(rel_error(yg.value(), yc.value()) < fwd_tol);
   CHECK(max_error(yg.value(), yc.value()) < 10 * fwd_tol);
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    CAPTURE(i);
-    REQUIRE(cpu_in[i].grad().defined() == gpu_in[i].grad().defined());
-    if (!cpu_in[i].grad().defined()) continue;
-    CHECK(gpu_in[i].grad().device() == Device::cuda);
-    CHECK(rel_error(gpu_in[i].grad(), cpu_in[i].grad()) < grad_tol);
-  }
+  check_input_gradients(cpu_in, gpu_in, grad_tol);
 }
 
 Tensor labels_for(Shape s, int classes, std::uint64_t seed) {
@@ -502,4 +509,149 @@ TEST_CASE("filter gradients add to what the gradient holds (beta = 1), under bot
     CHECK(rel_error(ug.grad(), uc.grad()) < 1e-3);
     CHECK(rel_error(pg.grad(), pc.grad()) < 1e-3);
   });
+}
+
+namespace {
+// Half activations: bf16 convolutions giving bf16 outputs, and the ops after them keeping bf16
+// (cuda::ConvSettings::half_activations, channels-last), restored afterwards.
+struct HalfActivations : ExactConvs {
+  explicit HalfActivations(cuda::Precision p = cuda::Precision::bf16) {
+    cuda::conv_settings().precision = p;
+    cuda::conv_settings().channels_last = true;
+    cuda::conv_settings().half_activations = true;
+  }
+};
+
+// The op on the GPU with its first `activations` inputs as channels-last bf16 activations, against
+// the CPU op in f32 on the same (rounded) values: a result rounded once to bf16 is within 2^-9
+// relative of the exact one, so fwd_tol 1e-2 holds unless the kernels read or write the wrong
+// elements. half_out: the output stays bf16; input gradients always come back as bf16.
+void check_half_op(const char* name, const std::vector<Tensor>& inputs, std::size_t activations, const OpFn& op,
+                   bool half_out = true, double fwd_tol = 1e-2, double grad_tol = 2e-2) {
+  CAPTURE(name);
+  HalfActivations half;
+  std::vector<Var> cpu_in, gpu_in;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const bool act = i < activations;
+    const Tensor t = act ? inputs[i].to(DType::bf16).to(DType::f32) : inputs[i].clone();
+    cpu_in.emplace_back(t, true);
+    const Tensor g = t.clone_as(MemoryFormat::nhwc).to(Device::cuda);
+    gpu_in.emplace_back(act ? g.to(DType::bf16) : inputs[i].to(Device::cuda), true);
+  }
+  const Var yc = op(cpu_in);
+  const Tensor R = Tensor::randn(yc.shape(), 98);
+  weighted_sum(yc, R).backward();
+  const Var yg = op(gpu_in);
+  weighted_sum(yg, R).backward();
+  CHECK(yg.value().dtype() == (half_out ? DType::bf16 : DType::f32));
+  CHECK(rel_error(yg.value(), yc.value()) < fwd_tol);
+  CHECK(max_error(yg.value(), yc.value()) < 4 * fwd_tol);
+  check_input_gradients(cpu_in, gpu_in, grad_tol);
+}
+}  // namespace
+
+TEST_CASE("half activations: every op keeps bf16 activations and matches the CPU on the same values") {
+  if (no_gpu()) return;
+  const Tensor x = Tensor::randn({2, 6, 17, 20}, 80);
+  const Tensor g6 = Tensor::randn({6, 1, 1, 1}, 81), b6 = Tensor::randn({6, 1, 1, 1}, 82);
+  check_half_op("conv 3x3 bias", {x, Tensor::randn({8, 6, 3, 3}, 83, 0.2f), Tensor::randn({8, 1, 1, 1}, 84)}, 1,
+                [](const std::vector<Var>& v) { return conv2d(v[0], v[1], v[2], {1, 1, 1}); });
+  check_half_op("conv 3x3 from an f32 image",
+                {Tensor::randn({2, 3, 17, 20}, 85), Tensor::randn({8, 3, 3, 3}, 86, 0.3f)}, 0,
+                [](const std::vector<Var>& v) { return conv2d(v[0], v[1], Var{}, {1, 1, 1}); });
+  check_half_op("upconv", {x, Tensor::randn({6, 4, 2, 2}, 87, 0.3f), Tensor::randn({4, 1, 1, 1}, 88)}, 1,
+                [](const std::vector<Var>& v) { return upconv2x2(v[0], v[1], v[2]); });
+  check_half_op("relu", {x}, 1, [](const std::vector<Var>& v) { return relu(v[0]); });
+  check_half_op("max pool, odd sizes", {Tensor::randn({2, 3, 7, 9}, 89)}, 1,
+                [](const std::vector<Var>& v) { return max_pool2x2(v[0]); });
+  check_half_op("concat channels + slice", {x, Tensor::randn({2, 2, 17, 20}, 90)}, 2,
+                [](const std::vector<Var>& v) { return slice(concat({v[0], v[1]}, 1), 3, 2, 11); });
+  check_half_op("dropout2d", {x}, 1, [](const std::vector<Var>& v) {
+    Rng rng(5);
+    return dropout2d(v[0], 0.3f, rng, true);
+  });
+  for (const bool training : {true, false}) {
+    CAPTURE(training);
+    check_half_op("batch norm", {x, g6, b6}, 1, [training](const std::vector<Var>& v) {
+      const Device d = v[0].value().device();
+      return batch_norm(v[0], v[1], v[2], Tensor::randn({6, 1, 1, 1}, 91).to(d), Tensor::full({6, 1, 1, 1}, 1.5f, d),
+                        {training, 0.1f, 1e-5f});
+    });
+    check_half_op("fused batch norm -> relu -> dropout", {x, g6, b6}, 1, [training](const std::vector<Var>& v) {
+      const Device d = v[0].value().device();
+      Rng rng(21);
+      return batch_norm_relu_dropout(v[0], v[1], v[2], Tensor::zeros({6, 1, 1, 1}, d),
+                                     Tensor::full({6, 1, 1, 1}, 1.0f, d), {training, 0.1f, 1e-5f}, 0.3f, &rng);
+    });
+  }
+  // More than 1024 channels: cuDNN's batch norm on a widened copy, the output f32.
+  const std::int64_t wide = 1030;
+  const Tensor gw = Tensor::randn({wide, 1, 1, 1}, 93), bw = Tensor::randn({wide, 1, 1, 1}, 94);
+  const OpFn wide_bn = [](const std::vector<Var>& v) {
+    const Device d = v[0].value().device();
+    return batch_norm(v[0], v[1], v[2], Tensor::zeros({1030, 1, 1, 1}, d), Tensor::full({1030, 1, 1, 1}, 1.0f, d),
+                      {true, 0.1f, 1e-5f});
+  };
+  check_half_op("wide batch norm (widened)", {Tensor::randn({2, wide, 3, 4}, 92), gw, bw}, 1, wide_bn, false);
+  check_half_op("softmax (reads widened)", {Tensor::randn({2, 3, 9, 11}, 95)}, 1,
+                [](const std::vector<Var>& v) { return softmax(v[0]); }, false);
+  const Tensor L = labels_for({2, 3, 9, 11}, 3, 96);
+  check_half_op("dice loss (reads widened)", {Tensor::randn({2, 3, 9, 11}, 97)}, 1, [&](const std::vector<Var>& v) {
+    return dice_loss(v[0], L.to(v[0].value().device()));
+  }, false);
+  // GPU tensors of any type: conversions both ways and strided copies agree with the host's.
+  const Tensor h = x.to(Device::cuda).clone_as(MemoryFormat::nhwc).to(DType::f16);
+  CHECK(h.to_vector() == x.to(DType::f16).to_vector());
+  CHECK(h.tile(2, 5, 3, 9).clone().to_vector() == x.to(DType::f16).tile(2, 5, 3, 9).clone().to_vector());
+}
+
+TEST_CASE("half activations: U-Net and DDU-Net training steps close to f32 activations, with less memory") {
+  if (no_gpu()) return;
+  for (const auto p : {cuda::Precision::bf16, cuda::Precision::fp16}) {
+    CAPTURE(int(p));
+    using DDU = DomainDecomposed<UNet<3, 1, 3, 4>, CommNet<16>>;
+    const Tensor x = Tensor::randn({4, 1, 128, 128}, 100).to(Device::cuda);
+    const Tensor L = labels_for({4, 1, 128, 128}, 3, 101).to(Device::cuda);
+    // The loss seeded with 1024, as loss scaling does: Dice gradients of ~1e-6 per logit would be
+    // fp16 subnormals otherwise (relative errors below do not depend on the scale).
+    const Tensor seed = Tensor::full({1, 1, 1, 1}, 1024.0f, Device::cuda);
+    // held: device bytes the forward keeps for backward (activations; no workspaces, which are
+    // freed when each call returns).
+    auto step = [&](auto& m, bool half, std::int64_t& held) {
+      ExactConvs restore;
+      cuda::conv_settings().precision = p;
+      cuda::conv_settings().channels_last = true;
+      cuda::conv_settings().half_activations = half;
+      m.zero_grad();
+      cuda::synchronize_device();
+      auto& a = cuda::CachingAllocator::instance();
+      const std::int64_t base = a.stats().allocated;
+      const Var y = m.forward(Var(x));
+      cuda::synchronize_device();
+      held = a.stats().allocated - base;
+      CHECK(y.value().dtype() == (half ? cuda::compute_dtype(p) : DType::f32));
+      dice_loss(y, L).backward(seed);
+      cuda::synchronize_device();
+      return std::pair{y.value().to_vector(), m.gradients().to_vector()};
+    };
+    auto compare = [&](auto& wide, auto& half, const char* what) {
+      CAPTURE(what);
+      wide.to(Device::cuda), half.to(Device::cuda);
+      std::int64_t held_wide = 0, held_half = 0;
+      const auto [yw, gw] = step(wide, false, held_wide);
+      const auto [yh, gh] = step(half, true, held_half);
+      const Shape s{1, 1, 1, static_cast<std::int64_t>(yw.size())}, sg{1, 1, 1, static_cast<std::int64_t>(gw.size())};
+      const double ey = rel_error(Tensor::from(s, yh), Tensor::from(s, yw));
+      const double eg = rel_error(Tensor::from(sg, gh), Tensor::from(sg, gw));
+      MESSAGE(what << ": logits " << ey << ", gradients " << eg << " apart; forward keeps " << held_half / 1048576.0
+                   << " vs " << held_wide / 1048576.0 << " MiB");
+      CHECK(ey < 3e-2);
+      CHECK(eg < 5e-2);
+      CHECK(held_half < 0.6 * held_wide);
+    };
+    Model<UNet<3, 1, 3, 4>> uw(7), uh(7);
+    compare(uw, uh, "U-Net(3)");
+    DDU dw({2, 2}, Exchange::stitched, 11), dh({2, 2}, Exchange::stitched, 11);
+    compare(dw, dh, "DDU-Net(3, 16, Y)");
+  }
 }

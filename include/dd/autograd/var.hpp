@@ -36,15 +36,18 @@ class Var {
   Node* node() const { return node_.get(); }
   const std::shared_ptr<Node>& node_ptr() const { return node_; }
 
-  // grad += g (g must have this Var's shape). Takes g over when nothing has accumulated yet.
+  // grad += g (g must have this Var's shape). Takes g over when nothing has accumulated yet. The
+  // gradient has the value's element type (g is converted when it differs: an op that ran on a
+  // widened copy of a half activation hands back f32).
   void accumulate_grad(Tensor g) const {
     DD_CHECK(g.shape() == shape(), "dd::Var: gradient of shape {} for a value of shape {}", g.shape(), shape());
     DD_CHECK(g.device() == value().device(), "dd::Var: gradient on {} for a value on {}", device_name(g.device()),
              device_name(value().device()));
+    if (g.dtype() != value().dtype()) g = g.to(value().dtype());
     if (!node_->grad.defined()) {
       // Kept as it comes when dense (NCHW or channels-last); a view is copied in the value's order,
       // and so is a GPU view at an address GPU kernels cannot load vectors from (16-byte alignment).
-      const bool keep = g.is_dense(g.format()) && (g.device() == Device::cpu || is_vector_aligned(g.data()));
+      const bool keep = g.is_dense(g.format()) && (g.device() == Device::cpu || is_vector_aligned(g.raw()));
       node_->grad = keep ? std::move(g) : g.clone_as(value().format());
     } else {
       node_->grad.add_(g.dense_like(node_->grad));

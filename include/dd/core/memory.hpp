@@ -46,23 +46,24 @@ class MemoryStats {
   static inline std::atomic<std::int64_t> peak_{0};
 };
 
-// One contiguous float buffer. Tensors share it through shared_ptr; views keep it alive.
+// One contiguous buffer of `bytes` bytes (elements of any DType; Tensor knows which). Tensors share
+// it through shared_ptr; views keep it alive.
 class Storage {
  public:
   static constexpr std::size_t alignment = HostAllocator::alignment;
 
-  explicit Storage(std::size_t count, Device device = Device::cpu) : count_(count), device_(device) {
+  explicit Storage(std::size_t bytes, Device device = Device::cpu) : size_(bytes), device_(device) {
     if (device == Device::cuda) {
 #if DD_WITH_CUDA
-      data_ = static_cast<float*>(cuda::CachingAllocator::instance().allocate(count * sizeof(float)));
+      data_ = cuda::CachingAllocator::instance().allocate(bytes);
       return;
 #else
       detail::no_cuda();
 #endif
     }
-    const std::size_t bytes = HostAllocator::rounded(count * sizeof(float));
-    data_ = static_cast<float*>(HostAllocator::instance().allocate(bytes));
-    bytes_ = static_cast<std::int64_t>(bytes);
+    const std::size_t rounded = HostAllocator::rounded(bytes);
+    data_ = HostAllocator::instance().allocate(rounded);
+    bytes_ = static_cast<std::int64_t>(rounded);
     MemoryStats::add(bytes_);
   }
   ~Storage() {
@@ -78,14 +79,14 @@ class Storage {
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
 
-  float* data() const { return data_; }
-  std::size_t size() const { return count_; }
+  void* data() const { return data_; }
+  std::size_t bytes() const { return size_; }
   Device device() const { return device_; }
 
  private:
-  float* data_ = nullptr;
-  std::size_t count_ = 0;
-  std::int64_t bytes_ = 0;
+  void* data_ = nullptr;
+  std::size_t size_ = 0;
+  std::int64_t bytes_ = 0;  // host: what the allocator handed out (counted in MemoryStats)
   Device device_;
 };
 

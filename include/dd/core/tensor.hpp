@@ -1,7 +1,9 @@
 #pragma once
-// float32 tensor with NCHW indexing: shared storage (host, or GPU memory in a CUDA build) + offset +
-// shape + strides. Slices along N, C, H, W are views (no copy); kernels ask for contiguous() (NCHW)
-// memory, which copies only when needed. GPU ops may also keep activations channels-last (NHWC
+// Tensor with NCHW indexing: shared storage (host, or GPU memory in a CUDA build) + offset + shape +
+// strides + element type (f32; bf16 / f16 for half-precision activations on the GPU, see
+// core/dtype.hpp: data() is for f32 tensors, raw() for kernels that take the element type).
+// Slices along N, C, H, W are views (no copy); kernels ask for contiguous() (NCHW) memory, which
+// copies only when needed. GPU ops may also keep activations channels-last (NHWC
 // memory order behind the same NCHW indices, MemoryFormat::nhwc), the layout cuDNN's tensor-core
 // kernels want; dense() keeps a tensor in its own format. Element access from the host (at, randn,
 // from) is for CPU tensors; move data with to(Device) and copy_from, which work across devices.
@@ -13,6 +15,7 @@
 #include <memory>
 #include <vector>
 
+#include "dd/core/dtype.hpp"
 #include "dd/core/error.hpp"
 #include "dd/core/memory.hpp"
 #include "dd/core/rng.hpp"
@@ -32,23 +35,26 @@ class Tensor {
 
   Tensor() = default;
 
-  static Tensor empty(Shape s, Device d = Device::cpu, MemoryFormat f = MemoryFormat::nchw) {
+  static Tensor empty(Shape s, Device d = Device::cpu, MemoryFormat f = MemoryFormat::nchw,
+                      DType t = DType::f32) {
     DD_CHECK(s.n >= 0 && s.c >= 0 && s.h >= 0 && s.w >= 0, "dd::Tensor: negative extent in shape {}", s);
-    Tensor t;
-    t.storage_ = std::make_shared<Storage>(static_cast<std::size_t>(s.numel()), d);
-    t.shape_ = s;
-    t.strides_ = dense_strides(s, f);
-    return t;
+    Tensor r;
+    r.storage_ = std::make_shared<Storage>(static_cast<std::size_t>(s.numel()) * dtype_size(t), d);
+    r.shape_ = s;
+    r.strides_ = dense_strides(s, f);
+    r.dtype_ = t;
+    return r;
   }
-  // Uninitialised, with t's shape, device and memory format.
-  static Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.device(), t.format()); }
-  static Tensor zeros(Shape s, Device d = Device::cpu, MemoryFormat f = MemoryFormat::nchw) {
-    return full(s, 0.0f, d, f);
+  // Uninitialised, with t's shape, device, memory format and element type.
+  static Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.device(), t.format(), t.dtype()); }
+  static Tensor zeros(Shape s, Device d = Device::cpu, MemoryFormat f = MemoryFormat::nchw, DType t = DType::f32) {
+    return full(s, 0.0f, d, f, t);
   }
-  static Tensor full(Shape s, float v, Device d = Device::cpu, MemoryFormat f = MemoryFormat::nchw) {
-    Tensor t = empty(s, d, f);
-    t.fill(v);
-    return t;
+  static Tensor full(Shape s, float v, Device d = Device::cpu, MemoryFormat f = MemoryFormat::nchw,
+                     DType t = DType::f32) {
+    Tensor r = empty(s, d, f, t);
+    r.fill(v);
+    return r;
   }
   static Tensor randn(Shape s, std::uint64_t seed, float stddev = 1.0f) {
     Rng rng(seed);
@@ -73,6 +79,7 @@ class Tensor {
   std::int64_t numel() const { return shape_.numel(); }
   bool empty_extent() const { return numel() == 0; }
   Device device() const { return storage_ ? storage_->device() : Device::cpu; }
+  DType dtype() const { return dtype_; }
   // Dense in NCHW order; the stride of a dimension of extent 1 does not matter (a channel slice
   // of a batch-1 tensor is contiguous).
   bool is_contiguous() const { return is_dense(MemoryFormat::nchw); }
@@ -99,16 +106,28 @@ class Tensor {
   // Two tensors alias when they view the same storage.
   bool shares_storage(const Tensor& o) const { return storage_ == o.storage_; }
 
-  // Raw pointer to element (0,0,0,0). Use with strides(), or after checking is_contiguous().
-  float* data() const { return storage_ ? storage_->data() + offset_ : nullptr; }
+  // Pointer to element (0,0,0,0) of an f32 tensor. Use with strides(), or after checking
+  // is_contiguous(). A half tensor is an error here: widen it with to(DType::f32), or take raw().
+  float* data() const {
+    if (dtype_ != DType::f32) [[unlikely]]
+      fail("dd::Tensor: data() of a {} tensor of shape {}: float access needs to(dd::DType::f32)", dtype_name(dtype_),
+           shape_);
+    return static_cast<float*>(raw());
+  }
+  // Untyped pointer to element (0,0,0,0), for kernels that take dtype() along with it.
+  void* raw() const {
+    return storage_ ? static_cast<char*>(storage_->data()) + offset_ * static_cast<std::int64_t>(dtype_size(dtype_))
+                    : nullptr;
+  }
+  std::size_t bytes() const { return static_cast<std::size_t>(numel()) * dtype_size(dtype_); }
 
   float& at(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w) const {
     return data()[n * strides_[0] + c * strides_[1] + h * strides_[2] + w * strides_[3]];
   }
   float item() const {
     DD_CHECK(numel() == 1, "dd::Tensor::item: tensor of shape {} is not a single value", shape_);
-    if (device() == Device::cpu) return *data();
-    return to(Device::cpu).item();
+    if (device() == Device::cpu && dtype_ == DType::f32) return *data();
+    return to(Device::cpu).to(DType::f32).item();
   }
 
   // View of [start, start+len) along dim (0=N, 1=C, 2=H, 3=W).
@@ -142,7 +161,7 @@ class Tensor {
   // A dense copy in this tensor's format().
   Tensor clone() const { return clone_as(format()); }
   Tensor clone_as(MemoryFormat f) const {
-    Tensor t = empty(shape_, device(), f);
+    Tensor t = empty(shape_, device(), f, dtype_);
     t.copy_from(*this);
     return t;
   }
@@ -154,22 +173,36 @@ class Tensor {
   Tensor dense() const { return as_format(format()); }
   // Dense memory laid out like `like` (for element-wise work on both), this tensor when it is.
   Tensor dense_like(const Tensor& like) const { return same_layout(like) ? *this : clone_as(like.format()); }
-  // A copy on device d (this tensor itself when it is already there): NCHW on the host (what host
-  // code indexes), in this tensor's format on the GPU.
+  // A copy on device d (this tensor itself when it is already there): a GPU tensor's host copy is
+  // NCHW f32 (what host code indexes; half elements widened), a host tensor's GPU copy keeps its
+  // format and type.
   Tensor to(Device d) const {
     if (d == device()) return *this;
-    Tensor t = empty(shape_, d, d == Device::cpu ? MemoryFormat::nchw : format());
+    const bool host = d == Device::cpu;
+    Tensor t = empty(shape_, d, host ? MemoryFormat::nchw : format(), host ? DType::f32 : dtype_);
     t.copy_from(*this);
     return t;
   }
+  // A copy with elements of type t (rounded to nearest even when narrowing), in this tensor's
+  // format on its device; this tensor itself when it already has that type.
+  Tensor to(DType t) const {
+    if (t == dtype_) return *this;
+    Tensor r = empty(shape_, device(), format(), t);
+    r.copy_from(*this);
+    return r;
+  }
 
-  // Element-wise copy between tensors of equal shape; either may be a strided view, and they may
-  // live on different devices.
+  // Element-wise copy between tensors of equal shape; either may be a strided view, they may live
+  // on different devices and have different element types (converted).
   void copy_from(const Tensor& src) const {
     DD_CHECK(src.shape_ == shape_, "dd::Tensor::copy_from: source shape {} differs from destination {}",
              src.shape_, shape_);
     if (device() != Device::cpu || src.device() != Device::cpu) {
       copy_across(src);
+      return;
+    }
+    if (dtype_ != DType::f32 || src.dtype_ != DType::f32) {
+      convert_on_host(src);
       return;
     }
     if (is_contiguous() && src.is_contiguous()) {
@@ -191,10 +224,14 @@ class Tensor {
   void fill(float v) const {
     if (device() != Device::cpu) {
       if (is_dense(format())) {
-        DD_GPU(fill(data(), numel(), v));
+        DD_GPU(fill(raw(), numel(), v, dtype_));
       } else {
-        copy_from(full(shape_, v, device()));
+        copy_from(full(shape_, v, device(), format(), dtype_));
       }
+      return;
+    }
+    if (dtype_ != DType::f32) {
+      copy_from(full(shape_, v));
       return;
     }
     if (is_contiguous()) {
@@ -206,14 +243,22 @@ class Tensor {
         for (std::int64_t h = 0; h < shape_.h; ++h)
           for (std::int64_t w = 0; w < shape_.w; ++w) at(n, c, h, w) = v;
   }
-  // this += other (same shape, both dense in the same order).
+  // this += other (same shape, both dense in the same order, the same element type).
   void add_(const Tensor& other) const {
     DD_CHECK(other.shape_ == shape_, "dd::Tensor::add_: shape {} differs from {}", other.shape_, shape_);
     DD_CHECK(same_layout(other), "dd::Tensor::add_: needs two dense tensors of the same memory format");
     DD_CHECK(device() == other.device(), "dd::Tensor::add_: tensors on {} and {}", device_name(device()),
              device_name(other.device()));
+    DD_CHECK(dtype_ == other.dtype_, "dd::Tensor::add_: {} and {} tensors", dtype_name(dtype_),
+             dtype_name(other.dtype_));
     if (device() != Device::cpu) {
-      DD_GPU(axpy(data(), other.data(), numel(), 1.0f));
+      DD_GPU(axpy(raw(), other.raw(), numel(), 1.0f, dtype_));
+      return;
+    }
+    if (dtype_ != DType::f32) {  // host half tensors (rare): in f32, rounded once
+      const Tensor sum = to(DType::f32);
+      sum.add_(other.to(DType::f32));
+      copy_from(sum);
       return;
     }
     float* d = data();
@@ -227,14 +272,20 @@ class Tensor {
   void scale_(float k) const {
     DD_CHECK(is_dense(format()), "dd::Tensor::scale_: needs a dense tensor");
     if (device() != Device::cpu) {
-      DD_GPU(scale(data(), numel(), k));
+      DD_GPU(scale(raw(), numel(), k, dtype_));
+      return;
+    }
+    if (dtype_ != DType::f32) {
+      const Tensor scaled = to(DType::f32);
+      scaled.scale_(k);
+      copy_from(scaled);
       return;
     }
     for (std::int64_t i = 0; i < numel(); ++i) data()[i] *= k;
   }
 
   std::vector<float> to_vector() const {
-    const Tensor c = to(Device::cpu).contiguous();
+    const Tensor c = to(Device::cpu).to(DType::f32).contiguous();
     return std::vector<float>(c.data(), c.data() + c.numel());
   }
 
@@ -245,29 +296,84 @@ class Tensor {
   }
 
  private:
+  // copy_from between host tensors when either is half: the same type is copied as raw elements,
+  // different types through a dense f32 image (host copies of half tensors are rare: tests, staging).
+  void convert_on_host(const Tensor& src) const {
+    if (dtype_ == src.dtype_) {
+      copy_elements(src);
+      return;
+    }
+    Tensor wide = src;
+    if (src.dtype_ == DType::f32) {
+      wide = src.contiguous();
+    } else {
+      Tensor s = src;
+      if (!src.is_contiguous()) {
+        s = empty(shape_, Device::cpu, MemoryFormat::nchw, src.dtype_);
+        s.copy_elements(src);
+      }
+      wide = empty(shape_);
+      widen(s.raw(), s.dtype_, wide.data(), numel());
+    }
+    if (dtype_ == DType::f32) {
+      copy_from(wide);
+    } else if (is_contiguous()) {
+      narrow(wide.data(), raw(), dtype_, numel());
+    } else {
+      const Tensor d = empty(shape_, Device::cpu, MemoryFormat::nchw, dtype_);
+      narrow(wide.data(), d.raw(), dtype_, numel());
+      copy_elements(d);
+    }
+  }
+  // Strided element copy between host tensors of one type (2 or 4 bytes each).
+  void copy_elements(const Tensor& src) const {
+    const std::size_t es = dtype_size(dtype_);
+    if (same_layout(src)) {
+      std::memcpy(raw(), src.raw(), bytes());
+      return;
+    }
+    auto* d = static_cast<char*>(raw());
+    const auto* s = static_cast<const char*>(src.raw());
+    for (std::int64_t n = 0; n < shape_.n; ++n)
+      for (std::int64_t c = 0; c < shape_.c; ++c)
+        for (std::int64_t h = 0; h < shape_.h; ++h)
+          for (std::int64_t w = 0; w < shape_.w; ++w)
+            std::memcpy(d + es * static_cast<std::size_t>(n * strides_[0] + c * strides_[1] + h * strides_[2] +
+                                                          w * strides_[3]),
+                        s + es * static_cast<std::size_t>(n * src.strides_[0] + c * src.strides_[1] +
+                                                          h * src.strides_[2] + w * src.strides_[3]),
+                        es);
+  }
+
   // copy_from when either side is on the GPU.
   void copy_across([[maybe_unused]] const Tensor& src) const {
 #if DD_WITH_CUDA
-    const std::size_t bytes = sizeof(float) * static_cast<std::size_t>(numel());
-    if (bytes == 0) return;
+    if (numel() == 0) return;
     if (device() == src.device()) {  // both on the GPU
-      if (same_layout(src)) {
-        cuda::copy_on_device(data(), src.data(), bytes);
+      if (dtype_ != src.dtype_) {
+        // Convert in src's layout, then place (one kernel when the layouts agree).
+        const Tensor c = src.dense();
+        const Tensor d = same_layout(c) ? *this : empty(shape_, device(), c.format(), dtype_);
+        DD_GPU(convert(c.raw(), c.dtype_, d.raw(), dtype_, numel()));
+        if (!d.shares_storage(*this)) copy_from(d);
+      } else if (same_layout(src)) {
+        cuda::copy_on_device(raw(), src.raw(), bytes());
       } else {
         cuda::kernels::StridedCopy g{{shape_.n, shape_.c, shape_.h, shape_.w},
                                      {strides_[0], strides_[1], strides_[2], strides_[3]},
                                      {src.strides_[0], src.strides_[1], src.strides_[2], src.strides_[3]}};
-        gpu::copy_strided(data(), src.data(), g);
+        gpu::copy_strided(raw(), src.raw(), g, dtype_);
       }
       return;
     }
-    // Across devices: move a dense image of src, then place it.
-    const Tensor s = src.dense();
-    const Tensor d = same_layout(s) ? *this : empty(shape_, device(), s.format());
+    // Across devices: move a dense image of src, then place it. Types are converted on the GPU:
+    // before the move to the host, after the move to the GPU (fewer bytes travel).
+    const Tensor s = device() == Device::cpu ? src.dense().to(dtype_) : src.dense();
+    const Tensor d = same_layout(s) && dtype_ == s.dtype_ ? *this : empty(shape_, device(), s.format(), s.dtype_);
     if (device() == Device::cpu)
-      cuda::copy_to_host(d.data(), s.data(), bytes);
+      cuda::copy_to_host(d.raw(), s.raw(), s.bytes());
     else
-      cuda::copy_to_device(d.data(), s.data(), bytes);
+      cuda::copy_to_device(d.raw(), s.raw(), s.bytes());
     if (!d.shares_storage(*this)) copy_from(d);
 #else
     detail::no_cuda();
@@ -285,11 +391,12 @@ class Tensor {
   std::int64_t offset_ = 0;
   Shape shape_{};
   Strides strides_{};
+  DType dtype_ = DType::f32;
 };
 
 // Euclidean norm of all elements, accumulated in double.
 inline double l2_norm(const Tensor& t) {
-  const Tensor c = t.dense();
+  const Tensor c = t.dense().to(DType::f32);
   if (c.device() != Device::cpu) {
 #if DD_WITH_CUDA
     return std::sqrt(gpu::sum_squares(c.data(), c.numel()));

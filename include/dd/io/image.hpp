@@ -516,9 +516,10 @@ inline Tensor load_mask(const std::string& path, const ColorTable* table, int cl
 
 // Per-pixel argmax over channels: [N, K, H, W] logits or probabilities -> [N, 1, H, W] class indices
 // (ties go to the lower class).
-inline Tensor argmax_classes(const Tensor& logits) {
-  DD_CHECK(logits.defined() && logits.shape().c >= 1,
-           "dd::io::argmax_classes: expected [N, K, H, W] logits with K >= 1, got {}", logits.shape());
+inline Tensor argmax_classes(const Tensor& logits_in) {
+  DD_CHECK(logits_in.defined() && logits_in.shape().c >= 1,
+           "dd::io::argmax_classes: expected [N, K, H, W] logits with K >= 1, got {}", logits_in.shape());
+  const Tensor logits = logits_in.to(Device::cpu).to(DType::f32);  // host f32 (GPU or half logits too)
   const Shape s = logits.shape();
   Tensor out = Tensor::empty({s.n, 1, s.h, s.w});
   for (std::int64_t n = 0; n < s.n; ++n)

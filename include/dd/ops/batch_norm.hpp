@@ -1,7 +1,8 @@
 #pragma once
 // BatchNorm2d, and the fused conv-block tail BatchNorm -> ReLU -> Dropout2d. The fused op keeps only
 // the normalisation's input and the block's output for backward (instead of four tensors), which
-// halves the activation memory of a U-Net; its results equal the three separate ops bit for bit.
+// halves the activation memory of a U-Net; its results equal the three separate ops bit for bit
+// (with f32 activations; with half ones it rounds once where the separate ops round twice).
 #include "dd/kernels/cpu/activation.hpp"
 #include "dd/kernels/cpu/batchnorm.hpp"
 #include "dd/ops/dropout.hpp"
@@ -28,13 +29,24 @@ struct BatchNormSaved {
   bool nhwc;  // X is channels-last GPU memory (so are y and the gradients the kernels see)
 };
 
+// Whether the GPU kernels normalise x in its own element type: our channels-last kernels take
+// half activations; cuDNN's paths (NCHW, more than 1024 channels) get a widened copy.
+inline bool batch_norm_takes_half([[maybe_unused]] const Tensor& x) {
+#if DD_WITH_CUDA
+  return channels_last(x) && cuda::kernels::channels_last_supported(x.shape().c);
+#else
+  return false;
+#endif
+}
+
 // tail (the fused op's, may be null): see cpu::BatchNormTail.
 inline Tensor batch_norm_forward(const Var& x, const Var& gamma, const Var& beta, const Tensor& running_mean,
                                  const Tensor& running_var, const BatchNormOptions& o, BatchNormSaved& saved,
                                  [[maybe_unused]] cpu::BatchNormTail* tail = nullptr) {
   require_same_device("batch_norm", {&x, &gamma, &beta});
-  const Tensor X = kernel_input(x.value());
+  const Tensor X = kernel_input(x.value(), batch_norm_takes_half(x.value()));
   require_nonempty(X, "batch_norm");
+  [[maybe_unused]] const DType t = X.dtype();
   const bool gpu = on_gpu(X), nhwc = channels_last(X);
   const Device dev = X.device();
   const Shape s = X.shape();
@@ -52,8 +64,8 @@ inline Tensor batch_norm_forward(const Var& x, const Var& gamma, const Var& beta
     DD_CHECK(!rm || (running_mean.device() == dev && running_var.device() == dev),
              "dd::batch_norm: running statistics on another device than the input");
     if (gpu)
-      DD_GPU(batchnorm_forward_train(X.data(), gamma.value().data(), beta.value().data(), g, o.eps, o.momentum,
-                                     Y.data(), mean.data(), invstd.data(), rm, rv, nhwc, tail));
+      DD_GPU(batchnorm_forward_train(X.raw(), gamma.value().data(), beta.value().data(), g, o.eps, o.momentum,
+                                     Y.raw(), mean.data(), invstd.data(), rm, rv, nhwc, tail, t));
     else
       cpu::batchnorm_forward_train(X.data(), gamma.value().data(), beta.value().data(), g, o.eps, o.momentum,
                                    Y.data(), mean.data(), invstd.data(), rm, rv);
@@ -64,8 +76,8 @@ inline Tensor batch_norm_forward(const Var& x, const Var& gamma, const Var& beta
     mean.copy_from(running_mean.reshape({s.c, 1, 1, 1}));
     if (gpu) {
       DD_GPU(batchnorm_invstd(running_var.data(), s.c, o.eps, invstd.data()));
-      DD_GPU(batchnorm_forward_eval(X.data(), gamma.value().data(), beta.value().data(), running_mean.data(),
-                                    running_var.data(), g, o.eps, Y.data(), nhwc, tail, invstd.data()));
+      DD_GPU(batchnorm_forward_eval(X.raw(), gamma.value().data(), beta.value().data(), running_mean.data(),
+                                    running_var.data(), g, o.eps, Y.raw(), nhwc, tail, invstd.data(), t));
     } else {
       for (std::int64_t c = 0; c < s.c; ++c) invstd.data()[c] = 1.0f / std::sqrt(running_var.data()[c] + o.eps);
       cpu::batchnorm_forward_eval(X.data(), gamma.value().data(), beta.value().data(), running_mean.data(),
@@ -84,8 +96,8 @@ inline void batch_norm_backward(const BatchNormSaved& sv, const Tensor& dy, cons
   float* dgamma = gamma.requires_grad() ? grad_buffer(gamma).data() : nullptr;
   float* dbeta = beta.requires_grad() ? grad_buffer(beta).data() : nullptr;
   if (on_gpu(sv.X))
-    DD_GPU(batchnorm_backward(sv.X.data(), dy.data(), gamma.value().data(), sv.mean.data(), sv.invstd.data(), sv.g,
-                              sv.training, dx.data(), dgamma, dbeta, sv.nhwc, tail));
+    DD_GPU(batchnorm_backward(sv.X.raw(), dy.raw(), gamma.value().data(), sv.mean.data(), sv.invstd.data(), sv.g,
+                              sv.training, dx.raw(), dgamma, dbeta, sv.nhwc, tail, sv.X.dtype()));
   else
     cpu::batchnorm_backward(sv.X.data(), dy.data(), gamma.value().data(), sv.mean.data(), sv.invstd.data(), sv.g,
                             sv.training, dx.data(), dgamma, dbeta);
@@ -130,7 +142,7 @@ inline Var batch_norm_relu_dropout(const Var& x, const Var& gamma, const Var& be
   Tensor Y = detail::batch_norm_forward(x, gamma, beta, running_mean, running_var, o, saved, &tail);
   if (!tail.applied) {
     if (saved.nhwc)
-      DD_GPU(relu_scale_planes_nhwc(Y.data(), k, s.n, s.c, s.h * s.w));
+      DD_GPU(relu_scale_planes_nhwc(Y.raw(), k, s.n, s.c, s.h * s.w, Y.dtype()));
     else if (detail::on_gpu(Y))
       DD_GPU(relu_scale_planes(Y.data(), k, s.n * s.c, s.h * s.w));
     else
@@ -145,7 +157,7 @@ inline Var batch_norm_relu_dropout(const Var& x, const Var& gamma, const Var& be
       const Tensor D = dy.dense_like(y.value());
       const float* k = scale.defined() ? scale.data() : nullptr;
       if (detail::on_gpu(D)) {  // the GPU backward takes ReLU and dropout back out itself (no dz)
-        const cpu::BatchNormTail tail{k, false, y.value().data()};
+        const cpu::BatchNormTail tail{k, false, y.value().raw()};
         detail::batch_norm_backward(saved, D, x, gamma, beta, &tail);
         return;
       }

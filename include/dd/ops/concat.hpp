@@ -33,7 +33,11 @@ inline Var concat(const std::vector<Var>& parts, int dim) {
   MemoryFormat f = MemoryFormat::nchw;
   for (const Var& p : parts)
     if (detail::on_gpu(p.value()) && p.value().format() == MemoryFormat::nhwc) f = MemoryFormat::nhwc;
-  Tensor Y = Tensor::empty(out, dev, f);
+  // The parts' element type when they agree (half activations stay half), else f32.
+  DType t = parts[0].value().dtype();
+  for (const Var& p : parts)
+    if (p.value().dtype() != t) t = DType::f32;
+  Tensor Y = Tensor::empty(out, dev, f, t);
   std::int64_t at = 0;
   for (const Var& p : parts) {
     const std::int64_t len = detail::extent(p.shape(), dim);
@@ -66,7 +70,7 @@ inline Var slice(const Var& x, int dim, std::int64_t start, std::int64_t len) {
     Tape::current().record([x, y, dim, start, len] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = Tensor::zeros(x.shape(), dy.device(), x.value().format());
+      Tensor dx = Tensor::zeros(x.shape(), dy.device(), x.value().format(), x.value().dtype());
       dx.slice(dim, start, len).copy_from(dy);
       x.accumulate_grad(std::move(dx));
     });

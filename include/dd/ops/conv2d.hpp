@@ -65,6 +65,11 @@ inline Var conv2d_cpu(const std::vector<Var>& xs, const std::vector<Tensor>& X, 
   return y;
 }
 
+#if DD_WITH_CUDA
+// A GPU tensor's memory as the convolution kernels take it (null for an undefined tensor).
+inline cuda::DeviceArray device_array(const Tensor& t) { return {t.raw(), t.dtype()}; }
+#endif
+
 // The memory order a convolution takes and gives: NCHW on the CPU; on the GPU the one
 // cuda::conv_settings() asks for (channels-last by default).
 inline MemoryFormat conv_format([[maybe_unused]] const Tensor& x) {
@@ -80,26 +85,30 @@ inline MemoryFormat conv_format([[maybe_unused]] const Tensor& x) {
 inline Var conv2d(const Var& x, const Var& w, const Var& b, Conv2dOptions o = {}) {
   detail::require_same_device("conv2d", {&x, &w, &b});
   const MemoryFormat f = detail::conv_format(x.value());
-  const Tensor X = x.value().as_format(f);
+  const Tensor X = detail::on_gpu(x.value()) ? x.value().as_format(f) : detail::kernel_input(x.value());
   detail::require_nonempty(X, "conv2d");
   const cpu::Conv2dGeometry g = detail::conv2d_geometry(X.shape(), X.shape().c, w, b, o);
   if (!detail::on_gpu(X)) return detail::conv2d_cpu({x}, {X}, w, b, g);
 
 #if DD_WITH_CUDA
   const bool nhwc = f == MemoryFormat::nhwc;
-  Tensor Y = Tensor::empty({g.n, g.cout, g.out_h(), g.out_w()}, X.device(), f);
+  // The output's element type: half with cuda::ConvSettings::half_activations (see there).
+  Tensor Y = Tensor::empty({g.n, g.cout, g.out_h(), g.out_w()}, X.device(), f, gpu::activation_dtype(g.cout));
   const Tensor W = w.value().contiguous();
-  DD_GPU(conv2d_forward(X.data(), W.data(), b.defined() ? b.value().data() : nullptr, g, Y.data(), nhwc));
+  DD_GPU(conv2d_forward(detail::device_array(X), W.data(), b.defined() ? b.value().data() : nullptr, g,
+                        detail::device_array(Y), nhwc));
   const bool rec = detail::should_record({&x, &w, &b});
   Var y(std::move(Y), rec);
   if (rec)
     Tape::current().record([x, w, b, y, g, X, W, f, nhwc] {
       const Tensor& dy = y.grad();
       if (!dy.defined()) return;
-      Tensor dx = x.requires_grad() ? Tensor::empty(x.shape(), X.device(), f) : Tensor{};  // written by the kernel
+      // written by the kernel, in x's element type
+      Tensor dx = x.requires_grad() ? Tensor::empty(x.shape(), X.device(), f, X.dtype()) : Tensor{};
       float* dw = w.requires_grad() ? detail::grad_buffer(w).data() : nullptr;
       float* db = b.requires_grad() ? detail::grad_buffer(b).data() : nullptr;
-      DD_GPU(conv2d_backward(X.data(), W.data(), dy.as_format(f).data(), g, dx.data(), dw, db, nhwc));
+      DD_GPU(conv2d_backward(detail::device_array(X), W.data(), detail::device_array(dy.as_format(f)), g,
+                             detail::device_array(dx), dw, db, nhwc));
       if (dx.defined()) x.accumulate_grad(std::move(dx));
     });
   return y;
@@ -120,7 +129,7 @@ inline Var conv2d(const std::vector<Var>& parts, const Var& w, const Var& b, Con
   std::int64_t cin = 0;
   for (const Var& p : parts) {
     detail::require_same_device("conv2d", {&parts[0], &p, &w, &b});
-    X.push_back(p.value().contiguous());
+    X.push_back(detail::kernel_input(p.value()));  // f32 NCHW
     detail::require_nonempty(X.back(), "conv2d");
     const Shape s = X.back().shape(), s0 = X.front().shape();
     DD_CHECK(s.n == s0.n && s.h == s0.h && s.w == s0.w, "dd::conv2d: input parts {} and {} differ outside the channels",

@@ -27,14 +27,14 @@ inline Tensor dropout_scales(std::int64_t planes, float p, Rng& rng, Device d) {
 inline Var dropout2d(const Var& x, float p, Rng& rng, bool training) {
   DD_CHECK(p >= 0.0f && p < 1.0f, "dd::dropout2d: probability {} is not in [0, 1)", p);
   if (!training || p == 0.0f) return x;
-  const Tensor X = detail::kernel_input(x.value());
+  const Tensor X = detail::kernel_input(x.value(), detail::channels_last(x.value()));  // half: NHWC kernel only
   const Shape s = X.shape();
   const Tensor scale = detail::dropout_scales(s.n * s.c, p, rng, X.device());
   const std::int64_t plane = s.h * s.w;
   // y = x * scale per (sample, channel) plane; in and out share X's memory order.
   auto apply = [s, plane](const Tensor& in, const Tensor& k, const Tensor& out) {
     if (detail::channels_last(in))
-      DD_GPU(scale_planes_nhwc(in.data(), k.data(), s.n, s.c, plane, out.data()));
+      DD_GPU(scale_planes_nhwc(in.raw(), k.data(), s.n, s.c, plane, out.raw(), in.dtype()));
     else if (detail::on_gpu(in))
       DD_GPU(scale_planes(in.data(), k.data(), k.numel(), plane, out.data()));
     else

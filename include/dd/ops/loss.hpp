@@ -34,7 +34,7 @@ inline Tensor softmax_backward_of(const Tensor& P, const Tensor& dP) {
 
 // Softmax over channels, differentiable.
 inline Var softmax(const Var& x) {
-  const Tensor X = x.value().contiguous();
+  const Tensor X = x.value().contiguous().to(DType::f32);  // half logits are read widened
   const Shape s = X.shape();
   Tensor P = detail::softmax_of(X);
   const bool rec = detail::should_record({&x});
@@ -65,14 +65,14 @@ struct SoftmaxTargets {
   Tensor labels, probs;
 };
 inline SoftmaxTargets softmax_targets(const Var& logits, const Tensor& labels, const char* op) {
-  const Tensor X = logits.value().contiguous();
+  const Tensor X = logits.value().contiguous().to(DType::f32);  // half logits are read widened
   require_nonempty(X, op);
   const Shape s = X.shape();
   DD_CHECK(labels.shape() == (Shape{s.n, 1, s.h, s.w}), "dd::{}: labels of shape {} for logits {}; expected {}", op,
            labels.shape(), s, Shape{s.n, 1, s.h, s.w});
   DD_CHECK(labels.device() == X.device(), "dd::{}: labels on {} for logits on {}", op, device_name(labels.device()),
            device_name(X.device()));
-  return {s, labels.contiguous(), softmax_of(X)};
+  return {s, labels.contiguous().to(DType::f32), softmax_of(X)};
 }
 
 // Labels that are not class indices are an error, on every device.
@@ -131,7 +131,7 @@ inline Var weighted_sum(const Var& x, const Tensor& weights) {
   const Device dev = x.value().device();
   const Tensor Wt = weights.to(dev).contiguous();
   // A checking head, not a hot path: GPU values are summed on the host.
-  const Tensor X = x.value().to(Device::cpu).contiguous(), Wh = Wt.to(Device::cpu);
+  const Tensor X = x.value().to(Device::cpu).to(DType::f32).contiguous(), Wh = Wt.to(Device::cpu).to(DType::f32);
   double total = 0;
   for (std::int64_t i = 0; i < X.numel(); ++i) total += static_cast<double>(X.data()[i]) * Wh.data()[i];
   const bool rec = detail::should_record({&x});

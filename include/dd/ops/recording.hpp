@@ -24,16 +24,20 @@ inline const Tensor& grad_buffer(const Var& v) {
 
 inline bool on_gpu(const Tensor& t) { return t.device() == Device::cuda; }
 
-// The memory an element-wise or per-channel kernel reads: on the GPU the tensor's own dense order
-// (NCHW or channels-last, see cuda::ConvSettings::channels_last), on the CPU NCHW.
-// GPU views at addresses cuDNN's vector loads cannot take (is_vector_aligned) are copied too.
-inline Tensor kernel_input(const Tensor& t) {
-  if (!on_gpu(t)) return t.contiguous();
-  const Tensor d = t.dense();
-  return is_vector_aligned(d.data()) ? d : d.clone();
-}
-// Whether a tensor from kernel_input is channels-last GPU memory.
+// Whether t is (or views) channels-last GPU memory; kernel_input keeps that order.
 inline bool channels_last(const Tensor& t) { return on_gpu(t) && t.format() == MemoryFormat::nhwc; }
+
+// The memory an element-wise or per-channel kernel reads: on the GPU the tensor's own dense order
+// (NCHW or channels-last, see cuda::ConvSettings::channels_last), on the CPU f32 NCHW.
+// GPU views at addresses cuDNN's vector loads cannot take (is_vector_aligned) are copied too.
+// Half elements (bf16 / f16 activations) stay half where the op's kernels take them (half_ok),
+// and are widened to f32 here everywhere else: the one place that keeps f32 kernels off half memory.
+inline Tensor kernel_input(const Tensor& t, bool half_ok = false) {
+  if (!on_gpu(t)) return t.contiguous().to(DType::f32);
+  Tensor d = t.dense();
+  if (!half_ok) d = d.to(DType::f32);
+  return is_vector_aligned(d.raw()) ? d : d.clone();
+}
 
 // Every defined input of an op must live where the first one does.
 inline void require_same_device(const char* op, std::initializer_list<const Var*> inputs) {

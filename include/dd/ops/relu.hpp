@@ -8,11 +8,11 @@
 namespace dd {
 
 inline Var relu(const Var& x) {
-  const Tensor X = detail::kernel_input(x.value());
+  const Tensor X = detail::kernel_input(x.value(), /*half_ok=*/true);  // the GPU kernels take any element type
   const bool gpu = detail::on_gpu(X);
   Tensor Y = Tensor::empty_like(X);  // element-wise: any dense order
   if (gpu)
-    DD_GPU(relu_forward(X.data(), X.numel(), Y.data()));
+    DD_GPU(relu_forward(X.raw(), X.numel(), Y.raw(), X.dtype()));
   else
     cpu::relu_forward(X.data(), X.numel(), Y.data());
   const bool rec = detail::should_record({&x});
@@ -25,7 +25,7 @@ inline Var relu(const Var& x) {
       Tensor dx = Tensor::empty_like(y.value());
       const Tensor D = dy.dense_like(y.value());
       if (gpu)
-        DD_GPU(relu_backward(y.value().data(), D.data(), dx.numel(), dx.data()));
+        DD_GPU(relu_backward(y.value().raw(), D.raw(), dx.numel(), dx.raw(), dx.dtype()));
       else
         cpu::relu_backward(y.value().data(), D.data(), dx.numel(), dx.data());
       x.accumulate_grad(std::move(dx));

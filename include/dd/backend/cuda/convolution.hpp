@@ -57,43 +57,64 @@ class AlignedFloats {
   DeviceScratch buf_;
 };
 
-// An fp32 input as the convolution consumes it: the pointer itself, or a copy in scratch that lives
-// as long as this object: reordered (a KCRS filter for an NHWC problem), rounded (bf16/fp16), or
-// else realigned (AlignedFloats; the other two copies are aligned already).
+// An activation array on the GPU: its memory and element type (f32, or half with
+// ConvSettings::half_activations). Converts from float pointers, which are f32.
+struct DeviceArray {
+  void* p = nullptr;
+  DType t = DType::f32;
+  DeviceArray() = default;
+  DeviceArray(std::nullptr_t) {}
+  DeviceArray(const float* f) : p(const_cast<float*>(f)) {}
+  DeviceArray(const void* q, DType type) : p(const_cast<void*>(q)), t(type) {}
+  explicit operator bool() const { return p != nullptr; }
+};
+
+// An input as the convolution consumes it (in the precision's compute type): the array itself, or
+// a copy in scratch that lives as long as this object: reordered (a KCRS filter for an NHWC
+// problem), converted (f32 to bf16/fp16, or a half activation for an fp32 problem), or else
+// realigned (the other copies are aligned already).
 class ConvOperand {
  public:
-  ConvOperand(const float* p, std::int64_t count, Precision prec, const kernels::StridedCopy* reorder = nullptr)
-      : aligned_(reorder || is_half(prec) ? nullptr : p, count), ptr_(aligned_.get() ? aligned_.get() : p) {
+  ConvOperand(DeviceArray a, std::int64_t count, Precision prec, const kernels::StridedCopy* reorder = nullptr)
+      : ptr_(a.p) {
     if (count <= 0) return;
+    const DType ct = compute_dtype(prec);
+    const cudaStream_t s = current_stream();
     if (reorder) {
-      order_.reset(static_cast<std::size_t>(count) * sizeof(float));
-      kernels::copy_strided(order_.floats(), p, *reorder, current_stream());
+      order_.reset(static_cast<std::size_t>(count) * dtype_size(a.t));
+      kernels::copy_strided(order_.get(), a.p, *reorder, a.t, s);
       DD_CUDA_CHECK(cudaGetLastError());
-      ptr_ = p = order_.floats();
+      ptr_ = order_.get();
     }
-    if (!is_half(prec)) return;
-    buf_.reset(static_cast<std::size_t>(count) * 2);
-    kernels::to_half(p, buf_.get(), count, half_type(prec), current_stream());
-    DD_CUDA_CHECK(cudaGetLastError());
-    ptr_ = buf_.get();
+    if (a.t != ct) {
+      buf_.reset(static_cast<std::size_t>(count) * dtype_size(ct));
+      kernels::convert(ptr_, a.t, buf_.get(), ct, count, s);
+      DD_CUDA_CHECK(cudaGetLastError());
+      ptr_ = buf_.get();
+    } else if (!is_vector_aligned(ptr_)) {
+      const std::size_t bytes = static_cast<std::size_t>(count) * dtype_size(ct);
+      buf_.reset(bytes);
+      copy_on_device(buf_.get(), ptr_, bytes);
+      ptr_ = buf_.get();
+    }
   }
   const void* get() const { return ptr_; }
 
  private:
-  AlignedFloats aligned_;
   const void* ptr_;
   DeviceScratch order_, buf_;
 };
 
 // One convolution problem on the current stream, with the settings read once at construction.
-// Inputs come as ConvOperands (already in the compute data type); outputs are fp32.
+// Inputs come as ConvOperands (already in the compute data type); outputs are written in their
+// own type (DeviceArray), converted from the compute type when they differ.
 class Convolution {
  public:
   explicit Convolution(const ConvProblem& p)
       : p_(p), s_(conv_settings()), stream_(current_stream()), h_(cudnn_handle(stream_)) {}
 
   Precision precision() const { return s_.precision; }
-  ConvOperand operand(const float* ptr, std::int64_t count) const { return ConvOperand(ptr, count, s_.precision); }
+  ConvOperand operand(DeviceArray a, std::int64_t count) const { return ConvOperand(a, count, s_.precision); }
   // The weight [k, c, r, s] (KCRS memory) as the filter: reordered to KRSC for an NHWC problem.
   ConvOperand filter(const float* w) const {
     if (!reorders_filter()) return operand(w, p_.filter_count());
@@ -102,7 +123,7 @@ class Convolution {
   }
 
   // y = conv(x, w), written.
-  void forward(const void* x, const void* w, float* y) {
+  void forward(const void* x, const void* w, DeviceArray y) {
     Output out(*this, y, p_.output_count());
     if (run_plan(ConvDirection::forward, x, w, out.get(), false)) return out.finish();
     const ConvAlgorithm a = prepare(ConvDirection::forward);
@@ -115,7 +136,7 @@ class Convolution {
   }
 
   // dx = conv_backward_data(w, dy), written.
-  void backward_data(const void* w, const void* dy, float* dx) {
+  void backward_data(const void* w, const void* dy, DeviceArray dx) {
     Output out(*this, dx, p_.input_count());
     if (run_plan(ConvDirection::backward_data, out.get(), w, dy, false)) return out.finish();
     const ConvAlgorithm a = prepare(ConvDirection::backward_data);
@@ -140,31 +161,29 @@ class Convolution {
     if (is_half(s_.precision)) half.reset(static_cast<std::size_t>(count) * 2);
     void* g = half.get() ? half.get() : wide.get();
     if (!run_plan(ConvDirection::backward_filter, x, g, dy, false)) legacy_backward_filter(x, dy, g, 0.0f);
-    if (half.get()) from_half(half.get(), wide.floats(), count);
+    if (half.get()) convert(half.get(), compute_dtype(s_.precision), wide.floats(), DType::f32, count);
     add_filter(wide.floats(), dw);
   }
 
  private:
-  // Where cuDNN writes an fp32 result of `count` elements: dst itself, or (half precision, or dst not
-  // aligned) scratch that finish() widens or copies into dst.
+  // Where cuDNN writes a result of `count` elements in the compute type: dst itself when it has
+  // that type and is aligned, else scratch that finish() converts (or copies) into dst.
   class Output {
    public:
-    Output(Convolution& c, float* dst, std::int64_t count) : c_(c), dst_(dst), count_(count) {
-      if (!is_half(c.s_.precision) && is_vector_aligned(dst)) return;
-      buf_.reset(static_cast<std::size_t>(count) * (is_half(c.s_.precision) ? 2 : sizeof(float)));
+    Output(Convolution& c, DeviceArray dst, std::int64_t count)
+        : c_(c), dst_(dst), ct_(compute_dtype(c.s_.precision)), count_(count) {
+      if (dst.t == ct_ && is_vector_aligned(dst.p)) return;
+      buf_.reset(static_cast<std::size_t>(count) * dtype_size(ct_));
     }
-    void* get() const { return buf_.get() ? buf_.get() : dst_; }
+    void* get() const { return buf_.get() ? buf_.get() : dst_.p; }
     void finish() {
-      if (!buf_.get()) return;
-      if (is_half(c_.s_.precision))
-        c_.from_half(buf_.get(), dst_, count_);
-      else
-        copy_on_device(dst_, buf_.get(), static_cast<std::size_t>(count_) * sizeof(float));
+      if (buf_.get()) c_.convert(buf_.get(), ct_, dst_.p, dst_.t, count_);
     }
 
    private:
     Convolution& c_;
-    float* dst_;
+    DeviceArray dst_;
+    DType ct_;
     std::int64_t count_;
     DeviceScratch buf_;
   };
@@ -174,9 +193,9 @@ class Convolution {
   // dw (KCRS) += g (the filter gradient in cuDNN's order for this problem).
   void add_filter(const float* g, float* dw) {
     if (reorders_filter())
-      kernels::add_strided(dw, g, filter_order(p_.k, p_.c, p_.r, p_.s, false), stream_);
+      kernels::add_strided(dw, g, filter_order(p_.k, p_.c, p_.r, p_.s, false), DType::f32, stream_);
     else
-      kernels::axpy(dw, g, p_.filter_count(), 1.0f, stream_);
+      kernels::axpy(dw, g, p_.filter_count(), 1.0f, DType::f32, stream_);
     DD_CUDA_CHECK(cudaGetLastError());
   }
   // The direction through a graph-API execution plan (conv_settings().graph_api) on (x-shaped,
@@ -203,8 +222,8 @@ class Convolution {
     d_->conv.set_math(a.math);  // a cache hit must run with the math type the algorithm was chosen with
     return a;
   }
-  void from_half(const void* src, float* dst, std::int64_t count) {
-    kernels::from_half(src, dst, count, half_type(s_.precision), stream_);
+  void convert(const void* src, DType st, void* dst, DType dt, std::int64_t count) {
+    kernels::convert(src, st, dst, dt, count, stream_);
     DD_CUDA_CHECK(cudaGetLastError());
   }
 
@@ -216,49 +235,57 @@ class Convolution {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Per-channel bias of NCHW or NHWC tensors (fp32 in every precision)
+// Per-channel bias of NCHW or NHWC tensors (the bias fp32 in every precision; half activations
+// only channels-last with at most 1024 channels, where our kernels run)
 // ---------------------------------------------------------------------------------------------
+
+inline void require_f32_bias(DType t) {
+  DD_CHECK(t == DType::f32, "dd::cuda: a bias on {} activations needs channels-last memory and at most 1024 channels",
+           dtype_name(t));
+}
 
 // y[n, c, :, :] += b[c]
 inline void add_channel_bias(const float* b, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
-                             float* y, bool nhwc = false) {
+                             DeviceArray y, bool nhwc = false) {
   if (nhwc && kernels::channels_last_supported(c)) {
-    kernels::add_bias_nhwc(b, n * h * w, c, y, current_stream());
+    kernels::add_bias_nhwc(b, n * h * w, c, y.p, y.t, current_stream());
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
+  require_f32_bias(y.t);
   const TensorDescriptor bd(CUDNN_DATA_FLOAT, 1, c, 1, 1), yd(CUDNN_DATA_FLOAT, n, c, h, w, nhwc);
   const float one = 1.0f;
   const AlignedFloats bias(b, c);  // realigned when b is a view
-  DD_CUDNN_CHECK(cudnnAddTensor(cudnn_handle(), &one, bd, bias.get(), &one, yd, y));
+  DD_CUDNN_CHECK(cudnnAddTensor(cudnn_handle(), &one, bd, bias.get(), &one, yd, y.p));
 }
 
 // db[c] += sum over n, h, w of dy[n, c, :, :]
-inline void accumulate_channel_bias_grad(const float* dy, std::int64_t n, std::int64_t c, std::int64_t h,
+inline void accumulate_channel_bias_grad(DeviceArray dy, std::int64_t n, std::int64_t c, std::int64_t h,
                                          std::int64_t w, float* db, bool nhwc = false) {
   // Our deterministic per-channel sums (cuDNN's bias-gradient kernels took milliseconds on 2 x 1024^2).
   if (nhwc && kernels::channels_last_supported(c)) {
-    kernels::bias_grad_nhwc(dy, n * h * w, c, db, current_stream());
+    kernels::bias_grad_nhwc(dy.p, n * h * w, c, db, dy.t, current_stream());
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
   if (!nhwc) {
-    kernels::batchnorm_backward_eval(nullptr, dy, nullptr, nullptr, nullptr, n, c, h * w, nullptr, nullptr, db, false,
-                                     current_stream());
+    kernels::batchnorm_backward_eval(nullptr, dy.p, nullptr, nullptr, nullptr, n, c, h * w, nullptr, nullptr, db, false,
+                                     dy.t, current_stream());
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
+  require_f32_bias(dy.t);
   const TensorDescriptor dyd(CUDNN_DATA_FLOAT, n, c, h, w, nhwc), bd(CUDNN_DATA_FLOAT, 1, c, 1, 1);
   const float one = 1.0f;
   const AlignedFloats acc(db, c);  // realigned when db is a view, written back after the sum
-  DD_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn_handle(), &one, dyd, dy, &one, bd, acc.get()));
+  DD_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn_handle(), &one, dyd, dy.p, &one, bd, acc.get()));
   acc.write_back();
 }
 
-// Zero-fills `count` floats on the current stream (results of convolutions over empty inputs).
-inline void zero_floats(float* p, std::int64_t count) {
-  if (p && count > 0)
-    DD_CUDA_CHECK(cudaMemsetAsync(p, 0, static_cast<std::size_t>(count) * sizeof(float), current_stream()));
+// Zero-fills `count` elements on the current stream (results of convolutions over empty inputs).
+inline void zero_fill(DeviceArray a, std::int64_t count) {
+  if (a.p && count > 0)
+    DD_CUDA_CHECK(cudaMemsetAsync(a.p, 0, static_cast<std::size_t>(count) * dtype_size(a.t), current_stream()));
 }
 
 }  // namespace dd::cuda

@@ -201,7 +201,8 @@ class ConvolutionDescriptor {
 // ---------------------------------------------------------------------------------------------
 
 // fp32: no tensor cores (CUDNN_FMA_MATH), closest to the CPU. tf32: fp32 data, TF32 tensor cores
-// allowed. bf16/fp16: inputs and weights rounded to the half type, fp32 accumulation, fp32 results.
+// allowed. bf16/fp16: inputs and weights rounded to the half type, fp32 accumulation; results fp32,
+// or in the half type with ConvSettings::half_activations.
 enum class Precision { fp32, tf32, bf16, fp16 };
 
 inline const char* precision_name(Precision p) {
@@ -222,6 +223,12 @@ struct ConvSettings {
   // bf16, fp16) run on NHWC, and on NCHW they transpose or fall back to slower kernels. Inputs in
   // the other order are converted once, at the first op that sees them.
   bool channels_last = true;
+  // With bf16/fp16 precision and channels_last: convolutions give their outputs in the half type,
+  // and the ops after them (batch norm and its ReLU-dropout tail, ReLU, dropout, max-pool, concat,
+  // the DDU exchange) keep them half, as PyTorch's autocast does: half the activation memory, no
+  // casts before each convolution. Parameters, their gradients and optimizer state stay fp32; ops
+  // without half kernels (softmax, the losses, anything on the CPU) read widened copies.
+  bool half_activations = false;
   std::size_t workspace_limit = std::size_t{1} << 30;
   // Run convolutions through cuDNN's graph API (cudnn_graph.hpp: every engine configuration, as
   // PyTorch does) instead of the legacy algorithm enums; problems without a plan fall back to them.
@@ -235,8 +242,9 @@ inline ConvSettings& conv_settings() {
 }
 
 inline bool is_half(Precision p) { return p == Precision::bf16 || p == Precision::fp16; }
-inline kernels::HalfType half_type(Precision p) {
-  return p == Precision::bf16 ? kernels::HalfType::bf16 : kernels::HalfType::fp16;
+// The element type cuDNN reads and writes in precision p (tf32 stores fp32).
+inline DType compute_dtype(Precision p) {
+  return p == Precision::bf16 ? DType::bf16 : p == Precision::fp16 ? DType::f16 : DType::f32;
 }
 inline cudnnDataType_t conv_data_type(Precision p) {
   switch (p) {

@@ -20,7 +20,7 @@ struct BatchNormGeometry {
 struct BatchNormTail {
   const float* scale = nullptr;  // per [sample, channel]; null: ReLU only
   bool applied = false;
-  const float* y = nullptr;  // backward only
+  const void* y = nullptr;  // backward only (GPU: elements of the activations' type)
 };
 
 // Training forward. Writes y, the per-channel batch mean and 1/sqrt(var+eps) (kept for backward),

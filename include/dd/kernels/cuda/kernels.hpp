@@ -4,18 +4,25 @@
 // compiles into the dd_cuda_kernels library (CMake option DD_CUDA). Every launcher enqueues on the
 // given stream and returns at once, except those that return a value to the host (they wait).
 // Pointers are device pointers unless a parameter says "host". Element counts are int64.
+//
+// Activation arrays (void*) hold elements of the DType given as `t` (all of a call's activation
+// arrays the same type): f32, or bf16 / f16 in mixed precision with half activations; arithmetic
+// is in float (sums in double), each result rounded once when stored. Parameters, statistics,
+// scales and per-channel results are float.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "dd/core/dtype.hpp"
+
 namespace dd::cuda::kernels {
 
-enum class HalfType { bf16, fp16 };
-
 // ---- element-wise ----
-void fill(float* x, std::int64_t n, float value, cudaStream_t s);
-void axpy(float* y, const float* x, std::int64_t n, float a, cudaStream_t s);  // y += a * x
-void scale(float* x, std::int64_t n, float a, cudaStream_t s);                 // x *= a
+void fill(void* x, std::int64_t n, float value, DType t, cudaStream_t s);
+void axpy(void* y, const void* x, std::int64_t n, float a, DType t, cudaStream_t s);  // y += a * x
+void scale(void* x, std::int64_t n, float a, DType t, cudaStream_t s);                 // x *= a
+// y = x element by element, converting from type xt to yt (rounding to nearest even when narrowing).
+void convert(const void* x, DType xt, void* y, DType yt, std::int64_t n, cudaStream_t s);
 
 // dst[n,c,h,w] = src[n,c,h,w] for a 4-D shape; strides in elements, either side may be a view.
 struct StridedCopy {
@@ -23,11 +30,12 @@ struct StridedCopy {
   std::int64_t dst_strides[4];
   std::int64_t src_strides[4];
 };
-void copy_strided(float* dst, const float* src, const StridedCopy& geometry, cudaStream_t s);
-void add_strided(float* dst, const float* src, const StridedCopy& geometry, cudaStream_t s);  // dst += src
+void copy_strided(void* dst, const void* src, const StridedCopy& geometry, DType t, cudaStream_t s);
+void add_strided(void* dst, const void* src, const StridedCopy& geometry, DType t, cudaStream_t s);  // dst += src
 
-void relu_forward(const float* x, std::int64_t n, float* y, cudaStream_t s);
-void relu_backward(const float* y, const float* dy, std::int64_t n, float* dx, cudaStream_t s);  // dx = y > 0 ? dy : 0
+void relu_forward(const void* x, std::int64_t n, void* y, DType t, cudaStream_t s);
+void relu_backward(const void* y, const void* dy, std::int64_t n, void* dx, DType t,
+                   cudaStream_t s);  // dx = y > 0 ? dy : 0
 
 // y[p, i] = x[p, i] * scale[p] for planes p of `plane` elements (dropout2d; scale is a device array).
 void scale_planes(const float* x, const float* scale, std::int64_t planes, std::int64_t plane, float* y,
@@ -40,12 +48,12 @@ void relu_scale_planes_backward(const float* y, const float* dy, const float* sc
                                 std::int64_t plane, float* dx, cudaStream_t s);
 
 // Channels-last twins of the three above: x, y, dy, dx are [n, plane, c] (NHWC), scale [n, c].
-void scale_planes_nhwc(const float* x, const float* scale, std::int64_t n, std::int64_t c, std::int64_t plane,
-                       float* y, cudaStream_t s);
-void relu_scale_planes_nhwc(float* y, const float* scale, std::int64_t n, std::int64_t c, std::int64_t plane,
-                            cudaStream_t s);
-void relu_scale_planes_nhwc_backward(const float* y, const float* dy, const float* scale, std::int64_t n,
-                                     std::int64_t c, std::int64_t plane, float* dx, cudaStream_t s);
+void scale_planes_nhwc(const void* x, const float* scale, std::int64_t n, std::int64_t c, std::int64_t plane,
+                       void* y, DType t, cudaStream_t s);
+void relu_scale_planes_nhwc(void* y, const float* scale, std::int64_t n, std::int64_t c, std::int64_t plane,
+                            DType t, cudaStream_t s);
+void relu_scale_planes_nhwc_backward(const void* y, const void* dy, const float* scale, std::int64_t n,
+                                     std::int64_t c, std::int64_t plane, void* dx, DType t, cudaStream_t s);
 
 // ---- pooling: 2x2, stride 2, odd trailing rows/columns dropped; first maximum wins on ties ----
 // argmax holds the winner's offset in its window (0..3: row * 2 + column), one byte per output.
@@ -57,10 +65,10 @@ void maxpool2x2_backward(const float* dy, const std::uint8_t* argmax, std::int64
                          std::int64_t w, float* dx, bool accumulate, cudaStream_t s);
 
 // Channels-last twins: x and dx are NHWC [n, h, w, c], y, dy and argmax NHWC [n, h/2, w/2, c].
-void maxpool2x2_nhwc_forward(const float* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, float* y,
-                             std::uint8_t* argmax, cudaStream_t s);
-void maxpool2x2_nhwc_backward(const float* dy, const std::uint8_t* argmax, std::int64_t n, std::int64_t c,
-                              std::int64_t h, std::int64_t w, float* dx, bool accumulate, cudaStream_t s);
+void maxpool2x2_nhwc_forward(const void* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, void* y,
+                             std::uint8_t* argmax, DType t, cudaStream_t s);
+void maxpool2x2_nhwc_backward(const void* dy, const std::uint8_t* argmax, std::int64_t n, std::int64_t c,
+                              std::int64_t h, std::int64_t w, void* dx, bool accumulate, DType t, cudaStream_t s);
 
 // ---- softmax over channels of NCHW (one distribution per pixel) ----
 void softmax_channels(const float* x, std::int64_t n, std::int64_t c, std::int64_t plane, float* p, cudaStream_t s);
@@ -90,9 +98,9 @@ void batchnorm_invstd(const float* var, std::int64_t c, float eps, float* invstd
 // Backward with constant statistics (eval mode): dx = dy * gamma * invstd (dx may be null);
 // dgamma += sum dy * (x - mean) * invstd, dbeta += sum dy (each may be null), per channel.
 // channels_last: x, dy, dx are NHWC.
-void batchnorm_backward_eval(const float* x, const float* dy, const float* gamma, const float* mean,
-                             const float* invstd, std::int64_t n, std::int64_t c, std::int64_t plane, float* dx,
-                             float* dgamma, float* dbeta, bool channels_last, cudaStream_t s);
+void batchnorm_backward_eval(const void* x, const void* dy, const float* gamma, const float* mean,
+                             const float* invstd, std::int64_t n, std::int64_t c, std::int64_t plane, void* dx,
+                             float* dgamma, float* dbeta, bool channels_last, DType t, cudaStream_t s);
 
 // ---- per-channel work on channels-last memory (x, y, dy, dx are [rows = n*h*w, c]) ----
 // For c in [1, 1024] (channels_last_supported); deterministic, sums in double.
@@ -106,22 +114,23 @@ struct ReluTail {
   bool relu = false;
   const float* scale = nullptr;
   std::int64_t plane = 1;
-  const float* y = nullptr;  // backward only
+  const void* y = nullptr;  // backward only; the activations' type
 };
-void batchnorm_nhwc_forward_train(const float* x, const float* gamma, const float* beta, std::int64_t rows,
-                                  std::int64_t c, float eps, float momentum, float* y, float* save_mean,
+void batchnorm_nhwc_forward_train(const void* x, const float* gamma, const float* beta, std::int64_t rows,
+                                  std::int64_t c, float eps, float momentum, void* y, float* save_mean,
                                   float* save_invstd, float* running_mean, float* running_var, const ReluTail& tail,
-                                  cudaStream_t s);
-void batchnorm_nhwc_forward_eval(const float* x, const float* gamma, const float* beta, const float* mean,
-                                 const float* invstd, std::int64_t rows, std::int64_t c, float* y,
-                                 const ReluTail& tail, cudaStream_t s);
+                                  DType t, cudaStream_t s);
+void batchnorm_nhwc_forward_eval(const void* x, const float* gamma, const float* beta, const float* mean,
+                                 const float* invstd, std::int64_t rows, std::int64_t c, void* y,
+                                 const ReluTail& tail, DType t, cudaStream_t s);
 // dx written (may be null), dgamma/dbeta accumulated (may be null); batch_stats as in
 // dd::cpu::batchnorm_backward.
-void batchnorm_nhwc_backward(const float* x, const float* dy, const float* gamma, const float* mean,
-                             const float* invstd, std::int64_t rows, std::int64_t c, bool batch_stats, float* dx,
-                             float* dgamma, float* dbeta, const ReluTail& tail, cudaStream_t s);
-void bias_grad_nhwc(const float* dy, std::int64_t rows, std::int64_t c, float* db, cudaStream_t s);  // db += sum dy
-void add_bias_nhwc(const float* b, std::int64_t rows, std::int64_t c, float* y, cudaStream_t s);     // y += b
+void batchnorm_nhwc_backward(const void* x, const void* dy, const float* gamma, const float* mean,
+                             const float* invstd, std::int64_t rows, std::int64_t c, bool batch_stats, void* dx,
+                             float* dgamma, float* dbeta, const ReluTail& tail, DType t, cudaStream_t s);
+void bias_grad_nhwc(const void* dy, std::int64_t rows, std::int64_t c, float* db, DType t,
+                    cudaStream_t s);                                                            // db += sum dy
+void add_bias_nhwc(const float* b, std::int64_t rows, std::int64_t c, void* y, DType t, cudaStream_t s);  // y += b
 
 // ---- optimizer and reductions ----
 // Adam with bias corrections folded in: g' = g + wd * p; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
@@ -130,9 +139,5 @@ void adam_step(float* p, const float* g, float* m, float* v, std::int64_t n, flo
                float eps, float weight_decay, float inv_bc2, cudaStream_t s);
 double sum_squares(const float* x, std::int64_t n, cudaStream_t s);        // waits; deterministic
 std::int64_t count_nonfinite(const float* x, std::int64_t n, cudaStream_t s);  // waits; NaN and +-inf
-
-// ---- mixed precision ----
-void to_half(const float* x, void* y, std::int64_t n, HalfType t, cudaStream_t s);  // round to nearest even
-void from_half(const void* x, float* y, std::int64_t n, HalfType t, cudaStream_t s);
 
 }  // namespace dd::cuda::kernels

@@ -2,8 +2,9 @@
 // BatchNorm2d on the GPU through cuDNN (spatial mode: statistics per channel over N, H, W), with
 // the CPU kernel's interface and conventions: training normalises with the biased batch variance
 // and moves the running variance with the unbiased one; dx written, dgamma/dbeta accumulated.
-// Always fp32, whatever the convolution precision. nhwc: x, y, dy, dx channels-last. Device pointers;
-// work goes to the current stream.
+// Statistics and parameters are fp32 in every precision; x, y, dy, dx are activations of type t (half
+// only on our channels-last kernels, own_nhwc; cuDNN's paths take f32). nhwc: x, y, dy, dx
+// channels-last. Device pointers; work goes to the current stream.
 #include <algorithm>
 
 #include "dd/backend/cuda/convolution.hpp"
@@ -35,6 +36,10 @@ inline bool batchnorm_empty(const cpu::BatchNormGeometry& g) { return g.c <= 0 |
 inline bool own_nhwc(const cpu::BatchNormGeometry& g, bool nhwc) {
   return nhwc && cuda::kernels::channels_last_supported(g.c);
 }
+inline void require_f32(DType t, const char* who) {
+  DD_CHECK(t == DType::f32, "dd::gpu::{}: {} activations need the channels-last kernels (at most 1024 channels)", who,
+           dtype_name(t));
+}
 
 // The kernels' form of a tail request (none for null), marked applied.
 inline cuda::kernels::ReluTail kernel_tail(const cpu::BatchNormGeometry& g, cpu::BatchNormTail* tail) {
@@ -47,10 +52,10 @@ inline cuda::kernels::ReluTail kernel_tail(const cpu::BatchNormGeometry& g, cpu:
 
 // Training forward. Writes y, the per-channel batch mean and 1/sqrt(var+eps) (kept for backward),
 // and updates running_mean/var in place when both are given.
-inline void batchnorm_forward_train(const float* x, const float* gamma, const float* beta, const cpu::BatchNormGeometry& g,
-                                    float eps, float momentum, float* y, float* save_mean, float* save_invstd,
-                                    float* running_mean, float* running_var, bool nhwc = false,
-                                    cpu::BatchNormTail* tail = nullptr) {
+inline void batchnorm_forward_train(const void* x, const float* gamma, const float* beta,
+                                    const cpu::BatchNormGeometry& g, float eps, float momentum, void* y,
+                                    float* save_mean, float* save_invstd, float* running_mean, float* running_var,
+                                    bool nhwc = false, cpu::BatchNormTail* tail = nullptr, DType t = DType::f32) {
   if (detail::batchnorm_empty(g)) return;
   const double epsilon = detail::batchnorm_epsilon(eps);
   if (detail::own_nhwc(g, nhwc)) {
@@ -58,11 +63,12 @@ inline void batchnorm_forward_train(const float* x, const float* gamma, const fl
     const bool running = running_mean && running_var;
     cuda::kernels::batchnorm_nhwc_forward_train(x, gamma, beta, g.count(), g.c, eps, momentum, y, save_mean,
                                                 save_invstd, running ? running_mean : nullptr,
-                                                running ? running_var : nullptr, detail::kernel_tail(g, tail),
+                                                running ? running_var : nullptr, detail::kernel_tail(g, tail), t,
                                                 cuda::current_stream());
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
+  detail::require_f32(t, "batchnorm_forward_train");
   const detail::BatchNormDescriptors d(g, nhwc);
   // cuDNN updates both running statistics or neither. With one value per channel the unbiased
   // variance is undefined (the CPU then uses the biased one, 0): update those by hand below.
@@ -82,21 +88,21 @@ inline void batchnorm_forward_train(const float* x, const float* gamma, const fl
   if (running && single) {
     // running_mean = (1 - m) running_mean + m mean; running_var = (1 - m) running_var + m * 0.
     const cudaStream_t s = cuda::current_stream();
-    cuda::kernels::scale(running_mean, g.c, 1.0f - momentum, s);
+    cuda::kernels::scale(running_mean, g.c, 1.0f - momentum, DType::f32, s);
     DD_CUDA_CHECK(cudaGetLastError());
-    cuda::kernels::axpy(running_mean, save_mean, g.c, momentum, s);
+    cuda::kernels::axpy(running_mean, save_mean, g.c, momentum, DType::f32, s);
     DD_CUDA_CHECK(cudaGetLastError());
-    cuda::kernels::scale(running_var, g.c, 1.0f - momentum, s);
+    cuda::kernels::scale(running_var, g.c, 1.0f - momentum, DType::f32, s);
     DD_CUDA_CHECK(cudaGetLastError());
   }
 }
 
 // Evaluation forward with given statistics: y = gamma * (x - mean) / sqrt(var + eps) + beta.
 // invstd: 1 / sqrt(var + eps) when the caller has it already (may be null).
-inline void batchnorm_forward_eval(const float* x, const float* gamma, const float* beta, const float* mean,
-                                   const float* var, const cpu::BatchNormGeometry& g, float eps, float* y,
+inline void batchnorm_forward_eval(const void* x, const float* gamma, const float* beta, const float* mean,
+                                   const float* var, const cpu::BatchNormGeometry& g, float eps, void* y,
                                    bool nhwc = false, cpu::BatchNormTail* tail = nullptr,
-                                   const float* invstd = nullptr) {
+                                   const float* invstd = nullptr, DType t = DType::f32) {
   if (detail::batchnorm_empty(g)) return;
   const double epsilon = detail::batchnorm_epsilon(eps);
   if (detail::own_nhwc(g, nhwc)) {
@@ -108,10 +114,11 @@ inline void batchnorm_forward_eval(const float* x, const float* gamma, const flo
       invstd = computed.floats();
     }
     cuda::kernels::batchnorm_nhwc_forward_eval(x, gamma, beta, mean, invstd, g.count(), g.c, y,
-                                               detail::kernel_tail(g, tail), s);
+                                               detail::kernel_tail(g, tail), t, s);
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
+  detail::require_f32(t, "batchnorm_forward_eval");
   const detail::BatchNormDescriptors d(g, nhwc);
   const cuda::AlignedFloats ga(gamma, g.c), be(beta, g.c), m(mean, g.c), v(var, g.c);
   const float one = 1.0f, zero = 0.0f;
@@ -124,28 +131,31 @@ inline void batchnorm_forward_eval(const float* x, const float* gamma, const flo
 // in eval). batch_stats says whether the statistics depend on x (training) or are constants (eval).
 // dx is written (may be null); dgamma/dbeta are accumulated (may be null). With a tail (the fused
 // op), dy is the gradient of the block's output tail->y, and the tail's backward comes first.
-inline void batchnorm_backward(const float* x, const float* dy, const float* gamma, const float* mean,
-                               const float* invstd, const cpu::BatchNormGeometry& g, bool batch_stats, float* dx,
+inline void batchnorm_backward(const void* x, const void* dy, const float* gamma, const float* mean,
+                               const float* invstd, const cpu::BatchNormGeometry& g, bool batch_stats, void* dx,
                                float* dgamma, float* dbeta, bool nhwc = false,
-                               const cpu::BatchNormTail* tail = nullptr) {
+                               const cpu::BatchNormTail* tail = nullptr, DType t = DType::f32) {
   if (detail::batchnorm_empty(g) || (!dx && !dgamma && !dbeta)) return;
   DD_CHECK(!tail || tail->y, "dd::gpu::batchnorm_backward: a fused tail needs its output (the ReLU mask)");
   const cudaStream_t s = cuda::current_stream();
   if (detail::own_nhwc(g, nhwc)) {  // the tail's backward read on the fly
-    const cuda::kernels::ReluTail t =
+    const cuda::kernels::ReluTail rt =
         tail ? cuda::kernels::ReluTail{true, tail->scale, g.plane, tail->y} : cuda::kernels::ReluTail{};
     cuda::kernels::batchnorm_nhwc_backward(x, dy, gamma, mean, invstd, g.count(), g.c, batch_stats, dx, dgamma, dbeta,
-                                           t, s);
+                                           rt, t, s);
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
+  detail::require_f32(t, "batchnorm_backward");
   cuda::DeviceScratch dz;  // elsewhere the tail's backward runs first, into scratch
   if (tail) {
     dz.reset(static_cast<std::size_t>(g.count() * g.c) * sizeof(float));
     if (nhwc)
-      cuda::kernels::relu_scale_planes_nhwc_backward(tail->y, dy, tail->scale, g.n, g.c, g.plane, dz.floats(), s);
+      cuda::kernels::relu_scale_planes_nhwc_backward(tail->y, dy, tail->scale, g.n, g.c, g.plane, dz.floats(),
+                                                     DType::f32, s);
     else
-      cuda::kernels::relu_scale_planes_backward(tail->y, dy, tail->scale, g.n * g.c, g.plane, dz.floats(), s);
+      cuda::kernels::relu_scale_planes_backward(static_cast<const float*>(tail->y), static_cast<const float*>(dy),
+                                                tail->scale, g.n * g.c, g.plane, dz.floats(), s);
     DD_CUDA_CHECK(cudaGetLastError());
     dy = dz.floats();
   }
@@ -153,7 +163,7 @@ inline void batchnorm_backward(const float* x, const float* dy, const float* gam
   // gives them with no dx scratch; with constant statistics it gives everything.
   if (!batch_stats || !dx) {
     cuda::kernels::batchnorm_backward_eval(x, dy, gamma, mean, invstd, g.n, g.c, g.plane, batch_stats ? nullptr : dx,
-                                           dgamma, dbeta, nhwc, s);
+                                           dgamma, dbeta, nhwc, DType::f32, s);
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }

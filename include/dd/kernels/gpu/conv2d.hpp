@@ -1,7 +1,9 @@
 #pragma once
 // Conv2d on the GPU through cuDNN, with the CPU kernel's interface and conventions (weight layout
 // [Cout, Cin, K, K]; dx written, dw and db accumulated). Precision, determinism and algorithm
-// search follow dd::cuda::conv_settings(). Device pointers; work goes to the current stream.
+// search follow dd::cuda::conv_settings(). Device pointers; activations (x, y, dy, dx) are
+// cuda::DeviceArrays of any element type, weights and their gradients f32; work goes to the
+// current stream.
 #include "dd/backend/cuda/convolution.hpp"
 #include "dd/core/tensor.hpp"
 #include "dd/kernels/cpu/conv2d.hpp"
@@ -19,15 +21,25 @@ inline MemoryFormat activation_format() {
   return cuda::conv_settings().channels_last ? MemoryFormat::nhwc : MemoryFormat::nchw;
 }
 
+// The element type GPU convolutions give an output of `channels` channels: the precision's half
+// type with ConvSettings::half_activations (bf16/fp16, channels-last, at most 1024 channels: where
+// the per-channel kernels after a convolution take half), else f32.
+inline DType activation_dtype(std::int64_t channels) {
+  const cuda::ConvSettings& s = cuda::conv_settings();
+  const bool half = s.half_activations && cuda::is_half(s.precision) && s.channels_last &&
+                    cuda::kernels::channels_last_supported(channels);
+  return half ? cuda::compute_dtype(s.precision) : DType::f32;
+}
+
 // y[n, Cout, Ho, Wo] = conv(x, w) + b. b may be null. nhwc: x and y channels-last.
-inline void conv2d_forward(const float* x, const float* w, const float* b, const cpu::Conv2dGeometry& g, float* y,
-                           bool nhwc = false) {
+inline void conv2d_forward(cuda::DeviceArray x, const float* w, const float* b, const cpu::Conv2dGeometry& g,
+                           cuda::DeviceArray y, bool nhwc = false) {
   const cuda::ConvProblem p = detail::conv2d_problem(g, nhwc);
   const std::int64_t Ho = p.out_h(), Wo = p.out_w();
   if (g.n <= 0 || g.cout <= 0 || Ho <= 0 || Wo <= 0) return;
   if (p.input_count() <= 0) {
     // Nothing to convolve (no input channels or an all-padding input): the output is the bias.
-    cuda::zero_floats(y, p.output_count());
+    cuda::zero_fill(y, p.output_count());
   } else {
     cuda::Convolution conv(p);
     const cuda::ConvOperand xo = conv.operand(x, p.input_count()), wo = conv.filter(w);
@@ -37,12 +49,12 @@ inline void conv2d_forward(const float* x, const float* w, const float* b, const
 }
 
 // dx (may be null) is written with dL/dx; dw and db (may be null) are ACCUMULATED into.
-inline void conv2d_backward(const float* x, const float* w, const float* dy, const cpu::Conv2dGeometry& g, float* dx,
-                            float* dw, float* db, bool nhwc = false) {
+inline void conv2d_backward(cuda::DeviceArray x, const float* w, cuda::DeviceArray dy, const cpu::Conv2dGeometry& g,
+                            cuda::DeviceArray dx, float* dw, float* db, bool nhwc = false) {
   const cuda::ConvProblem p = detail::conv2d_problem(g, nhwc);
   const std::int64_t Ho = p.out_h(), Wo = p.out_w();
   if (g.n <= 0 || g.cout <= 0 || Ho <= 0 || Wo <= 0) {
-    cuda::zero_floats(dx, p.input_count());  // no output, so no gradient reaches x
+    cuda::zero_fill(dx, p.input_count());  // no output, so no gradient reaches x
     return;
   }
   if (db) cuda::accumulate_channel_bias_grad(dy, g.n, g.cout, Ho, Wo, db, nhwc);

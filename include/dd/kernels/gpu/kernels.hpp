@@ -33,26 +33,34 @@ auto launch(const char* what, Launcher launcher, Args... args) {
 
 namespace k = cuda::kernels;
 
-inline void fill(float* x, std::int64_t n, float v) {
-  if (n > 0) detail::launch("fill", k::fill, x, n, v);
+// Activation arrays are void* with their element type t (Tensor::raw(), Tensor::dtype()).
+inline void fill(void* x, std::int64_t n, float v, DType t = DType::f32) {
+  if (n > 0) detail::launch("fill", k::fill, x, n, v, t);
 }
-inline void axpy(float* y, const float* x, std::int64_t n, float a) {
-  if (n > 0) detail::launch("axpy", k::axpy, y, x, n, a);
+inline void axpy(void* y, const void* x, std::int64_t n, float a, DType t = DType::f32) {
+  if (n > 0) detail::launch("axpy", k::axpy, y, x, n, a, t);
 }
-inline void scale(float* x, std::int64_t n, float a) {
-  if (n > 0) detail::launch("scale", k::scale, x, n, a);
+inline void scale(void* x, std::int64_t n, float a, DType t = DType::f32) {
+  if (n > 0) detail::launch("scale", k::scale, x, n, a, t);
 }
-inline void copy_strided(float* dst, const float* src, const k::StridedCopy& g) {
-  if (g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3] > 0) detail::launch("copy_strided", k::copy_strided, dst, src, g);
+inline void convert(const void* x, DType xt, void* y, DType yt, std::int64_t n) {
+  if (n > 0) detail::launch("convert", k::convert, x, xt, y, yt, n);
+}
+inline void copy_strided(void* dst, const void* src, const k::StridedCopy& g, DType t = DType::f32) {
+  if (g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3] > 0)
+    detail::launch("copy_strided", k::copy_strided, dst, src, g, t);
 }
 
-inline void add_strided(float* dst, const float* src, const k::StridedCopy& g) {
-  if (g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3] > 0) detail::launch("add_strided", k::add_strided, dst, src, g);
+inline void add_strided(void* dst, const void* src, const k::StridedCopy& g, DType t = DType::f32) {
+  if (g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3] > 0)
+    detail::launch("add_strided", k::add_strided, dst, src, g, t);
 }
 
-inline void relu_forward(const float* x, std::int64_t n, float* y) { detail::launch("relu", k::relu_forward, x, n, y); }
-inline void relu_backward(const float* y, const float* dy, std::int64_t n, float* dx) {
-  detail::launch("relu_backward", k::relu_backward, y, dy, n, dx);
+inline void relu_forward(const void* x, std::int64_t n, void* y, DType t) {
+  detail::launch("relu", k::relu_forward, x, n, y, t);
+}
+inline void relu_backward(const void* y, const void* dy, std::int64_t n, void* dx, DType t) {
+  detail::launch("relu_backward", k::relu_backward, y, dy, n, dx, t);
 }
 inline void scale_planes(const float* x, const float* scale, std::int64_t planes, std::int64_t plane, float* y) {
   detail::launch("scale_planes", k::scale_planes, x, scale, planes, plane, y);
@@ -67,26 +75,29 @@ inline void relu_scale_planes_backward(const float* y, const float* dy, const fl
 }
 
 // Channels-last twins (x, y, dx, dy NHWC; scale per [sample, channel]).
-inline void scale_planes_nhwc(const float* x, const float* scale, std::int64_t n, std::int64_t c, std::int64_t plane,
-                              float* y) {
-  detail::launch("scale_planes_nhwc", k::scale_planes_nhwc, x, scale, n, c, plane, y);
+inline void scale_planes_nhwc(const void* x, const float* scale, std::int64_t n, std::int64_t c, std::int64_t plane,
+                              void* y, DType t) {
+  detail::launch("scale_planes_nhwc", k::scale_planes_nhwc, x, scale, n, c, plane, y, t);
 }
-inline void relu_scale_planes_nhwc(float* y, const float* scale, std::int64_t n, std::int64_t c, std::int64_t plane) {
-  if (n * c * plane > 0) detail::launch("relu_scale_planes_nhwc", k::relu_scale_planes_nhwc, y, scale, n, c, plane);
-}
-inline void relu_scale_planes_nhwc_backward(const float* y, const float* dy, const float* scale, std::int64_t n,
-                                            std::int64_t c, std::int64_t plane, float* dx) {
+inline void relu_scale_planes_nhwc(void* y, const float* scale, std::int64_t n, std::int64_t c, std::int64_t plane,
+                                   DType t) {
   if (n * c * plane > 0)
-    detail::launch("relu_scale_planes_nhwc_backward", k::relu_scale_planes_nhwc_backward, y, dy, scale, n, c, plane, dx);
+    detail::launch("relu_scale_planes_nhwc", k::relu_scale_planes_nhwc, y, scale, n, c, plane, t);
 }
-inline void maxpool2x2_nhwc_forward(const float* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
-                                    float* y, std::uint8_t* argmax) {
-  detail::launch("maxpool2x2_nhwc", k::maxpool2x2_nhwc_forward, x, n, c, h, w, y, argmax);
+inline void relu_scale_planes_nhwc_backward(const void* y, const void* dy, const float* scale, std::int64_t n,
+                                            std::int64_t c, std::int64_t plane, void* dx, DType t) {
+  if (n * c * plane > 0)
+    detail::launch("relu_scale_planes_nhwc_backward", k::relu_scale_planes_nhwc_backward, y, dy, scale, n, c, plane,
+                   dx, t);
+}
+inline void maxpool2x2_nhwc_forward(const void* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
+                                    void* y, std::uint8_t* argmax, DType t) {
+  detail::launch("maxpool2x2_nhwc", k::maxpool2x2_nhwc_forward, x, n, c, h, w, y, argmax, t);
 }
 // accumulate: add into dx (as the CPU kernel always does) instead of writing all of it.
-inline void maxpool2x2_nhwc_backward(const float* dy, const std::uint8_t* argmax, std::int64_t n, std::int64_t c,
-                                     std::int64_t h, std::int64_t w, float* dx, bool accumulate = false) {
-  detail::launch("maxpool2x2_nhwc_backward", k::maxpool2x2_nhwc_backward, dy, argmax, n, c, h, w, dx, accumulate);
+inline void maxpool2x2_nhwc_backward(const void* dy, const std::uint8_t* argmax, std::int64_t n, std::int64_t c,
+                                     std::int64_t h, std::int64_t w, void* dx, bool accumulate, DType t) {
+  detail::launch("maxpool2x2_nhwc_backward", k::maxpool2x2_nhwc_backward, dy, argmax, n, c, h, w, dx, accumulate, t);
 }
 
 inline void maxpool2x2_forward(const float* x, std::int64_t planes, std::int64_t h, std::int64_t w, float* y,

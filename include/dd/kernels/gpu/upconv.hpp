@@ -8,7 +8,8 @@
 //   y  = C backward-data (w, "dy" = x)
 //   dx = C forward (dy, w)
 //   dw += C backward-filter ("x" = dy, "dy" = x)
-// Precision etc. follow dd::cuda::conv_settings(). Device pointers; work goes to the current stream.
+// Precision etc. follow dd::cuda::conv_settings(). Device pointers (activations as cuda::DeviceArrays
+// of any element type); work goes to the current stream.
 #include "dd/backend/cuda/convolution.hpp"
 #include "dd/kernels/cpu/upconv.hpp"
 
@@ -21,12 +22,12 @@ inline cuda::ConvProblem upconv_problem(const cpu::UpConvGeometry& g, bool nhwc)
 }  // namespace detail
 
 // y[n, Cout, 2H, 2W] = convT(x, w) + b. b may be null. nhwc: x and y channels-last.
-inline void upconv2x2_forward(const float* x, const float* w, const float* b, const cpu::UpConvGeometry& g, float* y,
-                              bool nhwc = false) {
+inline void upconv2x2_forward(cuda::DeviceArray x, const float* w, const float* b, const cpu::UpConvGeometry& g,
+                              cuda::DeviceArray y, bool nhwc = false) {
   const cuda::ConvProblem p = detail::upconv_problem(g, nhwc);  // the upconv's y is C's input
   if (p.input_count() <= 0) return;
   if (p.output_count() <= 0) {
-    cuda::zero_floats(y, p.input_count());  // no input channels: the output is the bias
+    cuda::zero_fill(y, p.input_count());  // no input channels: the output is the bias
   } else {
     cuda::Convolution conv(p);
     const cuda::ConvOperand xo = conv.operand(x, p.output_count()), wo = conv.filter(w);
@@ -36,11 +37,11 @@ inline void upconv2x2_forward(const float* x, const float* w, const float* b, co
 }
 
 // dx (may be null) is written; dw and db (may be null) are ACCUMULATED into.
-inline void upconv2x2_backward(const float* x, const float* w, const float* dy, const cpu::UpConvGeometry& g,
-                               float* dx, float* dw, float* db, bool nhwc = false) {
+inline void upconv2x2_backward(cuda::DeviceArray x, const float* w, cuda::DeviceArray dy, const cpu::UpConvGeometry& g,
+                               cuda::DeviceArray dx, float* dw, float* db, bool nhwc = false) {
   const cuda::ConvProblem p = detail::upconv_problem(g, nhwc);
   if (p.input_count() <= 0) {
-    cuda::zero_floats(dx, p.output_count());  // no output, so no gradient reaches x
+    cuda::zero_fill(dx, p.output_count());  // no output, so no gradient reaches x
     return;
   }
   if (db) cuda::accumulate_channel_bias_grad(dy, g.n, g.cout, 2 * g.h, 2 * g.w, db, nhwc);
