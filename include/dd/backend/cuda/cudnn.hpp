@@ -34,6 +34,9 @@ inline std::string cudnn_last_error() {
 #endif
   return {};
 }
+// Reading the message clears it: a search that tolerated failures (candidates that do not run,
+// plans that do not finalise) calls this at its end, so a later failure's message is its own.
+inline void discard_cudnn_error() { (void)cudnn_last_error(); }
 }  // namespace dd::cuda::detail
 
 #define DD_CUDNN_CHECK(expr)                                                                                \
@@ -528,6 +531,7 @@ inline ConvAlgorithm conv_algorithm(cudnnHandle_t h, ConvDescriptors& d, const C
       a = detail::search_algorithm<detail::ConvBackwardFilterOps>(h, d, p, dir, s);
       break;
   }
+  detail::discard_cudnn_error();
   return cache.insert(key, a);
 }
 

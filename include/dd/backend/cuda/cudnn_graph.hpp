@@ -331,6 +331,7 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
     for (auto& c : detail::engine_configs(graph, CUDNN_HEUR_MODE_FALLBACK)) configs.push_back(std::move(c));
   } catch (const dd::Error& e) {  // a graph cuDNN does not support: the legacy calls run it
     if (log) std::fprintf(stderr, "  no graph: %s\n  -> none: the legacy algorithms run this problem\n", e.what());
+    cuda::detail::discard_cudnn_error();
     return cache.insert(key, nullptr);
   }
 
@@ -394,6 +395,7 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
   if (log)
     std::fprintf(stderr, "  -> %s\n", best ? ("engine " + std::to_string(best->engine)).c_str()
                                            : "none: the legacy algorithms run this problem");
+  cuda::detail::discard_cudnn_error();
   return cache.insert(key, std::move(best));
 }
 
