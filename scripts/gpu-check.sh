@@ -131,6 +131,12 @@ if [[ " $PARTS " == *" cli "* ]]; then
     $T train "${data[@]}" "${net[@]}" --device $d --out "$W/$d" >"$LOG/cli_train_$d.log" 2>&1 || status=1
     cp "$W/$d/log.csv" "$LOG/cli_log_$d.csv" 2>/dev/null
   done
+  # Mixed precision from the tool (half activations; fp16 with loss scaling): it trains, losses finite.
+  for p in bf16 fp16; do
+    $T train "${data[@]}" "${net[@]}" --device cuda --precision $p --out "$W/$p" >"$LOG/cli_train_$p.log" 2>&1 \
+      && echo "cli: --precision $p trains; epochs: $(tail -n +2 "$W/$p/log.csv" | cut -d, -f1,2 | tr '\n' ' ')" \
+      || { status=1; tail -3 "$LOG/cli_train_$p.log"; }
+  done
   for d in cpu cuda; do
     $T eval --checkpoint "$W/cuda/best.safetensors" "${data[@]}" --device $d 2>&1 | tee "$LOG/cli_eval_$d.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1

@@ -52,6 +52,8 @@ expect_ok "predict with overlay on another grid" "$T" predict --checkpoint "$W/r
 # Bad inputs: clear messages, non-zero exits.
 expect_fail "unknown flag" "--bogus" "$T" train --bogus
 expect_fail "unknown device" "--device gpu: use cpu or cuda" "$T" train --epochs 1 --device gpu --out "$W/rd"
+expect_fail "unknown precision" "--precision fp64: use fp32, tf32, bf16 or fp16" "$T" train --epochs 1 --precision fp64 --out "$W/rp"
+expect_fail "half precision on the CPU" "--precision bf16 is for --device cuda" "$T" predict --checkpoint "$W/run/best.safetensors" --input "$W/img/1.png" --output "$W/x.png" --precision bf16
 expect_fail "missing image folder" "Directory does not exist" "$T" train --images "$W/nope" --masks "$W/mask"
 expect_fail "missing checkpoint" "File does not exist" "$T" predict --checkpoint "$W/nope.safetensors" --input "$W/img/1.png" --output "$W/x.png"
 expect_fail "missing input image" "File does not exist" "$T" predict --checkpoint "$W/run/best.safetensors" --input "$W/nope.png" --output "$W/x.png"

@@ -179,12 +179,32 @@ struct TrainCmd {
   bool no_augment = false, resume = false, quiet = false;
   std::uint64_t seed = 1;
   int threads = 0;
-  std::string device = "cpu";
+  std::string device = "cpu", precision = "fp32";
 };
 
 dd::Device parse_device(const std::string& d) {
   DD_CHECK(d == "cpu" || d == "cuda", "--device {}: use cpu or cuda (cuda needs a build with -DDD_CUDA=ON)", d);
   return d == "cuda" ? dd::Device::cuda : dd::Device::cpu;
+}
+
+// --precision on the GPU: fp32 (the default: no TF32), tf32, or mixed precision bf16 / fp16 (half
+// convolutions and activations, fp32 master weights; fp16 training with dynamic loss scaling, as
+// its activation gradients would underflow otherwise). The CPU computes in fp32.
+void apply_precision(const std::string& p, const std::string& device, dd::TrainOptions* fit = nullptr) {
+  DD_CHECK(p == "fp32" || p == "tf32" || p == "bf16" || p == "fp16", "--precision {}: use fp32, tf32, bf16 or fp16",
+           p);
+  if (p == "fp32") return;
+  DD_CHECK(device == "cuda", "--precision {} is for --device cuda: the CPU computes in fp32", p);
+#if DD_WITH_CUDA
+  auto& s = dd::cuda::conv_settings();
+  s.precision = p == "tf32" ? dd::cuda::Precision::tf32
+                : p == "bf16" ? dd::cuda::Precision::bf16
+                              : dd::cuda::Precision::fp16;
+  s.half_activations = p == "bf16" || p == "fp16";
+  if (fit && p == "fp16") fit->loss_scaling = true;
+#else
+  (void)fit;
+#endif
 }
 
 int run_train(TrainCmd& c) {
@@ -210,6 +230,7 @@ int run_train(TrainCmd& c) {
              "--resume: {} holds {} but the flags describe {}; use the same model flags", last, saved.describe(),
              c.spec.describe());
   }
+  apply_precision(c.precision, c.device, &c.fit);
   dd::DDUNet model = dd::make_model(c.spec, c.seed, dd::CpuWorkers(c.threads));
   model.to(parse_device(c.device));  // before the optimizer: it keeps views of the parameters
   ranks.place(model);
@@ -280,7 +301,7 @@ struct EvalCmd {
   std::string checkpoint, grid;
   std::uint64_t seed = 1;
   int threads = 0;
-  std::string device = "cpu";
+  std::string device = "cpu", precision = "fp32";
 };
 
 dd::DDUNet load_model(const std::string& path, const std::string& grid, int threads, dd::ModelSpec* spec_out = nullptr) {
@@ -298,6 +319,7 @@ dd::DDUNet load_model(const std::string& path, const std::string& grid, int thre
 int run_eval(EvalCmd& c) {
   if (c.threads > 0) dd::set_num_threads(c.threads);
   dd::ModelSpec spec;
+  apply_precision(c.precision, c.device);
   dd::DDUNet model = load_model(c.checkpoint, c.grid, c.threads, &spec);
   model.to(parse_device(c.device));
   c.data.classes = spec.net.classes;
@@ -321,12 +343,13 @@ int run_eval(EvalCmd& c) {
 struct PredictCmd {
   std::string checkpoint, input, output, overlay, grid, colors;
   int threads = 0;
-  std::string device = "cpu";
+  std::string device = "cpu", precision = "fp32";
 };
 
 int run_predict_ranks(PredictCmd& c);
 
 int run_predict(PredictCmd& c) {
+  apply_precision(c.precision, c.device);
   if (ranks.size > 1) return run_predict_ranks(c);
   if (c.threads > 0) dd::set_num_threads(c.threads);
   dd::ModelSpec spec;
@@ -555,6 +578,10 @@ void add_data_flags(CLI::App* a, DataOptions& d, bool train) {
 
 }  // namespace
 
+constexpr const char* kPrecisionHelp =
+    "GPU arithmetic: fp32 (no TF32), tf32, or mixed precision bf16 / fp16 (half convolutions and activations, fp32 "
+    "weights; fp16 trains with loss scaling)";
+
 int main(int argc, char** argv) {
   CLI::App app{"ddunet: domain-decomposed U-Nets (DDU-Net, Verburg et al. 2025) for images larger than one device"};
   app.require_subcommand(1);
@@ -577,6 +604,7 @@ int main(int argc, char** argv) {
   train->add_option("--seed", tc.seed, "seed for weights, data order, crops and dropout")->capture_default_str();
   train->add_option("--threads", tc.threads, "worker threads (0: all cores)")->capture_default_str()->check(CLI::NonNegativeNumber);
   train->add_option("--device", tc.device, "cpu, or cuda (a build with -DDD_CUDA=ON)")->capture_default_str();
+  train->add_option("--precision", tc.precision, kPrecisionHelp)->capture_default_str();
   train->add_option("--out", tc.out, "folder for last.safetensors (every epoch), best.safetensors and log.csv")->capture_default_str();
   train->add_flag("--resume", tc.resume, "continue from OUT/last.safetensors with identical results");
   train->add_flag("--quiet", tc.quiet, "no progress bar");
@@ -589,6 +617,7 @@ int main(int argc, char** argv) {
   eval->add_option("--seed", ec.seed, "circles: data seed (the training seed gives its validation set)")->capture_default_str();
   eval->add_option("--threads", ec.threads, "worker threads (0: all cores)")->capture_default_str();
   eval->add_option("--device", ec.device, "cpu, or cuda (a build with -DDD_CUDA=ON)")->capture_default_str();
+  eval->add_option("--precision", ec.precision, kPrecisionHelp)->capture_default_str();
 
   PredictCmd pc;
   auto* predict = app.add_subcommand("predict", "segment one image of any size, tile by tile with bounded memory");
@@ -601,6 +630,7 @@ int main(int argc, char** argv) {
   predict->add_option("--threads", pc.threads, "worker threads (0: all cores)")->capture_default_str();
   predict->add_option("--device", pc.device, "cpu, or cuda (a build with -DDD_CUDA=ON; one process)")
       ->capture_default_str();
+  predict->add_option("--precision", pc.precision, kPrecisionHelp)->capture_default_str();
 
   SummaryCmd sc;
   auto* summary = app.add_subcommand("summary", "architecture table (paper Table 5): per block sizes, feature maps, weights, memory");
