@@ -153,6 +153,54 @@ TEST_CASE("direct collectives (NcclDistribution's path, on host memory): unequal
                                                                             {2, 1, 64, 64}, true);
 }
 
+TEST_CASE("direct tile gather: half tiles travel as their bytes (odd counts padded), mixed types as f32") {
+  DirectOnHost dist(*world);
+  // K = 5 tiles of unequal, odd sizes, spread over the ranks as the model spreads its clones.
+  const std::vector<Shape> shapes{{1, 3, 3, 5}, {1, 3, 2, 5}, {1, 3, 3, 3}, {1, 3, 1, 7}, {1, 3, 3, 4}};
+  const auto K = static_cast<std::int64_t>(shapes.size());
+  if (world->size() > K) return;
+  auto tile = [&](std::int64_t k) { return Tensor::randn(shapes[std::size_t(k)], 300 + std::uint64_t(k)); };
+  for (const DType t : {DType::bf16, DType::f16, DType::f32}) {
+    CAPTURE(dtype_name(t));
+    std::vector<Tensor> mine;
+    for (std::int64_t k = dist.first_clone(world->rank(), K); k < dist.first_clone(world->rank() + 1, K); ++k)
+      mine.push_back(tile(k).to(t));
+    const std::vector<Tensor> all = detail::gather_all(mine, shapes, dist, Device::cpu);
+    REQUIRE(std::int64_t(all.size()) == K);
+    for (std::int64_t k = 0; k < K; ++k) {
+      CAPTURE(k);
+      CHECK(all[std::size_t(k)].dtype() == t);
+      CHECK(all[std::size_t(k)].to_vector() == tile(k).to(t).to_vector());  // bit for bit
+    }
+  }
+  // Tiles of two types on one rank travel as f32: ranks with two or more tiles mix bf16 and f32,
+  // the others send f32; every rank gets f32 tiles holding what was sent.
+  auto owner_tiles = [&](std::int64_t k) {  // how many tiles the rank that owns tile k has
+    int r = 0;
+    while (dist.first_clone(r + 1, K) <= k) ++r;
+    return dist.first_clone(r + 1, K) - dist.first_clone(r, K);
+  };
+  auto sent = [&](std::int64_t k) { return owner_tiles(k) > 1 && k % 2 ? tile(k).to(DType::bf16) : tile(k); };
+  std::vector<Tensor> mixed;
+  for (std::int64_t k = dist.first_clone(world->rank(), K); k < dist.first_clone(world->rank() + 1, K); ++k)
+    mixed.push_back(sent(k));
+  const std::vector<Tensor> got = detail::gather_all(mixed, shapes, dist, Device::cpu);
+  for (std::int64_t k = 0; k < K; ++k) {
+    CAPTURE(k);
+    CHECK(got[std::size_t(k)].dtype() == DType::f32);
+    CHECK(got[std::size_t(k)].to_vector() == sent(k).to_vector());
+  }
+  // Ranks that disagree (rank 0 half, the others f32) all stop with the same clear error, before
+  // any tile moves.
+  if (world->size() > 1) {
+    std::vector<Tensor> odd;
+    for (std::int64_t k = dist.first_clone(world->rank(), K); k < dist.first_clone(world->rank() + 1, K); ++k)
+      odd.push_back(world->rank() == 0 ? tile(k).to(DType::bf16) : tile(k));
+    CHECK_THROWS_WITH_AS(detail::gather_all(odd, shapes, dist, Device::cpu),
+                         doctest::Contains("different element types"), dd::Error);
+  }
+}
+
 TEST_CASE("subimage x data parallel: 2 groups take one image each; as one process taking both (no dropout)") {
   if (world->size() % 2 != 0) return;
   using DDU = DomainDecomposed<UNet<2, 1, 3, 4, 0.0f>, CommNet<8, 3, 5, 0.0f>>;

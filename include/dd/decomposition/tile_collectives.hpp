@@ -48,28 +48,50 @@ inline std::vector<Tensor> unpack(const std::vector<float>& all, const std::vect
   return out;
 }
 
+// The element type the ranks' tiles travel in: theirs when they all agree (half activations travel
+// half), else f32. Every rank must pick the same, or the bytes would be read in another layout: a
+// host all-reduce of the type's code and its square (equal on every rank iff both sums are P times
+// this rank's) checks that, before any tile moves.
+inline DType exchange_dtype(const std::vector<Tensor>& mine, Distribution& dist) {
+  DType t = mine.empty() ? DType::f32 : mine[0].dtype();
+  for (const Tensor& m : mine)
+    if (m.dtype() != t) t = DType::f32;
+  const double code = static_cast<double>(t);
+  double sums[2] = {code, code * code};
+  dist.all_reduce_sum(sums, 2);
+  DD_CHECK(sums[0] == code * dist.size() && sums[1] == code * code * dist.size(),
+           "dd::exchange: the ranks' tiles have different element types ({} here); run every rank with the same "
+           "precision settings",
+           dtype_name(t));
+  return t;
+}
+
 // The K tiles of all ranks from this rank's `mine`, through the distribution's direct collectives
 // (on the tensors' device): each rank packs its tiles into a buffer of the largest rank's size
 // (every rank knows every tile's shape, so every rank's count), one all-gather, and the tiles are
-// views of the gathered buffer.
+// views of the gathered buffer. The collective moves floats; half tiles travel as their bytes,
+// each rank's share padded to whole floats (an all-gather copies, it never computes).
 inline std::vector<Tensor> gather_direct(const std::vector<Tensor>& mine, const std::vector<Shape>& shapes,
                                          Distribution& dist, Device d) {
   const auto K = static_cast<std::int64_t>(shapes.size());
   const int P = dist.size();
+  const DType t = exchange_dtype(mine, dist);
+  const auto per_float = static_cast<std::int64_t>(4 / dtype_size(t));  // elements per float: 1 or 2
   std::vector<std::int64_t> counts(static_cast<std::size_t>(P), 0);
   for (int r = 0; r < P; ++r)
     for (std::int64_t k = dist.first_clone(r, K); k < dist.first_clone(r + 1, K); ++k)
       counts[std::size_t(r)] += shapes[std::size_t(k)].numel();
-  const std::int64_t most = *std::max_element(counts.begin(), counts.end());
-  const Tensor send = Tensor::zeros({1, 1, 1, most}, d);  // the padding travels as zeros
+  std::int64_t most = *std::max_element(counts.begin(), counts.end());
+  most = (most + per_float - 1) / per_float * per_float;
+  const Tensor send = Tensor::zeros({1, 1, 1, most}, d, MemoryFormat::nchw, t);  // the padding travels as zeros
   std::int64_t at = 0;
-  for (const Tensor& t : mine) {
-    DD_CHECK(at + t.numel() <= most, "dd::exchange: this rank's tiles hold more values than its clones' shapes");
-    send.slice(3, at, t.numel()).reshape(t.shape()).copy_from(t);
-    at += t.numel();
+  for (const Tensor& m : mine) {
+    DD_CHECK(at + m.numel() <= most, "dd::exchange: this rank's tiles hold more values than its clones' shapes");
+    send.slice(3, at, m.numel()).reshape(m.shape()).copy_from(m);
+    at += m.numel();
   }
-  const Tensor all = Tensor::empty({1, 1, 1, std::int64_t(P) * most}, d);
-  dist.all_gather_direct(send.data(), most, all.data());
+  const Tensor all = Tensor::empty({1, 1, 1, std::int64_t(P) * most}, d, MemoryFormat::nchw, t);
+  dist.all_gather_direct(static_cast<const float*>(send.raw()), most / per_float, static_cast<float*>(all.raw()));
   std::vector<Tensor> out;
   for (int r = 0; r < P; ++r) {
     std::int64_t off = std::int64_t(r) * most;
