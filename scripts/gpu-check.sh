@@ -133,9 +133,12 @@ if [[ " $PARTS " == *" cli "* ]]; then
   done
   # Mixed precision from the tool (half activations; fp16 with loss scaling): it trains, losses finite.
   for p in bf16 fp16; do
-    $T train "${data[@]}" "${net[@]}" --device cuda --precision $p --out "$W/$p" >"$LOG/cli_train_$p.log" 2>&1 \
-      && echo "cli: --precision $p trains; epochs: $(tail -n +2 "$W/$p/log.csv" | cut -d, -f1,2 | tr '\n' ' ')" \
-      || { status=1; tail -3 "$LOG/cli_train_$p.log"; }
+    if $T train "${data[@]}" "${net[@]}" --device cuda --precision $p --out "$W/$p" >"$LOG/cli_train_$p.log" 2>&1; then
+      echo "cli: --precision $p trains; epoch,train loss: $(tail -n +2 "$W/$p/log.csv" | cut -d, -f1,2 | tr '\n' ' ')"
+      if tail -n +2 "$W/$p/log.csv" | grep -qiE "nan|inf"; then echo "cli: --precision $p: a loss is not finite"; status=1; fi
+    else
+      status=1; tail -3 "$LOG/cli_train_$p.log"
+    fi
   done
   for d in cpu cuda; do
     $T eval --checkpoint "$W/cuda/best.safetensors" "${data[@]}" --device $d 2>&1 | tee "$LOG/cli_eval_$d.log"
