@@ -13,6 +13,8 @@ enum class DType : std::uint8_t { f32, bf16, f16 };
 constexpr std::size_t dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
 constexpr bool is_half(DType t) { return t != DType::f32; }
 constexpr const char* dtype_name(DType t) { return t == DType::f32 ? "f32" : t == DType::bf16 ? "bf16" : "f16"; }
+// The type of a result made of values of types a and b: theirs when they agree, else f32.
+constexpr DType common_dtype(DType a, DType b) { return a == b ? a : DType::f32; }
 
 // Host conversions, round to nearest even (as the GPU's __float2bfloat16_rn / __float2half_rn),
 // NaN kept NaN, overflow to infinity.

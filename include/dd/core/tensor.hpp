@@ -126,8 +126,7 @@ class Tensor {
   }
   float item() const {
     DD_CHECK(numel() == 1, "dd::Tensor::item: tensor of shape {} is not a single value", shape_);
-    if (device() == Device::cpu && dtype_ == DType::f32) return *data();
-    return to(Device::cpu).to(DType::f32).item();
+    return *host_f32().data();
   }
 
   // View of [start, start+len) along dim (0=N, 1=C, 2=H, 3=W).
@@ -183,6 +182,8 @@ class Tensor {
     t.copy_from(*this);
     return t;
   }
+  // What host code indexes: f32 values in NCHW order on the host (this tensor when it is that).
+  Tensor host_f32() const { return to(Device::cpu).to(DType::f32).contiguous(); }
   // A copy with elements of type t (rounded to nearest even when narrowing), in this tensor's
   // format on its device; this tensor itself when it already has that type.
   Tensor to(DType t) const {
@@ -285,7 +286,7 @@ class Tensor {
   }
 
   std::vector<float> to_vector() const {
-    const Tensor c = to(Device::cpu).to(DType::f32).contiguous();
+    const Tensor c = host_f32();
     return std::vector<float>(c.data(), c.data() + c.numel());
   }
 

@@ -54,8 +54,7 @@ inline std::vector<Tensor> unpack(const std::vector<float>& all, const std::vect
 // this rank's) checks that, before any tile moves.
 inline DType exchange_dtype(const std::vector<Tensor>& mine, Distribution& dist) {
   DType t = mine.empty() ? DType::f32 : mine[0].dtype();
-  for (const Tensor& m : mine)
-    if (m.dtype() != t) t = DType::f32;
+  for (const Tensor& m : mine) t = common_dtype(t, m.dtype());
   const double code = static_cast<double>(t);
   double sums[2] = {code, code * code};
   dist.all_reduce_sum(sums, 2);

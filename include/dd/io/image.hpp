@@ -519,7 +519,7 @@ inline Tensor load_mask(const std::string& path, const ColorTable* table, int cl
 inline Tensor argmax_classes(const Tensor& logits_in) {
   DD_CHECK(logits_in.defined() && logits_in.shape().c >= 1,
            "dd::io::argmax_classes: expected [N, K, H, W] logits with K >= 1, got {}", logits_in.shape());
-  const Tensor logits = logits_in.to(Device::cpu).to(DType::f32);  // host f32 (GPU or half logits too)
+  const Tensor logits = logits_in.host_f32();  // GPU or half logits too
   const Shape s = logits.shape();
   Tensor out = Tensor::empty({s.n, 1, s.h, s.w});
   for (std::int64_t n = 0; n < s.n; ++n)

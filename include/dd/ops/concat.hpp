@@ -33,10 +33,8 @@ inline Var concat(const std::vector<Var>& parts, int dim) {
   MemoryFormat f = MemoryFormat::nchw;
   for (const Var& p : parts)
     if (detail::on_gpu(p.value()) && p.value().format() == MemoryFormat::nhwc) f = MemoryFormat::nhwc;
-  // The parts' element type when they agree (half activations stay half), else f32.
-  DType t = parts[0].value().dtype();
-  for (const Var& p : parts)
-    if (p.value().dtype() != t) t = DType::f32;
+  DType t = parts[0].value().dtype();  // half activations stay half
+  for (const Var& p : parts) t = common_dtype(t, p.value().dtype());
   Tensor Y = Tensor::empty(out, dev, f, t);
   std::int64_t at = 0;
   for (const Var& p : parts) {

@@ -79,21 +79,33 @@ inline MemoryFormat conv_format([[maybe_unused]] const Tensor& x) {
   return MemoryFormat::nchw;
 }
 
+// The input a convolution reads: on the GPU x in the convolution's memory order and its own element
+// type (the convolution converts what cuDNN needs), on the CPU f32 NCHW.
+inline Tensor conv_input(const Tensor& x, MemoryFormat f) { return on_gpu(x) ? x.as_format(f) : kernel_input(x); }
+
+// The element type of a convolution's output of `channels` channels from input x: on the GPU half
+// with cuda::ConvSettings::half_activations (gpu::activation_dtype), else f32.
+inline DType conv_output_dtype([[maybe_unused]] const Tensor& x, [[maybe_unused]] std::int64_t channels) {
+#if DD_WITH_CUDA
+  if (on_gpu(x)) return gpu::activation_dtype(channels);
+#endif
+  return DType::f32;
+}
+
 }  // namespace detail
 
 // y = conv(x, w) + b; w is [Cout, Cin, K, K], b (optional, may be an undefined Var) is [Cout,1,1,1].
 inline Var conv2d(const Var& x, const Var& w, const Var& b, Conv2dOptions o = {}) {
   detail::require_same_device("conv2d", {&x, &w, &b});
   const MemoryFormat f = detail::conv_format(x.value());
-  const Tensor X = detail::on_gpu(x.value()) ? x.value().as_format(f) : detail::kernel_input(x.value());
+  const Tensor X = detail::conv_input(x.value(), f);
   detail::require_nonempty(X, "conv2d");
   const cpu::Conv2dGeometry g = detail::conv2d_geometry(X.shape(), X.shape().c, w, b, o);
   if (!detail::on_gpu(X)) return detail::conv2d_cpu({x}, {X}, w, b, g);
 
 #if DD_WITH_CUDA
   const bool nhwc = f == MemoryFormat::nhwc;
-  // The output's element type: half with cuda::ConvSettings::half_activations (see there).
-  Tensor Y = Tensor::empty({g.n, g.cout, g.out_h(), g.out_w()}, X.device(), f, gpu::activation_dtype(g.cout));
+  Tensor Y = Tensor::empty({g.n, g.cout, g.out_h(), g.out_w()}, X.device(), f, detail::conv_output_dtype(X, g.cout));
   const Tensor W = w.value().contiguous();
   DD_GPU(conv2d_forward(detail::device_array(X), W.data(), b.defined() ? b.value().data() : nullptr, g,
                         detail::device_array(Y), nhwc));

@@ -131,7 +131,7 @@ inline Var weighted_sum(const Var& x, const Tensor& weights) {
   const Device dev = x.value().device();
   const Tensor Wt = weights.to(dev).contiguous();
   // A checking head, not a hot path: GPU values are summed on the host.
-  const Tensor X = x.value().to(Device::cpu).to(DType::f32).contiguous(), Wh = Wt.to(Device::cpu).to(DType::f32);
+  const Tensor X = x.value().host_f32(), Wh = Wt.host_f32();
   double total = 0;
   for (std::int64_t i = 0; i < X.numel(); ++i) total += static_cast<double>(X.data()[i]) * Wh.data()[i];
   const bool rec = detail::should_record({&x});

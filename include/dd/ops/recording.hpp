@@ -33,7 +33,7 @@ inline bool channels_last(const Tensor& t) { return on_gpu(t) && t.format() == M
 // Half elements (bf16 / f16 activations) stay half where the op's kernels take them (half_ok),
 // and are widened to f32 here everywhere else: the one place that keeps f32 kernels off half memory.
 inline Tensor kernel_input(const Tensor& t, bool half_ok = false) {
-  if (!on_gpu(t)) return t.contiguous().to(DType::f32);
+  if (!on_gpu(t)) return t.host_f32();
   Tensor d = t.dense();
   if (!half_ok) d = d.to(DType::f32);
   return is_vector_aligned(d.raw()) ? d : d.clone();

@@ -12,22 +12,14 @@ namespace dd {
 inline Var upconv2x2(const Var& x, const Var& w, const Var& b) {
   detail::require_same_device("upconv2x2", {&x, &w, &b});
   const MemoryFormat f = detail::conv_format(x.value());
-  const Tensor X0 = x.value().as_format(f);
-  detail::require_nonempty(X0, "upconv2x2");
-  const bool gpu = detail::on_gpu(X0), nhwc = f == MemoryFormat::nhwc;
-  const Shape xs = X0.shape(), ws = w.shape();
+  const Tensor X = detail::conv_input(x.value(), f);
+  detail::require_nonempty(X, "upconv2x2");
+  const bool gpu = detail::on_gpu(X), nhwc = f == MemoryFormat::nhwc;
+  const Shape xs = X.shape(), ws = w.shape();
   DD_CHECK(ws.h == 2 && ws.w == 2, "dd::upconv2x2: weight {} is not [Cin, Cout, 2, 2]", ws);
   DD_CHECK(xs.c == ws.n, "dd::upconv2x2: input has {} channels but the weight {} expects {}", xs.c, ws, ws.n);
   const cpu::UpConvGeometry g{xs.n, xs.c, xs.h, xs.w, ws.c};
-  // A CPU input is f32 (kernel_input widens a host half tensor); a GPU output may be half
-  // (cuda::ConvSettings::half_activations).
-  const Tensor X = gpu ? X0 : detail::kernel_input(X0);
-#if DD_WITH_CUDA
-  const DType yt = gpu ? gpu::activation_dtype(ws.c) : DType::f32;
-#else
-  const DType yt = DType::f32;
-#endif
-  Tensor Y = Tensor::empty({xs.n, ws.c, 2 * xs.h, 2 * xs.w}, X.device(), f, yt);
+  Tensor Y = Tensor::empty({xs.n, ws.c, 2 * xs.h, 2 * xs.w}, X.device(), f, detail::conv_output_dtype(X, ws.c));
   const Tensor W = w.value().contiguous();
   const float* bias = b.defined() ? b.value().data() : nullptr;
   if (gpu)

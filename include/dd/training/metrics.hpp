@@ -13,8 +13,7 @@ class ConfusionMatrix {
 
   // logits [N,C,H,W] (prediction = argmax over C), labels [N,1,H,W].
   void add(const Tensor& logits, const Tensor& labels) {
-    const Tensor X = logits.to(Device::cpu).to(DType::f32).contiguous();
-    const Tensor L = labels.to(Device::cpu).to(DType::f32).contiguous();
+    const Tensor X = logits.host_f32(), L = labels.host_f32();
     const Shape s = X.shape();
     DD_CHECK(s.c == classes_, "dd::ConfusionMatrix: logits have {} classes, the matrix {}", s.c, classes_);
     DD_CHECK(L.shape() == (Shape{s.n, 1, s.h, s.w}), "dd::ConfusionMatrix: labels {} for logits {}", L.shape(), s);

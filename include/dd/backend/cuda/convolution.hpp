@@ -157,11 +157,12 @@ class Convolution {
       return;
     }
     const std::int64_t count = p_.filter_count();
+    const DType ct = compute_dtype(s_.precision);
     DeviceScratch wide(static_cast<std::size_t>(count) * sizeof(float)), half;
-    if (is_half(s_.precision)) half.reset(static_cast<std::size_t>(count) * 2);
+    if (ct != DType::f32) half.reset(static_cast<std::size_t>(count) * dtype_size(ct));
     void* g = half.get() ? half.get() : wide.get();
     if (!run_plan(ConvDirection::backward_filter, x, g, dy, false)) legacy_backward_filter(x, dy, g, 0.0f);
-    if (half.get()) convert(half.get(), compute_dtype(s_.precision), wide.floats(), DType::f32, count);
+    if (half.get()) convert(half.get(), ct, wide.floats(), DType::f32, count);
     add_filter(wide.floats(), dw);
   }
 
@@ -239,8 +240,9 @@ class Convolution {
 // only channels-last with at most 1024 channels, where our kernels run)
 // ---------------------------------------------------------------------------------------------
 
-inline void require_f32_bias(DType t) {
-  DD_CHECK(t == DType::f32, "dd::cuda: a bias on {} activations needs channels-last memory and at most 1024 channels",
+// For the paths that run cuDNN's (or our NCHW) kernels, which take f32 activations only.
+inline void require_f32(DType t, const char* who) {
+  DD_CHECK(t == DType::f32, "dd::{}: {} activations need the channels-last kernels (at most 1024 channels)", who,
            dtype_name(t));
 }
 
@@ -252,7 +254,7 @@ inline void add_channel_bias(const float* b, std::int64_t n, std::int64_t c, std
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  require_f32_bias(y.t);
+  require_f32(y.t, "cuda::add_channel_bias");
   const TensorDescriptor bd(CUDNN_DATA_FLOAT, 1, c, 1, 1), yd(CUDNN_DATA_FLOAT, n, c, h, w, nhwc);
   const float one = 1.0f;
   const AlignedFloats bias(b, c);  // realigned when b is a view
@@ -274,7 +276,7 @@ inline void accumulate_channel_bias_grad(DeviceArray dy, std::int64_t n, std::in
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  require_f32_bias(dy.t);
+  require_f32(dy.t, "cuda::accumulate_channel_bias_grad");
   const TensorDescriptor dyd(CUDNN_DATA_FLOAT, n, c, h, w, nhwc), bd(CUDNN_DATA_FLOAT, 1, c, 1, 1);
   const float one = 1.0f;
   const AlignedFloats acc(db, c);  // realigned when db is a view, written back after the sum

@@ -36,10 +36,6 @@ inline bool batchnorm_empty(const cpu::BatchNormGeometry& g) { return g.c <= 0 |
 inline bool own_nhwc(const cpu::BatchNormGeometry& g, bool nhwc) {
   return nhwc && cuda::kernels::channels_last_supported(g.c);
 }
-inline void require_f32(DType t, const char* who) {
-  DD_CHECK(t == DType::f32, "dd::gpu::{}: {} activations need the channels-last kernels (at most 1024 channels)", who,
-           dtype_name(t));
-}
 
 // The kernels' form of a tail request (none for null), marked applied.
 inline cuda::kernels::ReluTail kernel_tail(const cpu::BatchNormGeometry& g, cpu::BatchNormTail* tail) {
@@ -68,7 +64,7 @@ inline void batchnorm_forward_train(const void* x, const float* gamma, const flo
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  detail::require_f32(t, "batchnorm_forward_train");
+  cuda::require_f32(t, "gpu::batchnorm_forward_train");
   const detail::BatchNormDescriptors d(g, nhwc);
   // cuDNN updates both running statistics or neither. With one value per channel the unbiased
   // variance is undefined (the CPU then uses the biased one, 0): update those by hand below.
@@ -118,7 +114,7 @@ inline void batchnorm_forward_eval(const void* x, const float* gamma, const floa
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  detail::require_f32(t, "batchnorm_forward_eval");
+  cuda::require_f32(t, "gpu::batchnorm_forward_eval");
   const detail::BatchNormDescriptors d(g, nhwc);
   const cuda::AlignedFloats ga(gamma, g.c), be(beta, g.c), m(mean, g.c), v(var, g.c);
   const float one = 1.0f, zero = 0.0f;
@@ -146,7 +142,7 @@ inline void batchnorm_backward(const void* x, const void* dy, const float* gamma
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  detail::require_f32(t, "batchnorm_backward");
+  cuda::require_f32(t, "gpu::batchnorm_backward");
   cuda::DeviceScratch dz;  // elsewhere the tail's backward runs first, into scratch
   if (tail) {
     dz.reset(static_cast<std::size_t>(g.count() * g.c) * sizeof(float));
