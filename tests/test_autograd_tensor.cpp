@@ -1,9 +1,14 @@
 // Tensor views and memory accounting; the tape's accumulation, zero_grad and no_grad.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <dd/ddunet.hpp>
+#include <dd/kernels/cuda/copy_plan.hpp>
 #include <limits>
+#include <random>
 
 using dd::Shape;
 using dd::Tensor;
@@ -252,4 +257,177 @@ TEST_CASE("half tensors: half the bytes, conversions through views, float access
   CHECK(xt.grad().dtype() == DType::bf16);
   CHECK(xt.grad().to_vector() == std::vector<float>(120, 0.5f));
   CHECK(xh.grad().to_vector() == xw.grad().to(DType::bf16).to_vector());
+}
+
+// ---- The GPU's strided copies, planned and replayed on the host ----
+namespace {
+namespace ck = dd::cuda::kernels;
+using Bytes = std::vector<unsigned char>;
+
+// dst view at byte dst_at, src view at byte src_at: the 4-D loop, element by element.
+Bytes reference_copy(const ck::StridedCopy& g, std::size_t es, Bytes dst, std::size_t dst_at, const Bytes& src,
+                     std::size_t src_at) {
+  for (std::int64_t a = 0; a < g.shape[0]; ++a)
+    for (std::int64_t b = 0; b < g.shape[1]; ++b)
+      for (std::int64_t c = 0; c < g.shape[2]; ++c)
+        for (std::int64_t d = 0; d < g.shape[3]; ++d) {
+          const std::int64_t i[4] = {a, b, c, d};
+          std::int64_t od = 0, os = 0;
+          for (int k = 0; k < 4; ++k) od += i[k] * g.dst_strides[k], os += i[k] * g.src_strides[k];
+          std::memcpy(&dst[dst_at + static_cast<std::size_t>(od) * es],
+                      &src[src_at + static_cast<std::size_t>(os) * es], es);
+        }
+  return dst;
+}
+
+// What the element-wise kernel does for index type I: every i < total through CopyDims::offsets.
+template <class I>
+Bytes replay_elements(const ck::CopyDims& d, std::size_t es, Bytes dst, std::size_t dst_at, const Bytes& src,
+                      std::size_t src_at) {
+  for (I i = 0; i < static_cast<I>(d.total); ++i) {
+    std::int64_t od = 0, os = 0;
+    switch (d.dims) {
+      case 1:
+        d.offsets<1>(i, od, os);
+        break;
+      case 2:
+        d.offsets<2>(i, od, os);
+        break;
+      case 3:
+        d.offsets<3>(i, od, os);
+        break;
+      default:
+        d.offsets<4>(i, od, os);
+        break;
+    }
+    std::memcpy(&dst[dst_at + static_cast<std::size_t>(od) * es], &src[src_at + static_cast<std::size_t>(os) * es], es);
+  }
+  return dst;
+}
+
+// What the row kernel does: every unit i < total through RowCopy::offsets (addresses: the byte offsets).
+template <class I>
+Bytes replay_rows(const ck::RowCopy& p, Bytes dst, std::size_t dst_at, const Bytes& src, std::size_t src_at) {
+  REQUIRE(dst_at % static_cast<std::size_t>(p.unit) == 0);
+  REQUIRE(src_at % static_cast<std::size_t>(p.unit) == 0);
+  const auto u = static_cast<std::size_t>(p.unit);
+  for (I i = 0; i < static_cast<I>(p.total()); ++i) {
+    std::int64_t od = 0, os = 0;
+    p.offsets(i, od, os);
+    std::memcpy(&dst[dst_at + static_cast<std::size_t>(od) * u], &src[src_at + static_cast<std::size_t>(os) * u], u);
+  }
+  return dst;
+}
+
+Bytes pattern(std::size_t n, unsigned seed) {
+  Bytes b(n);
+  std::mt19937 rng(seed);
+  for (auto& x : b) x = static_cast<unsigned char>(rng());
+  return b;
+}
+
+// Checks every way the GPU could run the copy against the 4-D loop; returns the row unit (0: none).
+int check_copy(const ck::StridedCopy& g, std::size_t es, std::size_t dst_at, std::size_t src_at) {
+  std::int64_t dst_span = 1, src_span = 1;  // one past the largest element offset
+  for (int k = 0; k < 4; ++k) {
+    if (g.shape[k] == 0) return 0;
+    dst_span += (g.shape[k] - 1) * g.dst_strides[k], src_span += (g.shape[k] - 1) * g.src_strides[k];
+  }
+  const Bytes dst = pattern(dst_at + static_cast<std::size_t>(dst_span) * es, 1);
+  const Bytes src = pattern(src_at + static_cast<std::size_t>(src_span) * es, 2);
+  const Bytes want = reference_copy(g, es, dst, dst_at, src, src_at);
+  REQUIRE(want != dst);  // the copy changes something, so a replay that does nothing fails
+  const ck::CopyDims d = ck::reduce_dims(g);
+  CHECK(d.total == g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3]);
+  CHECK(replay_elements<std::uint32_t>(d, es, dst, dst_at, src, src_at) == want);
+  CHECK(replay_elements<std::int64_t>(d, es, dst, dst_at, src, src_at) == want);
+  const ck::RowCopy rows = ck::plan_rows(d, es, dst_at, src_at);
+  if (rows.unit != 0) {
+    CHECK(rows.unit >= static_cast<int>(es));
+    CHECK(rows.total() * rows.unit == d.total * static_cast<std::int64_t>(es));
+    CHECK(replay_rows<std::uint32_t>(rows, dst, dst_at, src, src_at) == want);
+    CHECK(replay_rows<std::int64_t>(rows, dst, dst_at, src, src_at) == want);
+  }
+  return rows.unit;
+}
+
+// Strides of a dense tensor of shape s whose dimensions are laid out in `order` (outermost first).
+std::array<std::int64_t, 4> dense_strides(const std::int64_t (&s)[4], const int (&order)[4]) {
+  std::array<std::int64_t, 4> st{};
+  std::int64_t step = 1;
+  for (int i = 3; i >= 0; --i) st[static_cast<std::size_t>(order[i])] = step, step *= s[order[i]];
+  return st;
+}
+}  // namespace
+
+TEST_CASE(
+    "GPU strided copies, planned and replayed on the host: rows of up to 16 bytes where they fit, else element-wise") {
+  // A concat part: channels [8, 20) of an NHWC [2, 24, 3, 5] tensor from a dense NHWC [2, 12, 3, 5] part.
+  const ck::StridedCopy part{{2, 12, 3, 5}, {3 * 5 * 24, 1, 5 * 24, 24}, {3 * 5 * 12, 1, 5 * 12, 12}};
+  const ck::CopyDims d = ck::reduce_dims(part);
+  CHECK(d.dims == 2);  // rows of 12 channels, one per pixel
+  CHECK(d.shape[0] == 30);
+  CHECK(check_copy(part, 4, 8 * 4, 0) == 16);     // f32: 48-byte rows, 16-byte aligned on both sides
+  CHECK(check_copy(part, 4, 8 * 4 + 4, 0) == 4);  // a destination 4 bytes off: one float at a time
+  CHECK(check_copy(part, 2, 8 * 2, 0) == 8);      // bf16: 24-byte rows
+  CHECK(check_copy(part, 2, 8 * 2 + 2, 0) == 2);
+  // The gradient's way back: the slice out of the concatenation into a dense part.
+  ck::StridedCopy back = part;
+  std::swap(back.dst_strides, back.src_strides);
+  CHECK(check_copy(back, 4, 0, 8 * 4) == 16);
+  // Every row stride counts: 16-byte rows on one side, 20-byte rows on the other move 4 bytes at a time.
+  CHECK(check_copy({{3, 4, 1, 1}, {4, 1, 1, 1}, {5, 1, 1, 1}}, 4, 0, 0) == 4);
+  CHECK(check_copy({{3, 4, 1, 1}, {5, 1, 1, 1}, {4, 1, 1, 1}}, 4, 0, 0) == 4);
+  CHECK(check_copy({{3, 4, 1, 1}, {6, 1, 1, 1}, {8, 1, 1, 1}}, 4, 0, 0) == 8);
+  // NCHW channel slice: one row per sample.
+  const ck::StridedCopy nchw{{2, 3, 4, 5}, {60, 20, 5, 1}, {140, 20, 5, 1}};
+  CHECK(ck::reduce_dims(nchw).dims == 2);
+  CHECK(check_copy(nchw, 4, 0, 2 * 20 * 4) == 16);
+  // Dense blocks are one row (the launcher's cudaMemcpyAsync); a single element too.
+  const ck::RowCopy dense = ck::plan_rows(ck::reduce_dims(ck::dense_copy(1000)), 4, 0, 0);
+  CHECK(dense.rows == 1);
+  CHECK(dense.unit == 16);
+  CHECK(check_copy(ck::dense_copy(1001), 2, 6, 2) == 2);
+  CHECK(check_copy({{1, 1, 1, 1}, {7, 7, 7, 7}, {3, 3, 3, 3}}, 4, 0, 0) == 4);  // one 4-byte unit
+  CHECK(ck::reduce_dims({{0, 3, 1, 1}, {3, 1, 1, 1}, {3, 1, 1, 1}}).total == 0);
+  CHECK(ck::plan_rows(ck::reduce_dims({{0, 3, 1, 1}, {3, 1, 1, 1}, {3, 1, 1, 1}}), 4, 0, 0).unit == 0);
+  // Layout changes are element-wise: NCHW to NHWC, and the filter orders (KCRS <-> KRSC) both ways.
+  CHECK(check_copy({{2, 3, 4, 5}, {60, 1, 15, 3}, {60, 20, 5, 1}}, 4, 0, 0) == 0);
+  CHECK(check_copy(ck::filter_order(4, 3, 3, 3, true), 4, 0, 0) == 0);
+  CHECK(check_copy(ck::filter_order(4, 3, 3, 3, false), 2, 0, 0) == 0);
+  // The filter orders are inverse permutations: there and back is the identity.
+  const ck::StridedCopy there = ck::filter_order(5, 7, 3, 2, true), again = ck::filter_order(5, 7, 3, 2, false);
+  Bytes w = pattern(5 * 7 * 3 * 2 * 4, 3);
+  CHECK(reference_copy(again, 4, Bytes(w.size()), 0, reference_copy(there, 4, Bytes(w.size()), 0, w, 0), 0) == w);
+
+  // Random sub-boxes of random memory orders on both sides, both element sizes, several alignments.
+  std::mt19937 rng(7);
+  int rows_seen = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    std::int64_t full_d[4], full_s[4], box[4], at_d[4], at_s[4];
+    for (int k = 0; k < 4; ++k) {
+      full_d[k] = 1 + static_cast<std::int64_t>(rng() % 5);
+      full_s[k] = 1 + static_cast<std::int64_t>(rng() % 5);
+      box[k] = 1 + static_cast<std::int64_t>(rng() % static_cast<unsigned>(std::min(full_d[k], full_s[k])));
+      at_d[k] = static_cast<std::int64_t>(rng() % static_cast<unsigned>(full_d[k] - box[k] + 1));
+      at_s[k] = static_cast<std::int64_t>(rng() % static_cast<unsigned>(full_s[k] - box[k] + 1));
+    }
+    int od[4] = {0, 1, 2, 3}, os[4] = {0, 1, 2, 3};
+    if (trial % 3 != 0) std::shuffle(od, od + 4, rng);  // a third keep both sides in the same order
+    if (trial % 3 != 0) std::shuffle(os, os + 4, rng);
+    const auto sd = dense_strides(full_d, od), ss = dense_strides(full_s, os);
+    ck::StridedCopy g{};
+    std::int64_t off_d = 0, off_s = 0;
+    for (int k = 0; k < 4; ++k) {
+      g.shape[k] = box[k], g.dst_strides[k] = sd[static_cast<std::size_t>(k)],
+      g.src_strides[k] = ss[static_cast<std::size_t>(k)];
+      off_d += at_d[k] * g.dst_strides[k], off_s += at_s[k] * g.src_strides[k];
+    }
+    const std::size_t es = trial % 2 == 0 ? 4 : 2;
+    const std::size_t pad = es * (rng() % 8);  // the arrays' own alignment, in elements
+    CAPTURE(trial);
+    rows_seen +=
+        check_copy(g, es, static_cast<std::size_t>(off_d) * es + pad, static_cast<std::size_t>(off_s) * es + pad) != 0;
+  }
+  CHECK(rows_seen > 30);  // the row path was exercised, not just planned away
 }

@@ -1,5 +1,6 @@
 // Element-wise launchers: fill, axpy, scale, type conversion, strided copy, ReLU, per-plane scaling.
-// Pointers may be views at any element offset, so every kernel is scalar (no vector alignment).
+// Pointers may be views at any element offset, so every kernel is scalar (no vector alignment),
+// except the row copy, whose plan checks the addresses it moves 16 bytes at a time from.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -22,39 +23,31 @@ template <class T>
 __global__ void scale_kernel(T* x, i64 n, float a) {
   for (i64 i = first_index(); i < n; i += grid_stride()) store(load(x + i) * a, x + i);
 }
-// X != Y: from bf16 or f16 the float is exact, so a narrowing result is rounded once.
-template <class X, class Y>
-__global__ void convert_kernel(const X* x, Y* y, i64 n) {
-  for (i64 i = first_index(); i < n; i += grid_stride()) store(load(x + i), y + i);
-}
 
-// Up to 4 dimensions after merging, innermost last. T is the element type when adding; a copy moves
-// the bits unconverted, so bf16 and f16 share its std::uint16_t instantiation.
-struct Dims {
-  i64 shape[4], dst[4], src[4];
-};
-template <int D, bool Add, class T>
-__global__ void copy_strided_kernel(T* dst, const T* src, Dims g, i64 total) {
-  for (i64 i = first_index(); i < total; i += grid_stride()) {
-    i64 r = i, od = 0, os = 0;
-#pragma unroll
-    for (int k = D - 1; k > 0; --k) {
-      const i64 q = r / g.shape[k], x = r - q * g.shape[k];
-      od += x * g.dst[k];
-      os += x * g.src[k];
-      r = q;
-    }
-    const T* from = src + os + r * g.src[0];
-    T* to = dst + od + r * g.dst[0];
+// The element-wise strided copy (copy_plan.hpp): D dimensions, index type I. TD and TS are the
+// element types of the two sides: a copy between equal types moves bits (bf16 and f16 share the
+// std::uint16_t instantiation), any other copy or an add goes through float and rounds once.
+template <int D, bool Add, class TD, class TS, class I>
+__global__ void copy_strided_kernel(TD* dst, const TS* src, CopyDims g, I total) {
+  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) {
+    i64 od, os;
+    g.offsets<D>(i, od, os);
     if constexpr (Add)
-      store(load(to) + load(from), to);
+      store(load(dst + od) + load(src + os), dst + od);
+    else if constexpr (std::is_same_v<TD, TS>)
+      dst[od] = src[os];
     else
-      *to = *from;
+      store(load(src + os), dst + od);
   }
 }
-template <class T>
-__global__ void copy_kernel(T* dst, const T* src, i64 n) {
-  for (i64 i = first_index(); i < n; i += grid_stride()) dst[i] = src[i];
+// Rows contiguous on both sides, moved in units U of 2 to 16 bytes (RowCopy).
+template <class U, class I>
+__global__ void copy_rows_kernel(U* dst, const U* src, RowCopy p, I total) {
+  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) {
+    i64 od, os;
+    p.offsets(i, od, os);
+    dst[od] = src[os];
+  }
 }
 
 template <class T>
@@ -141,91 +134,84 @@ void scale(void* x, i64 n, float a, DType t, cudaStream_t s) {
     scale_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<T*>(x), n, a);
   });
 }
-void convert(const void* x, DType xt, void* y, DType yt, i64 n, cudaStream_t s) {
-  if (n <= 0) return;
-  if (xt == yt) {
-    check(cudaMemcpyAsync(y, x, static_cast<std::size_t>(n) * dtype_size(xt), cudaMemcpyDeviceToDevice, s), "convert");
-    return;
+// Calls f(TD{}, TS{}) with the element types of a copy's two sides: equal types as their bits (a float,
+// or std::uint16_t for both half types), an add or a conversion as the types themselves.
+template <bool Add, class F>
+void by_copy_types(DType dt, DType st, F f) {
+  if constexpr (!Add) {
+    if (dt == st) {
+      if (dt == DType::f32)
+        f(float{}, float{});
+      else
+        f(std::uint16_t{}, std::uint16_t{});
+      return;
+    }
   }
-  by_dtype(xt, [&](auto from) {
-    by_dtype(yt, [&](auto to) {
-      using X = decltype(from);
-      using Y = decltype(to);
-      if constexpr (!std::is_same_v<X, Y>)  // the same type was copied above
-        convert_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<const X*>(x), static_cast<Y*>(y), n);
+  by_dtype(dt, [&](auto to) { by_dtype(st, [&](auto from) { f(to, from); }); });
+}
+
+template <bool Add>
+void strided(void* dst, DType dt, const void* src, DType st, const StridedCopy& geometry, cudaStream_t s) {
+  const CopyDims g = reduce_dims(geometry);
+  if (g.total <= 0) return;
+  if (!Add && dt == st) {
+    const RowCopy rows =
+        plan_rows(g, dtype_size(dt), reinterpret_cast<std::uintptr_t>(dst), reinterpret_cast<std::uintptr_t>(src));
+    if (rows.unit != 0 && rows.rows == 1) {  // one dense block
+      check(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(g.total) * dtype_size(dt), cudaMemcpyDeviceToDevice, s),
+            "copy_strided");
+      return;
+    }
+    if (rows.unit != 0) {
+      const i64 total = rows.total();
+      by_index_type(total, [&](auto index) {
+        using I = decltype(index);
+        const auto launch = [&](auto unit) {
+          using U = decltype(unit);
+          copy_rows_kernel<<<grid_for(total), kBlock, 0, s>>>(static_cast<U*>(dst), static_cast<const U*>(src), rows,
+                                                              static_cast<I>(total));
+        };
+        if (rows.unit == 16)
+          launch(uint4{});
+        else if (rows.unit == 8)
+          launch(uint2{});
+        else if (rows.unit == 4)
+          launch(std::uint32_t{});
+        else
+          launch(std::uint16_t{});
+      });
+      return;
+    }
+  }
+  by_copy_types<Add>(dt, st, [&](auto to, auto from) {
+    using TD = decltype(to);
+    using TS = decltype(from);
+    by_index_type(g.total, [&](auto index) {
+      using I = decltype(index);
+      auto* y = static_cast<TD*>(dst);
+      const auto* x = static_cast<const TS*>(src);
+      const unsigned grid = grid_for(g.total);
+      const I total = static_cast<I>(g.total);
+      if (g.dims == 1)
+        copy_strided_kernel<1, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
+      else if (g.dims == 2)
+        copy_strided_kernel<2, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
+      else if (g.dims == 3)
+        copy_strided_kernel<3, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
+      else
+        copy_strided_kernel<4, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
     });
   });
 }
 
-template <bool Add>
-void strided(void* dst, const void* src, const StridedCopy& geometry, DType t, cudaStream_t s) {
-  // Drop size-1 dimensions, order the rest by destination stride (largest outermost, so neighbouring
-  // threads write neighbouring addresses whatever the memory order, NCHW or channels-last), and
-  // merge neighbours that are contiguous on both sides: a dense copy becomes 1-D (no index
-  // division), a channel slice 2-D (one division per element).
-  int order[4], m = 0;
-  i64 total = 1;
-  for (int k = 0; k < 4; ++k) {
-    total *= geometry.shape[k];
-    if (geometry.shape[k] != 1) order[m++] = k;
-  }
-  std::stable_sort(order, order + m, [&](int a, int b) { return geometry.dst_strides[a] > geometry.dst_strides[b]; });
-  Dims g{};
-  int d = 0;
-  for (int i = 0; i < m; ++i) {
-    const int k = order[i];
-    const i64 len = geometry.shape[k];
-    if (d > 0 && g.dst[d - 1] == geometry.dst_strides[k] * len &&
-        g.src[d - 1] == geometry.src_strides[k] * len) {
-      g.shape[d - 1] *= len;
-      g.dst[d - 1] = geometry.dst_strides[k];
-      g.src[d - 1] = geometry.src_strides[k];
-    } else {
-      g.shape[d] = len, g.dst[d] = geometry.dst_strides[k], g.src[d] = geometry.src_strides[k];
-      ++d;
-    }
-  }
-  if (total <= 0) return;
-  if (d == 0) g.shape[0] = 1, g.dst[0] = 0, g.src[0] = 0, d = 1;  // a single element
-  const unsigned grid = grid_for(total);
-  const auto launch = [&](auto element) {
-    using T = decltype(element);
-    auto* y = static_cast<T*>(dst);
-    const auto* x = static_cast<const T*>(src);
-    switch (d) {
-      case 1:
-        if constexpr (!Add) {
-          if (g.dst[0] == 1 && g.src[0] == 1) {
-            copy_kernel<<<grid, kBlock, 0, s>>>(y, x, total);
-            break;
-          }
-        }
-        copy_strided_kernel<1, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
-        break;
-      case 2:
-        copy_strided_kernel<2, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
-        break;
-      case 3:
-        copy_strided_kernel<3, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
-        break;
-      default:
-        copy_strided_kernel<4, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
-        break;
-    }
-  };
-  if constexpr (Add)
-    by_dtype(t, launch);
-  else if (t == DType::f32)
-    launch(float{});
-  else
-    launch(std::uint16_t{});
+void convert(const void* x, DType xt, void* y, DType yt, i64 n, cudaStream_t s) {
+  if (n > 0) strided<false>(y, yt, x, xt, dense_copy(n), s);
 }
-
-void copy_strided(void* dst, const void* src, const StridedCopy& geometry, DType t, cudaStream_t s) {
-  strided<false>(dst, src, geometry, t, s);
+void copy_strided(void* dst, DType dt, const void* src, DType st, const StridedCopy& geometry, cudaStream_t s) {
+  strided<false>(dst, dt, src, st, geometry, s);
 }
-void add_strided(void* dst, const void* src, const StridedCopy& geometry, DType t, cudaStream_t s) {
-  strided<true>(dst, src, geometry, t, s);
+void add_strided(void* dst, DType dt, const void* src, DType st, const StridedCopy& geometry, cudaStream_t s) {
+  strided<true>(dst, dt, src, st, geometry, s);
 }
 
 void relu_forward(const void* x, i64 n, void* y, DType t, cudaStream_t s) {

@@ -147,6 +147,42 @@ TEST_CASE("GPU tensors: round trips, strided views, fill, add, scale, norm") {
   CHECK(Tensor::full({1, 1, 1, 1}, 3.5f, Device::cuda).item() == 3.5f);
 }
 
+TEST_CASE(
+    "GPU strided copies: row moves (16 bytes down to 2), element-wise layout changes and conversions, bit for bit") {
+  if (no_gpu()) return;
+  // Concat parts into channel slices of channels-last memory at offsets that give the row kernel
+  // 16-, 8-, 4- and 2-byte units (copy_plan.hpp), then back out; layout changes; conversions through views.
+  const Tensor a = Tensor::randn({2, 12, 3, 5}, 31);
+  for (const DType t : {DType::f32, DType::bf16, DType::f16}) {
+    CAPTURE(dtype_name(t));
+    const Tensor host = a.to(t).clone_as(MemoryFormat::nhwc),
+                 dev = host.to(Device::cuda).to(t).clone_as(MemoryFormat::nhwc);
+    REQUIRE(dev.dtype() == t);
+    for (const std::int64_t at : {0, 1, 2, 4, 8}) {
+      CAPTURE(at);
+      const Tensor into_h = Tensor::zeros({2, 24, 3, 5}, Device::cpu, MemoryFormat::nhwc, t);
+      const Tensor into_d = Tensor::zeros({2, 24, 3, 5}, Device::cuda, MemoryFormat::nhwc, t);
+      into_h.channels(at, 12).copy_from(host);
+      into_d.channels(at, 12).copy_from(dev);
+      CHECK(into_d.to_vector() == into_h.to_vector());
+      CHECK(into_d.channels(at, 12).clone().to_vector() == host.to_vector());  // and back out
+      // Converting copies between views of different types and memory orders.
+      const Tensor wide_h = Tensor::zeros({2, 12, 3, 5}), wide_d = Tensor::zeros({2, 12, 3, 5}, Device::cuda);
+      wide_h.copy_from(into_h.channels(at, 12));
+      wide_d.copy_from(into_d.channels(at, 12));
+      CHECK(wide_d.to_vector() == wide_h.to_vector());
+      const Tensor narrow_d = Tensor::zeros({2, 24, 3, 5}, Device::cuda, MemoryFormat::nhwc, t);
+      narrow_d.channels(at, 12).copy_from(a.to(Device::cuda));  // f32 NCHW into a half NHWC slice
+      CHECK(narrow_d.to_vector() == into_h.to_vector());
+    }
+  }
+  // Dense blocks (one cudaMemcpyAsync) and a tile of a tile.
+  const Tensor g = a.to(Device::cuda);
+  CHECK(g.clone().to_vector() == a.to_vector());
+  CHECK(g.tile(1, 2, 1, 3).tile(0, 1, 1, 2).clone().to_vector() ==
+        a.tile(1, 2, 1, 3).tile(0, 1, 1, 2).clone().to_vector());
+}
+
 TEST_CASE("GPU ops match the CPU in both layouts and both cuDNN APIs: forward within 1e-4, gradients within 1e-3") {
   if (no_gpu()) return;
   for_each_config([&](const GpuConfig& config) {

@@ -350,20 +350,14 @@ class Tensor {
   void copy_across([[maybe_unused]] const Tensor& src) const {
 #if DD_WITH_CUDA
     if (numel() == 0) return;
-    if (device() == src.device()) {  // both on the GPU
-      if (dtype_ != src.dtype_) {
-        // Convert in src's layout, then place (one kernel when the layouts agree).
-        const Tensor c = src.dense();
-        const Tensor d = same_layout(c) ? *this : empty(shape_, device(), c.format(), dtype_);
-        DD_GPU(convert(c.raw(), c.dtype_, d.raw(), dtype_, numel()));
-        if (!d.shares_storage(*this)) copy_from(d);
-      } else if (same_layout(src)) {
+    if (device() == src.device()) {  // both on the GPU: one copy, converting when the types differ
+      if (dtype_ == src.dtype_ && same_layout(src)) {
         cuda::copy_on_device(raw(), src.raw(), bytes());
       } else {
-        cuda::kernels::StridedCopy g{{shape_.n, shape_.c, shape_.h, shape_.w},
-                                     {strides_[0], strides_[1], strides_[2], strides_[3]},
-                                     {src.strides_[0], src.strides_[1], src.strides_[2], src.strides_[3]}};
-        gpu::copy_strided(raw(), src.raw(), g, dtype_);
+        const cuda::kernels::StridedCopy g{{shape_.n, shape_.c, shape_.h, shape_.w},
+                                           {strides_[0], strides_[1], strides_[2], strides_[3]},
+                                           {src.strides_[0], src.strides_[1], src.strides_[2], src.strides_[3]}};
+        gpu::copy_strided(raw(), dtype_, src.raw(), src.dtype_, g);
       }
       return;
     }

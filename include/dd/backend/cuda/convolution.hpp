@@ -23,17 +23,6 @@ namespace dd::cuda {
 // Running convolutions
 // ---------------------------------------------------------------------------------------------
 
-// The copy between a [k, c, r, s] filter in KCRS memory (our weights) and KRSC (cuDNN's NHWC filter).
-inline kernels::StridedCopy filter_order(std::int64_t k, std::int64_t c, std::int64_t r, std::int64_t s, bool to_krsc) {
-  const std::int64_t kcrs[4] = {c * r * s, r * s, s, 1}, krsc[4] = {r * s * c, 1, s * c, c};
-  kernels::StridedCopy g{{k, c, r, s}, {}, {}};
-  for (int i = 0; i < 4; ++i) {
-    g.dst_strides[i] = to_krsc ? krsc[i] : kcrs[i];
-    g.src_strides[i] = to_krsc ? kcrs[i] : krsc[i];
-  }
-  return g;
-}
-
 // Every pointer handed to cuDNN is 16-byte aligned (dd::is_vector_aligned): unaligned views are
 // staged through aligned scratch by the classes below.
 // A float array as cuDNN reads (and updates) it: the array itself, or an aligned copy when it is an
@@ -70,39 +59,27 @@ struct DeviceArray {
 };
 
 // An input as the convolution consumes it (in the precision's compute type): the array itself, or
-// a copy in scratch that lives as long as this object: reordered (a KCRS filter for an NHWC
-// problem), converted (f32 to bf16/fp16, or a half activation for an fp32 problem), or else
-// realigned (the other copies are aligned already).
+// a copy in scratch that lives as long as this object, made by one kernel: reordered (a KCRS filter
+// for an NHWC problem) and/or converted (f32 to bf16/fp16, or a half activation for an fp32
+// problem), or else realigned (the other copies are aligned already).
 class ConvOperand {
  public:
   ConvOperand(DeviceArray a, std::int64_t count, Precision prec, const kernels::StridedCopy* reorder = nullptr)
       : ptr_(a.p) {
     if (count <= 0) return;
     const DType ct = compute_dtype(prec);
-    const cudaStream_t s = current_stream();
-    if (reorder) {
-      order_.reset(static_cast<std::size_t>(count) * dtype_size(a.t));
-      kernels::copy_strided(order_.get(), a.p, *reorder, a.t, s);
-      DD_CUDA_CHECK(cudaGetLastError());
-      ptr_ = order_.get();
-    }
-    if (a.t != ct) {
-      buf_.reset(static_cast<std::size_t>(count) * dtype_size(ct));
-      kernels::convert(ptr_, a.t, buf_.get(), ct, count, s);
-      DD_CUDA_CHECK(cudaGetLastError());
-      ptr_ = buf_.get();
-    } else if (!is_vector_aligned(ptr_)) {
-      const std::size_t bytes = static_cast<std::size_t>(count) * dtype_size(ct);
-      buf_.reset(bytes);
-      copy_on_device(buf_.get(), ptr_, bytes);
-      ptr_ = buf_.get();
-    }
+    const bool copy = reorder || a.t != ct || !is_vector_aligned(a.p);
+    if (!copy) return;
+    buf_.reset(static_cast<std::size_t>(count) * dtype_size(ct));
+    kernels::copy_strided(buf_.get(), ct, a.p, a.t, reorder ? *reorder : kernels::dense_copy(count), current_stream());
+    DD_CUDA_CHECK(cudaGetLastError());
+    ptr_ = buf_.get();
   }
   const void* get() const { return ptr_; }
 
  private:
   const void* ptr_;
-  DeviceScratch order_, buf_;
+  DeviceScratch buf_;
 };
 
 // One convolution problem on the current stream, with the settings read once at construction.
@@ -118,7 +95,7 @@ class Convolution {
   // The weight [k, c, r, s] (KCRS memory) as the filter: reordered to KRSC for an NHWC problem.
   ConvOperand filter(const float* w) const {
     if (!reorders_filter()) return operand(w, p_.filter_count());
-    const kernels::StridedCopy g = filter_order(p_.k, p_.c, p_.r, p_.s, true);
+    const kernels::StridedCopy g = kernels::filter_order(p_.k, p_.c, p_.r, p_.s, true);
     return ConvOperand(w, p_.filter_count(), s_.precision, &g);
   }
 
@@ -150,20 +127,19 @@ class Convolution {
 
   // dw += conv_backward_filter(x, dy), dw in KCRS memory. cuDNN accumulates into dw itself when it
   // can (fp32, the filter's order is ours, dw aligned); otherwise the gradient goes to scratch in the
-  // data type and the filter order of the problem, and is widened, reordered and added.
+  // compute type and the filter order of the problem, and one kernel widens, reorders and adds it.
   void backward_filter(const void* x, const void* dy, float* dw) {
     if (!is_half(s_.precision) && !reorders_filter() && is_vector_aligned(dw)) {
       if (!run_plan(ConvDirection::backward_filter, x, dw, dy, true)) legacy_backward_filter(x, dy, dw, 1.0f);
       return;
     }
-    const std::int64_t count = p_.filter_count();
     const DType ct = compute_dtype(s_.precision);
-    DeviceScratch wide(static_cast<std::size_t>(count) * sizeof(float)), half;
-    if (ct != DType::f32) half.reset(static_cast<std::size_t>(count) * dtype_size(ct));
-    void* g = half.get() ? half.get() : wide.get();
-    if (!run_plan(ConvDirection::backward_filter, x, g, dy, false)) legacy_backward_filter(x, dy, g, 0.0f);
-    if (half.get()) convert(half.get(), ct, wide.floats(), DType::f32, count);
-    add_filter(wide.floats(), dw);
+    DeviceScratch g(static_cast<std::size_t>(p_.filter_count()) * dtype_size(ct));
+    if (!run_plan(ConvDirection::backward_filter, x, g.get(), dy, false)) legacy_backward_filter(x, dy, g.get(), 0.0f);
+    const kernels::StridedCopy order =
+        reorders_filter() ? kernels::filter_order(p_.k, p_.c, p_.r, p_.s, false) : kernels::dense_copy(p_.filter_count());
+    kernels::add_strided(dw, DType::f32, g.get(), ct, order, stream_);
+    DD_CUDA_CHECK(cudaGetLastError());
   }
 
  private:
@@ -191,14 +167,6 @@ class Convolution {
 
   // An NHWC problem's filter is KRSC; for 1x1 filters that is the same memory as KCRS.
   bool reorders_filter() const { return p_.nhwc && p_.r * p_.s > 1 && p_.c > 1; }
-  // dw (KCRS) += g (the filter gradient in cuDNN's order for this problem).
-  void add_filter(const float* g, float* dw) {
-    if (reorders_filter())
-      kernels::add_strided(dw, g, filter_order(p_.k, p_.c, p_.r, p_.s, false), DType::f32, stream_);
-    else
-      kernels::axpy(dw, g, p_.filter_count(), 1.0f, DType::f32, stream_);
-    DD_CUDA_CHECK(cudaGetLastError());
-  }
   // The direction through a graph-API execution plan (conv_settings().graph_api) on (x-shaped,
   // filter-shaped, y-shaped) pointers; false when that is off or no plan exists for the problem.
   bool run_plan(ConvDirection dir, const void* x, const void* w, const void* y, bool accumulate) {

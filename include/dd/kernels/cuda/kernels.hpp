@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "dd/core/dtype.hpp"
+#include "dd/kernels/cuda/copy_plan.hpp"
 
 namespace dd::cuda::kernels {
 
@@ -24,14 +25,10 @@ void scale(void* x, std::int64_t n, float a, DType t, cudaStream_t s);          
 // y = x element by element, converting from type xt to yt (rounding to nearest even when narrowing).
 void convert(const void* x, DType xt, void* y, DType yt, std::int64_t n, cudaStream_t s);
 
-// dst[n,c,h,w] = src[n,c,h,w] for a 4-D shape; strides in elements, either side may be a view.
-struct StridedCopy {
-  std::int64_t shape[4];
-  std::int64_t dst_strides[4];
-  std::int64_t src_strides[4];
-};
-void copy_strided(void* dst, const void* src, const StridedCopy& geometry, DType t, cudaStream_t s);
-void add_strided(void* dst, const void* src, const StridedCopy& geometry, DType t, cudaStream_t s);  // dst += src
+// dst[n,c,h,w] = src[n,c,h,w] (StridedCopy, copy_plan.hpp), converting from type st to dt when they
+// differ (rounded once when narrowing); add_strided: dst += src, in float, rounded once when stored.
+void copy_strided(void* dst, DType dt, const void* src, DType st, const StridedCopy& geometry, cudaStream_t s);
+void add_strided(void* dst, DType dt, const void* src, DType st, const StridedCopy& geometry, cudaStream_t s);
 
 void relu_forward(const void* x, std::int64_t n, void* y, DType t, cudaStream_t s);
 void relu_backward(const void* y, const void* dy, std::int64_t n, void* dx, DType t,

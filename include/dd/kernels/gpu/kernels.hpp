@@ -46,14 +46,14 @@ inline void scale(void* x, std::int64_t n, float a, DType t = DType::f32) {
 inline void convert(const void* x, DType xt, void* y, DType yt, std::int64_t n) {
   if (n > 0) detail::launch("convert", k::convert, x, xt, y, yt, n);
 }
-inline void copy_strided(void* dst, const void* src, const k::StridedCopy& g, DType t = DType::f32) {
+// dst = src between views of one shape, converting from st to dt; add_strided: dst += src.
+inline void copy_strided(void* dst, DType dt, const void* src, DType st, const k::StridedCopy& g) {
   if (g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3] > 0)
-    detail::launch("copy_strided", k::copy_strided, dst, src, g, t);
+    detail::launch("copy_strided", k::copy_strided, dst, dt, src, st, g);
 }
-
-inline void add_strided(void* dst, const void* src, const k::StridedCopy& g, DType t = DType::f32) {
+inline void add_strided(void* dst, DType dt, const void* src, DType st, const k::StridedCopy& g) {
   if (g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3] > 0)
-    detail::launch("add_strided", k::add_strided, dst, src, g, t);
+    detail::launch("add_strided", k::add_strided, dst, dt, src, st, g);
 }
 
 inline void relu_forward(const void* x, std::int64_t n, void* y, DType t) {
