@@ -3,7 +3,8 @@
 several rounds each, and prints a table of median times, peak memory and the ratios ours / PyTorch
 (lower is better). Both sides: same architecture, shapes, thread of work and GPU; PyTorch at its
 best (cuDNN benchmark mode, channels-last, fused Adam, TF32 as by default). --ours-variants runs
-several flag sets of ours against the same PyTorch runs (one table row each)."""
+several flag sets of ours against the same PyTorch runs (one table row each); --confirm-rounds then
+gives each case's fastest variant more alternating rounds, so one call both chooses and measures."""
 import argparse
 import json
 import os
@@ -34,6 +35,9 @@ def main():
     ap.add_argument("--ours-variants", default=None,
                     help="';'-separated flag sets for bench_gpu, each added to --ours-args and run as its own "
                          "row, e.g. ';--graph yes;--half-activations yes' (half activations: bf16/fp16 rows only)")
+    ap.add_argument("--confirm-rounds", type=int, default=0,
+                    help="after the rounds, this many more alternating rounds of each row's fastest variant "
+                         "and PyTorch (its row then holds all its runs; marked * in the table)")
     a = ap.parse_args()
     variants = a.ours_variants.split(";") if a.ours_variants is not None else [""]
     rows = []
@@ -43,14 +47,24 @@ def main():
         # fp32 has no half activations: those variants would repeat another row.
         mine = [v.strip() for v in variants if dtype != "fp32" or "--half-activations yes" not in v]
         ours, theirs = {v: [] for v in mine}, []
-        for _ in range(a.rounds):  # alternate, so drifts of the machine hit both sides
-            for v in mine:
-                r = run([a.ours] + common + a.ours_args.split() + v.split())
-                if r: ours[v].append(r)
-            r = run([sys.executable, os.path.join(HERE, "torch_reference.py")] + common)
-            if r: theirs.append(r)
+
+        def alternate(flag_sets, rounds):  # alternate, so drifts of the machine hit both sides
+            for _ in range(rounds):
+                for v in flag_sets:
+                    r = run([a.ours] + common + a.ours_args.split() + v.split())
+                    if r: ours[v].append(r)
+                r = run([sys.executable, os.path.join(HERE, "torch_reference.py")] + common)
+                if r: theirs.append(r)
+
+        alternate(mine, a.rounds)
+        ran = [v for v in mine if ours[v]]
+        best = min(ran, key=lambda v: statistics.median(r["median_ms"] for r in ours[v])) if ran else None
+        if a.confirm_rounds > 0 and best is not None:
+            alternate([best], a.confirm_rounds)
         for v in mine:
             flags = (a.ours_args + " " + v).strip() or "default"
+            if a.confirm_rounds > 0 and v == best:
+                flags = "* " + flags
             if not ours[v] or not theirs:
                 rows.append((case, dtype, flags, None, None, None, None))
                 continue
@@ -62,8 +76,8 @@ def main():
             # Host time to enqueue one step: close to the step time means the host, not the GPU, is the limit.
             h_o = statistics.median(r.get("enqueue_ms") or 0.0 for r in ours[v])
             h_t = statistics.median(r.get("enqueue_ms") or 0.0 for r in theirs)
-            print(f"{case} {dtype} [{flags}]: host enqueue time per step: ddunet {h_o:.2f} ms, PyTorch {h_t:.2f} ms",
-                  file=sys.stderr)
+            print(f"{case} {dtype} [{flags}]: {len(ours[v])} runs of ours, {len(theirs)} of PyTorch; host enqueue "
+                  f"time per step: ddunet {h_o:.2f} ms, PyTorch {h_t:.2f} ms", file=sys.stderr)
             print(json.dumps({"case": case, "dtype": dtype, "flags": flags, "ours": ours[v], "pytorch": theirs}),
                   file=sys.stderr)
     print(f"{'case':<12} {'dtype':<5} {'ddunet ms':>10} {'PyTorch ms':>11} {'time ratio':>10} "
