@@ -140,14 +140,21 @@ template <bool Add, class F>
 void by_copy_types(DType dt, DType st, F f) {
   if constexpr (!Add) {
     if (dt == st) {
-      if (dt == DType::f32)
+      if (dtype_size(dt) == 4)
         f(float{}, float{});
-      else
+      else if (dtype_size(dt) == 2)
         f(std::uint16_t{}, std::uint16_t{});
+      else
+        throw std::invalid_argument("dd::cuda::kernels: copies move 2- and 4-byte elements only");
       return;
     }
   }
-  by_dtype(dt, [&](auto to) { by_dtype(st, [&](auto from) { f(to, from); }); });
+  by_dtype(dt, [&](auto to) {
+    by_dtype(st, [&](auto from) {
+      // equal types were dispatched above (or are an add): no kernel for a pair never launched
+      if constexpr (Add || !std::is_same_v<decltype(to), decltype(from)>) f(to, from);
+    });
+  });
 }
 
 template <bool Add>
@@ -155,13 +162,13 @@ void strided(void* dst, DType dt, const void* src, DType st, const StridedCopy& 
   const CopyDims g = reduce_dims(geometry);
   if (g.total <= 0) return;
   if (!Add && dt == st) {
-    const RowCopy rows =
-        plan_rows(g, dtype_size(dt), reinterpret_cast<std::uintptr_t>(dst), reinterpret_cast<std::uintptr_t>(src));
-    if (rows.unit != 0 && rows.rows == 1) {  // one dense block
+    if (g.dims == 1 && g.dst[0] == 1 && g.src[0] == 1) {  // one dense block, at any alignment
       check(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(g.total) * dtype_size(dt), cudaMemcpyDeviceToDevice, s),
             "copy_strided");
       return;
     }
+    const RowCopy rows =
+        plan_rows(g, dtype_size(dt), reinterpret_cast<std::uintptr_t>(dst), reinterpret_cast<std::uintptr_t>(src));
     if (rows.unit != 0) {
       const i64 total = rows.total();
       by_index_type(total, [&](auto index) {

@@ -151,31 +151,44 @@ TEST_CASE(
     "GPU strided copies: row moves (16 bytes down to 2), element-wise layout changes and conversions, bit for bit") {
   if (no_gpu()) return;
   // Concat parts into channel slices of channels-last memory at offsets that give the row kernel
-  // 16-, 8-, 4- and 2-byte units (copy_plan.hpp), then back out; layout changes; conversions through views.
-  const Tensor a = Tensor::randn({2, 12, 3, 5}, 31);
-  for (const DType t : {DType::f32, DType::bf16, DType::f16}) {
-    CAPTURE(dtype_name(t));
-    const Tensor host = a.to(t).clone_as(MemoryFormat::nhwc),
-                 dev = host.to(Device::cuda).to(t).clone_as(MemoryFormat::nhwc);
-    REQUIRE(dev.dtype() == t);
-    for (const std::int64_t at : {0, 1, 2, 4, 8}) {
-      CAPTURE(at);
-      const Tensor into_h = Tensor::zeros({2, 24, 3, 5}, Device::cpu, MemoryFormat::nhwc, t);
-      const Tensor into_d = Tensor::zeros({2, 24, 3, 5}, Device::cuda, MemoryFormat::nhwc, t);
-      into_h.channels(at, 12).copy_from(host);
-      into_d.channels(at, 12).copy_from(dev);
-      CHECK(into_d.to_vector() == into_h.to_vector());
-      CHECK(into_d.channels(at, 12).clone().to_vector() == host.to_vector());  // and back out
-      // Converting copies between views of different types and memory orders.
-      const Tensor wide_h = Tensor::zeros({2, 12, 3, 5}), wide_d = Tensor::zeros({2, 12, 3, 5}, Device::cuda);
-      wide_h.copy_from(into_h.channels(at, 12));
-      wide_d.copy_from(into_d.channels(at, 12));
-      CHECK(wide_d.to_vector() == wide_h.to_vector());
-      const Tensor narrow_d = Tensor::zeros({2, 24, 3, 5}, Device::cuda, MemoryFormat::nhwc, t);
-      narrow_d.channels(at, 12).copy_from(a.to(Device::cuda));  // f32 NCHW into a half NHWC slice
-      CHECK(narrow_d.to_vector() == into_h.to_vector());
+  // 16-, 8-, 4- and 2-byte units (copy_plan.hpp), then back out; conversions through views.
+  for (const std::int64_t part : {12, 16}) {
+    const Tensor a = Tensor::randn({2, part, 3, 5}, 31);
+    for (const DType t : {DType::f32, DType::bf16, DType::f16}) {
+      CAPTURE(part);
+      CAPTURE(dtype_name(t));
+      const Tensor host = a.to(t).clone_as(MemoryFormat::nhwc),
+                   dev = host.to(Device::cuda).to(t).clone_as(MemoryFormat::nhwc);
+      REQUIRE(dev.dtype() == t);
+      for (const std::int64_t at : {0, 1, 2, 4, 8}) {
+        CAPTURE(at);
+        const Tensor into_h = Tensor::zeros({2, 32, 3, 5}, Device::cpu, MemoryFormat::nhwc, t);
+        const Tensor into_d = Tensor::zeros({2, 32, 3, 5}, Device::cuda, MemoryFormat::nhwc, t);
+        into_h.channels(at, part).copy_from(host);
+        into_d.channels(at, part).copy_from(dev);
+        CHECK(into_d.to_vector() == into_h.to_vector());
+        CHECK(into_d.channels(at, part).clone().to_vector() == host.to_vector());  // and back out
+        // Converting copies between views of different types and memory orders.
+        const Tensor wide_h = Tensor::zeros({2, part, 3, 5}), wide_d = Tensor::zeros({2, part, 3, 5}, Device::cuda);
+        wide_h.copy_from(into_h.channels(at, part));
+        wide_d.copy_from(into_d.channels(at, part));
+        CHECK(wide_d.to_vector() == wide_h.to_vector());
+        const Tensor narrow_d = Tensor::zeros({2, 32, 3, 5}, Device::cuda, MemoryFormat::nhwc, t);
+        narrow_d.channels(at, part).copy_from(a.to(Device::cuda));  // f32 NCHW into a half NHWC slice
+        CHECK(narrow_d.to_vector() == into_h.to_vector());
+      }
     }
   }
+  // The filter gradient's way: a bf16 KRSC array widened, reordered to KCRS and added to f32, in one kernel.
+  const Tensor w = Tensor::randn({4, 3, 3, 3}, 32), krsc = w.clone_as(MemoryFormat::nhwc).to(DType::bf16);
+  const Tensor acc = Tensor::randn({4, 3, 3, 3}, 33), acc_d = acc.to(Device::cuda);
+  const Tensor krsc_d = krsc.to(Device::cuda).to(DType::bf16).clone_as(MemoryFormat::nhwc);
+  REQUIRE(krsc_d.is_dense(MemoryFormat::nhwc));
+  gpu::add_strided(acc_d.raw(), DType::f32, krsc_d.raw(), DType::bf16, cuda::kernels::filter_order(4, 3, 3, 3, false));
+  const std::vector<float> got = acc_d.to_vector(), base = acc.to_vector(),
+                           wb = krsc.to(DType::f32).contiguous().to_vector();
+  for (std::size_t i = 0; i < got.size(); ++i) REQUIRE(got[i] == base[i] + wb[i]);
+  const Tensor a = Tensor::randn({2, 12, 3, 5}, 31);
   // Dense blocks (one cudaMemcpyAsync) and a tile of a tile.
   const Tensor g = a.to(Device::cuda);
   CHECK(g.clone().to_vector() == a.to_vector());

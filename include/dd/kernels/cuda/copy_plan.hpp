@@ -3,10 +3,11 @@
 // arithmetic shared with the kernels (src/cuda/elementwise.cu). Plain C++ without CUDA headers,
 // so the CPU tests check the plans and replay them element by element.
 //
-// Two kernels: a copy of rows that are contiguous on both sides (a dense block, a channel slice of
-// channels-last memory or a concat part: most copies of a step) moves up to 16 bytes at a time
-// with one 32-bit division per move; every other copy, including those that convert or add, goes
-// element by element through the geometry reduced to its fewest dimensions.
+// A dense block of one type is a cudaMemcpyAsync. Then two kernels: a copy of rows that are
+// contiguous on both sides (a channel slice of channels-last memory or a concat part: most copies
+// of a step) moves up to 16 bytes at a time with one 32-bit division per move; every other copy,
+// including those that convert or add, goes element by element through the geometry reduced to
+// its fewest dimensions.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -146,3 +147,5 @@ inline RowCopy plan_rows(const CopyDims& d, std::size_t element_size, std::uintp
 }
 
 }  // namespace dd::cuda::kernels
+
+#undef DD_HOST_DEVICE
