@@ -45,7 +45,7 @@ cmake -S . -B build-gpu "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DDD_CUDA=ON -DDD
   -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" >"$LOG/configure.log" 2>&1 \
   || { tail -40 "$LOG/configure.log"; exit 1; }
 stamp "build"
-cmake --build build-gpu -j"$(nproc)" --target dd_cuda_tests bench_gpu circles ddunet >"$LOG/build.log" 2>&1 \
+cmake --build build-gpu -j"$(nproc)" --target dd_cuda_tests bench_gpu bench_copies circles ddunet >"$LOG/build.log" 2>&1 \
   || { grep -E "error|Error" "$LOG/build.log" | head -40; exit 1; }
 stamp "built"
 
@@ -72,6 +72,8 @@ if [[ " $PARTS " == *" bench "* ]]; then
   $PY bench/gpu/compare.py --ours build-gpu/bench/gpu/bench_gpu ${DD_BENCH_ARGS:---rounds 3} \
     ${DD_BENCH_OURS_ARGS:+--ours-args "$DD_BENCH_OURS_ARGS"} \
     ${DD_BENCH_VARIANTS:+--ours-variants "$DD_BENCH_VARIANTS"} 2>&1 | tee "$LOG/bench.log" || status=1
+  # The concat copies of a U-Net(4) step against cudaMemcpy2DAsync (~10 s).
+  ./build-gpu/bench/gpu/bench_copies 2>&1 | tee "$LOG/copies.log" | grep -v "^{" || status=1
 fi
 if [[ " $PARTS " == *" profile "* ]]; then
   # Where the time of one U-Net(4) training step goes, per kernel, ours and PyTorch's (Nsight Compute
