@@ -603,13 +603,19 @@ TEST_CASE("half activations: every op keeps bf16 activations and matches the CPU
   if (no_gpu()) return;
   const Tensor x = Tensor::randn({2, 6, 17, 20}, 80);
   const Tensor g6 = Tensor::randn({6, 1, 1, 1}, 81), b6 = Tensor::randn({6, 1, 1, 1}, 82);
-  check_half_op("conv 3x3 bias", {x, Tensor::randn({8, 6, 3, 3}, 83, 0.2f), Tensor::randn({8, 1, 1, 1}, 84)}, 1,
-                [](const std::vector<Var>& v) { return conv2d(v[0], v[1], v[2], {1, 1, 1}); });
-  check_half_op("conv 3x3 from an f32 image",
-                {Tensor::randn({2, 3, 17, 20}, 85), Tensor::randn({8, 3, 3, 3}, 86, 0.3f)}, 0,
-                [](const std::vector<Var>& v) { return conv2d(v[0], v[1], Var{}, {1, 1, 1}); });
-  check_half_op("upconv", {x, Tensor::randn({6, 4, 2, 2}, 87, 0.3f), Tensor::randn({4, 1, 1, 1}, 88)}, 1,
-                [](const std::vector<Var>& v) { return upconv2x2(v[0], v[1], v[2]); });
+  // The convolutions under both cuDNN APIs (legacy algorithms, graph-API plans).
+  for (const bool graph : {false, true}) {
+    CAPTURE(graph);
+    g_config.graph_api = graph;
+    check_half_op("conv 3x3 bias", {x, Tensor::randn({8, 6, 3, 3}, 83, 0.2f), Tensor::randn({8, 1, 1, 1}, 84)}, 1,
+                  [](const std::vector<Var>& v) { return conv2d(v[0], v[1], v[2], {1, 1, 1}); });
+    check_half_op("conv 3x3 from an f32 image",
+                  {Tensor::randn({2, 3, 17, 20}, 85), Tensor::randn({8, 3, 3, 3}, 86, 0.3f)}, 0,
+                  [](const std::vector<Var>& v) { return conv2d(v[0], v[1], Var{}, {1, 1, 1}); });
+    check_half_op("upconv", {x, Tensor::randn({6, 4, 2, 2}, 87, 0.3f), Tensor::randn({4, 1, 1, 1}, 88)}, 1,
+                  [](const std::vector<Var>& v) { return upconv2x2(v[0], v[1], v[2]); });
+  }
+  g_config = kDefaultConfig;
   check_half_op("relu", {x}, 1, [](const std::vector<Var>& v) { return relu(v[0]); });
   check_half_op("max pool, odd sizes", {Tensor::randn({2, 3, 7, 9}, 89)}, 1,
                 [](const std::vector<Var>& v) { return max_pool2x2(v[0]); });

@@ -173,7 +173,16 @@ class Convolution {
     if (!s_.graph_api) return false;
     const auto plan = graph::plan_for(h_, stream_, p_, dir, s_, accumulate, x, w, y);
     if (!plan) return false;
-    plan->execute(h_, x, w, y);
+    try {
+      plan->execute(h_, x, w, y);
+    } catch (const dd::Error& e) {
+      // It ran in the search; now it fails before writing (cuDNN checks, or its workspace does not
+      // fit): the legacy call runs the problem, now and from now on. A broken context fails there too.
+      graph::forget_plan(h_, p_, dir, s_, accumulate, e.what());
+      detail::discard_cudnn_error();
+      (void)cudaGetLastError();
+      return false;
+    }
     return true;
   }
   // dw = beta * dw + conv_backward_filter(x, dy) with the legacy algorithms.

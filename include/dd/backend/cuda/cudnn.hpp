@@ -360,6 +360,10 @@ class SearchCache {
     std::lock_guard lock(m_);
     return map_.emplace(key, std::move(v)).first->second;
   }
+  void replace(const Key& key, Value v) {
+    std::lock_guard lock(m_);
+    map_.insert_or_assign(key, std::move(v));
+  }
   void clear() {
     std::lock_guard lock(m_);
     map_.clear();
@@ -472,7 +476,8 @@ ConvAlgorithm search_algorithm(cudnnHandle_t h, ConvDescriptors& d, const ConvPr
     // blocks of our allocator leave too little room, give them back and try once more; if it still
     // fails, fall back to the heuristics rather than fail the step.
     cudnnStatus_t st = Ops::find(h, d, max_count, &got, perf.data());
-    if (st == CUDNN_STATUS_ALLOC_FAILED) {
+    if (st == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED ||
+        st == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED) {
       CachingAllocator::instance().empty_cache();
       st = Ops::find(h, d, max_count, &got, perf.data());
     }

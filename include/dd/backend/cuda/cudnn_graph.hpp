@@ -286,7 +286,15 @@ inline float time_plan(cudnnHandle_t h, cudaStream_t stream, const Plan& plan, c
     DD_CUDA_CHECK(cudaEventSynchronize(stop));
     DD_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
   } catch (const dd::Error&) {
-    ms = -1.0f;  // a configuration that finalised but does not run: not a candidate
+    // A configuration that finalised but does not run is not a candidate, unless the failure left
+    // the stream broken (an illegal address, say): then nothing can run, and the error goes up.
+    const cudaError_t q = cudaStreamQuery(stream);
+    if (q != cudaSuccess && q != cudaErrorNotReady) {
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+      throw;
+    }
+    ms = -1.0f;
     (void)cudaGetLastError();
   }
   cudaEventDestroy(start);
@@ -304,16 +312,35 @@ inline constexpr int kMaxTimed = 12;  // configurations timed per problem with `
 // the output in scratch (so an accumulating filter gradient is not disturbed). Without `benchmark`
 // the first candidate that finalises AND runs is taken (a plan that fails at execution is never
 // cached); with it, the fastest of the first kMaxTimed.
+namespace detail {
+inline PlanKey plan_key(cudnnHandle_t h, const ConvProblem& p, ConvDirection dir, const ConvSettings& s,
+                        bool accumulate) {
+  int device = 0;
+  DD_CUDA_CHECK(cudaGetDevice(&device));
+  return {{p, dir, s.precision, s.deterministic, s.benchmark, s.workspace_limit, device},
+          accumulate,
+          reinterpret_cast<std::uintptr_t>(h)};
+}
+}  // namespace detail
+
+// A plan that ran in its search but failed later (its workspace no longer fits, say): the problem
+// runs the legacy algorithms from now on.
+inline void forget_plan(cudnnHandle_t h, const ConvProblem& p, ConvDirection dir, const ConvSettings& s,
+                        bool accumulate, const char* why) {
+  if (::dd::cuda::detail::log_algorithm_choices())
+    std::fprintf(stderr, "dd::cudnn graph %s: the plan failed (%s); the legacy algorithms run this problem\n",
+                 direction_name(dir), why);
+  PlanCache::instance().replace(detail::plan_key(h, p, dir, s, accumulate), nullptr);
+}
+
 inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream, const ConvProblem& p,
                                             ConvDirection dir, const ConvSettings& s, bool accumulate, const void* x,
                                             const void* w, const void* y) {
-  int device = 0;
-  DD_CUDA_CHECK(cudaGetDevice(&device));
-  const PlanKey key{{p, dir, s.precision, s.deterministic, s.benchmark, s.workspace_limit, device},
-                    accumulate,
-                    reinterpret_cast<std::uintptr_t>(h)};
+  const PlanKey key = detail::plan_key(h, p, dir, s, accumulate);
   auto& cache = PlanCache::instance();
   if (auto hit = cache.find(key)) return *hit;
+  // Earlier work on the stream must have succeeded: its error would otherwise fail every candidate.
+  DD_CUDA_CHECK(cudaStreamSynchronize(stream));
 
   const bool log = ::dd::cuda::detail::log_algorithm_choices();
   if (log)
@@ -349,13 +376,13 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
   std::shared_ptr<Plan> best;
   float best_ms = 0.0f;
   int timed = 0;
-  std::vector<std::int64_t> seen;  // engines the heuristics listed: their fallback entries are repeats
+  // Engines of the heuristics' list that ran: their fallback entries are repeats. (A fallback entry
+  // of an engine whose listed configuration failed may have other settings: it is tried.)
+  std::vector<std::int64_t> seen;
   for (std::size_t i = 0; i < configs.size(); ++i) {
     const detail::EngineInfo info = detail::engine_info(configs[i]);
     const char* why = info.known ? excluded(info.notes, info.behavior, s) : "notes unreadable";
-    if (i < first_fallback)
-      seen.push_back(info.index);
-    else if (!why && info.index >= 0 && std::find(seen.begin(), seen.end(), info.index) != seen.end())
+    if (!why && i >= first_fallback && info.index >= 0 && std::find(seen.begin(), seen.end(), info.index) != seen.end())
       why = "listed by the heuristics already";
     auto plan = std::make_unique<Descriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
     std::int64_t ws = 0, n = 0;
@@ -382,6 +409,7 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
       if (log) std::fprintf(stderr, "  engine %lld: %s\n", (long long)info.index, why);
       continue;
     }
+    if (i < first_fallback) seen.push_back(info.index);
     if (log) std::fprintf(stderr, "  engine %lld: %.3f ms, %.1f MiB workspace\n", (long long)info.index, double(ms),
                           double(ws) / 1048576.0);
     if (!best || ms < best_ms) best = std::move(candidate), best_ms = ms;
