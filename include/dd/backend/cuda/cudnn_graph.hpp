@@ -274,31 +274,31 @@ inline EngineInfo engine_info(const Descriptor& config) {
 // Milliseconds of one run of a plan on the stream (after one untimed run).
 inline float time_plan(cudnnHandle_t h, cudaStream_t stream, const Plan& plan, const void* x, const void* w,
                        const void* y) {
-  cudaEvent_t start = nullptr, stop = nullptr;
-  DD_CUDA_CHECK(cudaEventCreate(&start));
-  DD_CUDA_CHECK(cudaEventCreate(&stop));
+  struct Events {  // destroyed on every way out, the rethrow below included
+    cudaEvent_t start = nullptr, stop = nullptr;
+    ~Events() {
+      if (start) cudaEventDestroy(start);
+      if (stop) cudaEventDestroy(stop);
+    }
+  } ev;
+  DD_CUDA_CHECK(cudaEventCreate(&ev.start));
+  DD_CUDA_CHECK(cudaEventCreate(&ev.stop));
   float ms = -1.0f;
   try {
     plan.execute(h, x, w, y);
-    DD_CUDA_CHECK(cudaEventRecord(start, stream));
+    DD_CUDA_CHECK(cudaEventRecord(ev.start, stream));
     plan.execute(h, x, w, y);
-    DD_CUDA_CHECK(cudaEventRecord(stop, stream));
-    DD_CUDA_CHECK(cudaEventSynchronize(stop));
-    DD_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    DD_CUDA_CHECK(cudaEventRecord(ev.stop, stream));
+    DD_CUDA_CHECK(cudaEventSynchronize(ev.stop));
+    DD_CUDA_CHECK(cudaEventElapsedTime(&ms, ev.start, ev.stop));
   } catch (const dd::Error&) {
     // A configuration that finalised but does not run is not a candidate, unless the failure left
     // the stream broken (an illegal address, say): then nothing can run, and the error goes up.
     const cudaError_t q = cudaStreamQuery(stream);
-    if (q != cudaSuccess && q != cudaErrorNotReady) {
-      cudaEventDestroy(start);
-      cudaEventDestroy(stop);
-      throw;
-    }
+    if (q != cudaSuccess && q != cudaErrorNotReady) throw;
     ms = -1.0f;
     (void)cudaGetLastError();
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   return ms;
 }
 
@@ -363,7 +363,7 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
   }
 
   // The output slot points at scratch while candidates run.
-  const std::size_t elem = is_half(s.precision) ? 2 : sizeof(float);
+  const std::size_t elem = dtype_size(compute_dtype(s.precision));
   const std::int64_t out_count = dir == ConvDirection::forward         ? p.output_count()
                                  : dir == ConvDirection::backward_data ? p.input_count()
                                                                        : p.filter_count();
