@@ -2,9 +2,13 @@
 // convolutions from 4 to 256 channels on 16 to 1024 pixel maps (U-Net(4) base 4/16 levels, one
 // image, as a tile or a subimage is run), the communication network's 5x5 convolutions, batch norm
 // (and the fused BN -> ReLU -> Dropout2d tail), max-pool, up-convolution, concatenation, ReLU,
-// softmax + cross entropy. Google Benchmark; the comparison with PyTorch is bench/cpu/compare.py.
+// softmax + cross entropy; strided copies beside memcpy. Google Benchmark; the comparison with
+// PyTorch is bench/cpu/compare.py.
 //   ./build/bench/bench_kernels --benchmark_counters_tabular=true [--benchmark_filter=conv3x3]
 #include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <vector>
 
 #include <dd/ddunet.hpp>
 
@@ -95,6 +99,55 @@ void Concat(benchmark::State& state) {
   run(state, {dd::Tensor::randn(s, 3), dd::Tensor::randn(s, 4)},
       [](const std::vector<dd::Var>& x) { return dd::concat({x[0], x[1]}, 1); });
 }
+// Tensor::copy_from between host views, the copies under concat, slice, the DDU stitch and cut and
+// host transfers, beside "memcpy": one std::memcpy of the same destination bytes (the peer: a copy
+// cannot beat it). Args: kind, hw. Kinds: 0 a 16-channel part into its channel slice of a
+// 32-channel NCHW tensor (concat); 1 a W-half tile into a full-width image (stitch); 2 NHWC to
+// NCHW (a GPU activation's host copy); 3 f32 to bf16, dense (a half tensor's staging).
+void Copy(benchmark::State& state) {
+  const std::int64_t hw = state.range(1);
+  const dd::Shape part{1, 16, hw, hw};
+  dd::Tensor src, dst;
+  switch (state.range(0)) {
+    case 0:
+      src = dd::Tensor::randn(part, 3);
+      dst = dd::Tensor::empty({1, 32, hw, hw}).channels(16, 16);
+      break;
+    case 1:
+      src = dd::Tensor::randn(part, 3);
+      dst = dd::Tensor::empty({1, 16, hw, 2 * hw}).tile(0, hw, hw, hw);
+      break;
+    case 2:
+      src = dd::Tensor::randn(part, 3).clone_as(dd::MemoryFormat::nhwc);
+      dst = dd::Tensor::empty(part);
+      break;
+    default:
+      src = dd::Tensor::randn(part, 3);
+      dst = dd::Tensor::empty(part, dd::Device::cpu, dd::MemoryFormat::nchw, dd::DType::bf16);
+      break;
+  }
+  for (auto _ : state) {
+    dst.copy_from(src);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * static_cast<std::int64_t>(dst.bytes()));
+}
+void Memcpy(benchmark::State& state) {  // the peer of Copy: the same number of destination bytes
+  const std::int64_t hw = state.range(1);
+  const std::size_t bytes = static_cast<std::size_t>(16 * hw * hw) * (state.range(0) == 3 ? 2 : 4);
+  const std::vector<char> src(bytes, 1);
+  std::vector<char> dst(bytes);
+  for (auto _ : state) {
+    std::memcpy(dst.data(), src.data(), bytes);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * static_cast<std::int64_t>(bytes));
+}
+void copy_cases(benchmark::internal::Benchmark* b) {
+  for (int kind : {0, 1, 2, 3})
+    for (int hw : {128, 1024}) b->Args({kind, hw});
+}
+
 void SoftmaxCrossEntropy(benchmark::State& state) {
   const std::int64_t hw = state.range(1);
   dd::Tensor labels = dd::Tensor::empty({1, 1, hw, hw});
@@ -131,6 +184,8 @@ BENCHMARK(ReLU)->Apply(sizes)->ArgNames({"bwd", "hw"})->Unit(benchmark::kMillise
 BENCHMARK(MaxPool)->Apply(sizes)->ArgNames({"bwd", "hw"})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(UpConv)->ArgsProduct({{0, 1}, {32, 256}, {64, 16}})->ArgNames({"bwd", "c", "hw"})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(Concat)->Apply(sizes)->ArgNames({"bwd", "hw"})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(Copy)->Apply(copy_cases)->ArgNames({"kind", "hw"})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(Memcpy)->Name("memcpy")->Apply(copy_cases)->ArgNames({"kind", "hw"})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(SoftmaxCrossEntropy)->Apply(sizes)->ArgNames({"bwd", "hw"})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -259,13 +259,13 @@ TEST_CASE("half tensors: half the bytes, conversions through views, float access
   CHECK(xh.grad().to_vector() == xw.grad().to(DType::bf16).to_vector());
 }
 
-// ---- The GPU's strided copies, planned and replayed on the host ----
+// ---- Strided copies: the host's, and the GPU's planned and replayed on the host ----
 namespace {
 namespace ck = dd::cuda::kernels;
 using Bytes = std::vector<unsigned char>;
 
 // dst view at byte dst_at, src view at byte src_at: the 4-D loop, element by element.
-Bytes reference_copy(const ck::StridedCopy& g, std::size_t es, Bytes dst, std::size_t dst_at, const Bytes& src,
+Bytes reference_copy(const dd::StridedCopy& g, std::size_t es, Bytes dst, std::size_t dst_at, const Bytes& src,
                      std::size_t src_at) {
   for (std::int64_t a = 0; a < g.shape[0]; ++a)
     for (std::int64_t b = 0; b < g.shape[1]; ++b)
@@ -282,7 +282,7 @@ Bytes reference_copy(const ck::StridedCopy& g, std::size_t es, Bytes dst, std::s
 
 // What the element-wise kernel does for index type I: every i < total through CopyDims::offsets.
 template <class I>
-Bytes replay_elements(const ck::CopyDims& d, std::size_t es, Bytes dst, std::size_t dst_at, const Bytes& src,
+Bytes replay_elements(const dd::CopyDims& d, std::size_t es, Bytes dst, std::size_t dst_at, const Bytes& src,
                       std::size_t src_at) {
   for (I i = 0; i < static_cast<I>(d.total); ++i) {
     std::int64_t od = 0, os = 0;
@@ -327,7 +327,7 @@ Bytes pattern(std::size_t n, unsigned seed) {
 }
 
 // Checks every way the GPU could run the copy against the 4-D loop; returns the row unit (0: none).
-int check_copy(const ck::StridedCopy& g, std::size_t es, std::size_t dst_at, std::size_t src_at) {
+int check_copy(const dd::StridedCopy& g, std::size_t es, std::size_t dst_at, std::size_t src_at) {
   std::int64_t dst_span = 1, src_span = 1;  // one past the largest element offset
   for (int k = 0; k < 4; ++k) {
     if (g.shape[k] == 0) return 0;
@@ -337,10 +337,15 @@ int check_copy(const ck::StridedCopy& g, std::size_t es, std::size_t dst_at, std
   const Bytes src = pattern(src_at + static_cast<std::size_t>(src_span) * es, 2);
   const Bytes want = reference_copy(g, es, dst, dst_at, src, src_at);
   REQUIRE(want != dst);  // the copy changes something, so a replay that does nothing fails
-  const ck::CopyDims d = ck::reduce_dims(g);
+  const dd::CopyDims d = dd::reduce_dims(g);
   CHECK(d.total == g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3]);
   CHECK(replay_elements<std::uint32_t>(d, es, dst, dst_at, src, src_at) == want);
   CHECK(replay_elements<std::int64_t>(d, es, dst, dst_at, src, src_at) == want);
+  // The host runs the same geometry (Tensor::copy_from between host views).
+  Bytes host = dst;
+  const dd::DType t = es == 4 ? dd::DType::f32 : dd::DType::bf16;
+  dd::copy_on_host(&host[dst_at], t, &src[src_at], t, g);
+  CHECK(host == want);
   const ck::RowCopy rows = ck::plan_rows(d, es, dst_at, src_at);
   if (rows.unit != 0) {
     CHECK(rows.unit >= static_cast<int>(es));
@@ -363,8 +368,8 @@ std::array<std::int64_t, 4> dense_strides(const std::int64_t (&s)[4], const int 
 TEST_CASE(
     "GPU strided copies, planned and replayed on the host: rows of up to 16 bytes where they fit, else element-wise") {
   // A concat part: channels [8, 20) of an NHWC [2, 24, 3, 5] tensor from a dense NHWC [2, 12, 3, 5] part.
-  const ck::StridedCopy part{{2, 12, 3, 5}, {3 * 5 * 24, 1, 5 * 24, 24}, {3 * 5 * 12, 1, 5 * 12, 12}};
-  const ck::CopyDims d = ck::reduce_dims(part);
+  const dd::StridedCopy part{{2, 12, 3, 5}, {3 * 5 * 24, 1, 5 * 24, 24}, {3 * 5 * 12, 1, 5 * 12, 12}};
+  const dd::CopyDims d = dd::reduce_dims(part);
   CHECK(d.dims == 2);  // rows of 12 channels, one per pixel
   CHECK(d.shape[0] == 30);
   CHECK(check_copy(part, 4, 8 * 4, 0) == 16);     // f32: 48-byte rows, 16-byte aligned on both sides
@@ -372,7 +377,7 @@ TEST_CASE(
   CHECK(check_copy(part, 2, 8 * 2, 0) == 8);      // bf16: 24-byte rows
   CHECK(check_copy(part, 2, 8 * 2 + 2, 0) == 2);
   // The gradient's way back: the slice out of the concatenation into a dense part.
-  ck::StridedCopy back = part;
+  dd::StridedCopy back = part;
   std::swap(back.dst_strides, back.src_strides);
   CHECK(check_copy(back, 4, 0, 8 * 4) == 16);
   // Every row stride counts: 16-byte rows on one side, 20-byte rows on the other move 4 bytes at a time.
@@ -380,23 +385,23 @@ TEST_CASE(
   CHECK(check_copy({{3, 4, 1, 1}, {5, 1, 1, 1}, {4, 1, 1, 1}}, 4, 0, 0) == 4);
   CHECK(check_copy({{3, 4, 1, 1}, {6, 1, 1, 1}, {8, 1, 1, 1}}, 4, 0, 0) == 8);
   // NCHW channel slice: one row per sample.
-  const ck::StridedCopy nchw{{2, 3, 4, 5}, {60, 20, 5, 1}, {140, 20, 5, 1}};
-  CHECK(ck::reduce_dims(nchw).dims == 2);
+  const dd::StridedCopy nchw{{2, 3, 4, 5}, {60, 20, 5, 1}, {140, 20, 5, 1}};
+  CHECK(dd::reduce_dims(nchw).dims == 2);
   CHECK(check_copy(nchw, 4, 0, 2 * 20 * 4) == 16);
   // Dense blocks are one row (the launcher's cudaMemcpyAsync); a single element too.
-  const ck::RowCopy dense = ck::plan_rows(ck::reduce_dims(ck::dense_copy(1000)), 4, 0, 0);
+  const ck::RowCopy dense = ck::plan_rows(dd::reduce_dims(dd::dense_copy(1000)), 4, 0, 0);
   CHECK(dense.rows == 1);
   CHECK(dense.unit == 16);
-  CHECK(check_copy(ck::dense_copy(1001), 2, 6, 2) == 2);
+  CHECK(check_copy(dd::dense_copy(1001), 2, 6, 2) == 2);
   CHECK(check_copy({{1, 1, 1, 1}, {7, 7, 7, 7}, {3, 3, 3, 3}}, 4, 0, 0) == 4);  // one 4-byte unit
-  CHECK(ck::reduce_dims({{0, 3, 1, 1}, {3, 1, 1, 1}, {3, 1, 1, 1}}).total == 0);
-  CHECK(ck::plan_rows(ck::reduce_dims({{0, 3, 1, 1}, {3, 1, 1, 1}, {3, 1, 1, 1}}), 4, 0, 0).unit == 0);
+  CHECK(dd::reduce_dims({{0, 3, 1, 1}, {3, 1, 1, 1}, {3, 1, 1, 1}}).total == 0);
+  CHECK(ck::plan_rows(dd::reduce_dims({{0, 3, 1, 1}, {3, 1, 1, 1}, {3, 1, 1, 1}}), 4, 0, 0).unit == 0);
   // Layout changes are element-wise: NCHW to NHWC, and the filter orders (KCRS <-> KRSC) both ways.
   CHECK(check_copy({{2, 3, 4, 5}, {60, 1, 15, 3}, {60, 20, 5, 1}}, 4, 0, 0) == 0);
   CHECK(check_copy(ck::filter_order(4, 3, 3, 3, true), 4, 0, 0) == 0);
   CHECK(check_copy(ck::filter_order(4, 3, 3, 3, false), 2, 0, 0) == 0);
   // The filter orders are inverse permutations: there and back is the identity.
-  const ck::StridedCopy there = ck::filter_order(5, 7, 3, 2, true), again = ck::filter_order(5, 7, 3, 2, false);
+  const dd::StridedCopy there = ck::filter_order(5, 7, 3, 2, true), again = ck::filter_order(5, 7, 3, 2, false);
   Bytes w = pattern(5 * 7 * 3 * 2 * 4, 3);
   CHECK(reference_copy(again, 4, Bytes(w.size()), 0, reference_copy(there, 4, Bytes(w.size()), 0, w, 0), 0) == w);
 
@@ -416,7 +421,7 @@ TEST_CASE(
     if (trial % 3 != 0) std::shuffle(od, od + 4, rng);  // a third keep both sides in the same order
     if (trial % 3 != 0) std::shuffle(os, os + 4, rng);
     const auto sd = dense_strides(full_d, od), ss = dense_strides(full_s, os);
-    ck::StridedCopy g{};
+    dd::StridedCopy g{};
     std::int64_t off_d = 0, off_s = 0;
     for (int k = 0; k < 4; ++k) {
       g.shape[k] = box[k], g.dst_strides[k] = sd[static_cast<std::size_t>(k)],
@@ -430,4 +435,67 @@ TEST_CASE(
         check_copy(g, es, static_cast<std::size_t>(off_d) * es + pad, static_cast<std::size_t>(off_s) * es + pad) != 0;
   }
   CHECK(rows_seen > 30);  // the row path was exercised, not just planned away
+}
+
+namespace {
+// Element (n, c, h, w) of a host tensor of any element type, as the float it holds.
+float element(const Tensor& t, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w) {
+  const auto& s = t.strides();
+  const std::int64_t i = n * s[0] + c * s[1] + h * s[2] + w * s[3];
+  if (t.dtype() == dd::DType::f32) return static_cast<const float*>(t.raw())[i];
+  const std::uint16_t b = static_cast<const std::uint16_t*>(t.raw())[i];
+  return t.dtype() == dd::DType::bf16 ? dd::half_bits::from_bf16(b) : dd::half_bits::from_f16(b);
+}
+float round_to(dd::DType t, float v) {
+  return t == dd::DType::f32    ? v
+         : t == dd::DType::bf16 ? dd::half_bits::from_bf16(dd::half_bits::to_bf16(v))
+                                : dd::half_bits::from_f16(dd::half_bits::to_f16(v));
+}
+}  // namespace
+
+TEST_CASE("host copies between views of any two element types and memory orders; fills of views") {
+  using dd::DType;
+  using dd::MemoryFormat;
+  std::mt19937 rng(11);
+  const DType types[3] = {DType::f32, DType::bf16, DType::f16};
+  const MemoryFormat formats[2] = {MemoryFormat::nchw, MemoryFormat::nhwc};
+  for (int trial = 0; trial < 120; ++trial) {
+    CAPTURE(trial);
+    const DType dt = types[trial % 3], st = types[(trial / 3) % 3];
+    auto pick = [&](std::int64_t k) { return static_cast<std::int64_t>(rng() % static_cast<unsigned>(k)); };
+    const Shape box{1 + pick(3), 1 + pick(5), 1 + pick(6), 1 + pick(6)};
+    // Each side is a sub-box of a larger tensor in a random memory order.
+    auto host_view = [&](DType t, float sentinel, std::uint64_t seed, Tensor& whole) {
+      const Shape full{box.n + pick(2), box.c + pick(3), box.h + pick(3), box.w + pick(3)};
+      const MemoryFormat f = formats[pick(2)];
+      whole = sentinel == 0 ? Tensor::randn(full, seed).to(t).clone_as(f)
+                            : Tensor::full(full, sentinel, dd::Device::cpu, f, t);
+      const std::int64_t at[4] = {pick(full.n - box.n + 1), pick(full.c - box.c + 1), pick(full.h - box.h + 1),
+                                  pick(full.w - box.w + 1)};
+      return whole.slice(0, at[0], box.n).slice(1, at[1], box.c).tile(at[2], box.h, at[3], box.w);
+    };
+    Tensor src_whole, dst_whole;
+    const Tensor src = host_view(st, 0, 100 + static_cast<std::uint64_t>(trial), src_whole);
+    const Tensor dst = host_view(dt, 7.0f, 0, dst_whole);
+    dst.copy_from(src);
+    int changed = 0;
+    for (std::int64_t n = 0; n < box.n; ++n)
+      for (std::int64_t c = 0; c < box.c; ++c)
+        for (std::int64_t h = 0; h < box.h; ++h)
+          for (std::int64_t w = 0; w < box.w; ++w) {
+            const float want = round_to(dt, element(src, n, c, h, w));
+            REQUIRE(element(dst, n, c, h, w) == want);
+            changed += want != 7.0f;
+          }
+    CHECK(changed > 0);
+    // Nothing outside the view was written: the whole tensor holds box.numel() copied values, the rest 7.
+    std::int64_t sevens = 0;
+    for (const float v : dst_whole.to_vector()) sevens += v == 7.0f;
+    CHECK(sevens >= dst_whole.numel() - box.numel());
+    // A fill of the view, converted to its type, leaves the rest alone too.
+    dst.fill(-1.7f);
+    std::int64_t filled = 0;
+    for (const float v : dst_whole.to_vector()) filled += v == round_to(dt, -1.7f);
+    CHECK(filled == box.numel());
+  }
 }

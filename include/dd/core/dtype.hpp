@@ -71,23 +71,4 @@ inline float from_f16(std::uint16_t h) {
 
 }  // namespace half_bits
 
-// Widens n elements of type t at src into floats.
-inline void widen(const void* src, DType t, float* dst, std::int64_t n) {
-  if (t == DType::f32) {
-    std::memcpy(dst, src, static_cast<std::size_t>(n) * 4);
-    return;
-  }
-  const auto* h = static_cast<const std::uint16_t*>(src);
-  for (std::int64_t i = 0; i < n; ++i) dst[i] = t == DType::bf16 ? half_bits::from_bf16(h[i]) : half_bits::from_f16(h[i]);
-}
-// Rounds n floats into elements of type t at dst.
-inline void narrow(const float* src, void* dst, DType t, std::int64_t n) {
-  if (t == DType::f32) {
-    std::memcpy(dst, src, static_cast<std::size_t>(n) * 4);
-    return;
-  }
-  auto* h = static_cast<std::uint16_t*>(dst);
-  for (std::int64_t i = 0; i < n; ++i) h[i] = t == DType::bf16 ? half_bits::to_bf16(src[i]) : half_bits::to_f16(src[i]);
-}
-
 }  // namespace dd

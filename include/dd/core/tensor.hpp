@@ -20,6 +20,7 @@
 #include "dd/core/memory.hpp"
 #include "dd/core/rng.hpp"
 #include "dd/core/shape.hpp"
+#include "dd/core/strided_copy.hpp"
 #if DD_WITH_CUDA
 #include "dd/kernels/gpu/kernels.hpp"
 #endif
@@ -202,25 +203,7 @@ class Tensor {
       copy_across(src);
       return;
     }
-    if (dtype_ != DType::f32 || src.dtype_ != DType::f32) {
-      convert_on_host(src);
-      return;
-    }
-    if (is_contiguous() && src.is_contiguous()) {
-      std::memcpy(data(), src.data(), sizeof(float) * static_cast<std::size_t>(numel()));
-      return;
-    }
-    for (std::int64_t n = 0; n < shape_.n; ++n)
-      for (std::int64_t c = 0; c < shape_.c; ++c)
-        for (std::int64_t h = 0; h < shape_.h; ++h) {
-          const float* s = &src.at(n, c, h, 0);
-          float* d = &at(n, c, h, 0);
-          if (strides_[3] == 1 && src.strides_[3] == 1) {
-            std::memcpy(d, s, sizeof(float) * static_cast<std::size_t>(shape_.w));
-          } else {
-            for (std::int64_t w = 0; w < shape_.w; ++w) d[w * strides_[3]] = s[w * src.strides_[3]];
-          }
-        }
+    copy_on_host(raw(), dtype_, src.raw(), src.dtype_, geometry_from(src));
   }
   void fill(float v) const {
     if (device() != Device::cpu) {
@@ -231,18 +214,14 @@ class Tensor {
       }
       return;
     }
-    if (dtype_ != DType::f32) {
-      copy_from(full(shape_, v));
-      return;
-    }
-    if (is_contiguous()) {
+    if (dtype_ == DType::f32 && is_contiguous()) {
       std::fill_n(data(), numel(), v);
       return;
     }
-    for (std::int64_t n = 0; n < shape_.n; ++n)
-      for (std::int64_t c = 0; c < shape_.c; ++c)
-        for (std::int64_t h = 0; h < shape_.h; ++h)
-          for (std::int64_t w = 0; w < shape_.w; ++w) at(n, c, h, w) = v;
+    // A copy from the one value v (source strides 0), converted to this tensor's type.
+    StridedCopy g = geometry_from(*this);
+    std::fill_n(g.src_strides, 4, std::int64_t{0});
+    copy_on_host(raw(), dtype_, &v, DType::f32, g);
   }
   // this += other (same shape, both dense in the same order, the same element type).
   void add_(const Tensor& other) const {
@@ -297,53 +276,11 @@ class Tensor {
   }
 
  private:
-  // copy_from between host tensors when either is half: the same type is copied as raw elements,
-  // different types through a dense f32 image (host copies of half tensors are rare: tests, staging).
-  void convert_on_host(const Tensor& src) const {
-    if (dtype_ == src.dtype_) {
-      copy_elements(src);
-      return;
-    }
-    Tensor wide = src;
-    if (src.dtype_ == DType::f32) {
-      wide = src.contiguous();
-    } else {
-      Tensor s = src;
-      if (!src.is_contiguous()) {
-        s = empty(shape_, Device::cpu, MemoryFormat::nchw, src.dtype_);
-        s.copy_elements(src);
-      }
-      wide = empty(shape_);
-      widen(s.raw(), s.dtype_, wide.data(), numel());
-    }
-    if (dtype_ == DType::f32) {
-      copy_from(wide);
-    } else if (is_contiguous()) {
-      narrow(wide.data(), raw(), dtype_, numel());
-    } else {
-      const Tensor d = empty(shape_, Device::cpu, MemoryFormat::nchw, dtype_);
-      narrow(wide.data(), d.raw(), dtype_, numel());
-      copy_elements(d);
-    }
-  }
-  // Strided element copy between host tensors of one type (2 or 4 bytes each).
-  void copy_elements(const Tensor& src) const {
-    const std::size_t es = dtype_size(dtype_);
-    if (same_layout(src)) {
-      std::memcpy(raw(), src.raw(), bytes());
-      return;
-    }
-    auto* d = static_cast<char*>(raw());
-    const auto* s = static_cast<const char*>(src.raw());
-    for (std::int64_t n = 0; n < shape_.n; ++n)
-      for (std::int64_t c = 0; c < shape_.c; ++c)
-        for (std::int64_t h = 0; h < shape_.h; ++h)
-          for (std::int64_t w = 0; w < shape_.w; ++w)
-            std::memcpy(d + es * static_cast<std::size_t>(n * strides_[0] + c * strides_[1] + h * strides_[2] +
-                                                          w * strides_[3]),
-                        s + es * static_cast<std::size_t>(n * src.strides_[0] + c * src.strides_[1] +
-                                                          h * src.strides_[2] + w * src.strides_[3]),
-                        es);
+  // The copy of src into this tensor as geometry (core/strided_copy.hpp).
+  StridedCopy geometry_from(const Tensor& src) const {
+    return {{shape_.n, shape_.c, shape_.h, shape_.w},
+            {strides_[0], strides_[1], strides_[2], strides_[3]},
+            {src.strides_[0], src.strides_[1], src.strides_[2], src.strides_[3]}};
   }
 
   // copy_from when either side is on the GPU.
@@ -354,10 +291,7 @@ class Tensor {
       if (dtype_ == src.dtype_ && same_layout(src)) {
         cuda::copy_on_device(raw(), src.raw(), bytes());
       } else {
-        const cuda::kernels::StridedCopy g{{shape_.n, shape_.c, shape_.h, shape_.w},
-                                           {strides_[0], strides_[1], strides_[2], strides_[3]},
-                                           {src.strides_[0], src.strides_[1], src.strides_[2], src.strides_[3]}};
-        gpu::copy_strided(raw(), dtype_, src.raw(), src.dtype_, g);
+        gpu::copy_strided(raw(), dtype_, src.raw(), src.dtype_, geometry_from(src));
       }
       return;
     }

@@ -64,14 +64,14 @@ struct DeviceArray {
 // problem), or else realigned (the other copies are aligned already).
 class ConvOperand {
  public:
-  ConvOperand(DeviceArray a, std::int64_t count, Precision prec, const kernels::StridedCopy* reorder = nullptr)
+  ConvOperand(DeviceArray a, std::int64_t count, Precision prec, const StridedCopy* reorder = nullptr)
       : ptr_(a.p) {
     if (count <= 0) return;
     const DType ct = compute_dtype(prec);
     const bool copy = reorder || a.t != ct || !is_vector_aligned(a.p);
     if (!copy) return;
     buf_.reset(static_cast<std::size_t>(count) * dtype_size(ct));
-    kernels::copy_strided(buf_.get(), ct, a.p, a.t, reorder ? *reorder : kernels::dense_copy(count), current_stream());
+    kernels::copy_strided(buf_.get(), ct, a.p, a.t, reorder ? *reorder : dense_copy(count), current_stream());
     DD_CUDA_CHECK(cudaGetLastError());
     ptr_ = buf_.get();
   }
@@ -95,7 +95,7 @@ class Convolution {
   // The weight [k, c, r, s] (KCRS memory) as the filter: reordered to KRSC for an NHWC problem.
   ConvOperand filter(const float* w) const {
     if (!reorders_filter()) return operand(w, p_.filter_count());
-    const kernels::StridedCopy g = kernels::filter_order(p_.k, p_.c, p_.r, p_.s, true);
+    const StridedCopy g = kernels::filter_order(p_.k, p_.c, p_.r, p_.s, true);
     return ConvOperand(w, p_.filter_count(), s_.precision, &g);
   }
 
@@ -136,8 +136,8 @@ class Convolution {
     const DType ct = compute_dtype(s_.precision);
     DeviceScratch g(static_cast<std::size_t>(p_.filter_count()) * dtype_size(ct));
     if (!run_plan(ConvDirection::backward_filter, x, g.get(), dy, false)) legacy_backward_filter(x, dy, g.get(), 0.0f);
-    const kernels::StridedCopy order =
-        reorders_filter() ? kernels::filter_order(p_.k, p_.c, p_.r, p_.s, false) : kernels::dense_copy(p_.filter_count());
+    const StridedCopy order =
+        reorders_filter() ? kernels::filter_order(p_.k, p_.c, p_.r, p_.s, false) : dense_copy(p_.filter_count());
     kernels::add_strided(dw, DType::f32, g.get(), ct, order, stream_);
     DD_CUDA_CHECK(cudaGetLastError());
   }

@@ -25,8 +25,9 @@ void scale(void* x, std::int64_t n, float a, DType t, cudaStream_t s);          
 // y = x element by element, converting from type xt to yt (rounding to nearest even when narrowing).
 void convert(const void* x, DType xt, void* y, DType yt, std::int64_t n, cudaStream_t s);
 
-// dst[n,c,h,w] = src[n,c,h,w] (StridedCopy, copy_plan.hpp), converting from type st to dt when they
-// differ (rounded once when narrowing); add_strided: dst += src, in float, rounded once when stored.
+// dst[n,c,h,w] = src[n,c,h,w] (StridedCopy: core/strided_copy.hpp; the plans: copy_plan.hpp),
+// converting from type st to dt when they differ (rounded once when narrowing); add_strided:
+// dst += src, in float, rounded once when stored.
 void copy_strided(void* dst, DType dt, const void* src, DType st, const StridedCopy& geometry, cudaStream_t s);
 void add_strided(void* dst, DType dt, const void* src, DType st, const StridedCopy& geometry, cudaStream_t s);
 

@@ -47,11 +47,11 @@ inline void convert(const void* x, DType xt, void* y, DType yt, std::int64_t n) 
   if (n > 0) detail::launch("convert", k::convert, x, xt, y, yt, n);
 }
 // dst = src between views of one shape, converting from st to dt; add_strided: dst += src.
-inline void copy_strided(void* dst, DType dt, const void* src, DType st, const k::StridedCopy& g) {
+inline void copy_strided(void* dst, DType dt, const void* src, DType st, const StridedCopy& g) {
   if (g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3] > 0)
     detail::launch("copy_strided", k::copy_strided, dst, dt, src, st, g);
 }
-inline void add_strided(void* dst, DType dt, const void* src, DType st, const k::StridedCopy& g) {
+inline void add_strided(void* dst, DType dt, const void* src, DType st, const StridedCopy& g) {
   if (g.shape[0] * g.shape[1] * g.shape[2] * g.shape[3] > 0)
     detail::launch("add_strided", k::add_strided, dst, dt, src, st, g);
 }
