@@ -199,6 +199,44 @@ TEST_CASE("direct tile gather: half tiles travel as their bytes (odd counts padd
     CHECK_THROWS_WITH_AS(detail::gather_all(odd, shapes, dist, Device::cpu),
                          doctest::Contains("different element types"), dd::Error);
   }
+  // More ranks than tiles: a rank without tiles takes the others' type (it used to vote f32 and
+  // stop the exchange of half tiles).
+  if (world->size() > 1) {
+    const auto few = static_cast<std::int64_t>(world->size()) - 1;
+    const std::vector<Shape> some(shapes.begin(), shapes.begin() + few);
+    std::vector<Tensor> mine;
+    for (std::int64_t k = dist.first_clone(world->rank(), few); k < dist.first_clone(world->rank() + 1, few); ++k)
+      mine.push_back(tile(k).to(DType::bf16));
+    CHECK(dist.first_clone(0, few) == dist.first_clone(1, few));  // rank 0 holds none
+    const std::vector<Tensor> all = detail::gather_all(mine, some, dist, Device::cpu);
+    for (std::int64_t k = 0; k < few; ++k) {
+      CHECK(all[std::size_t(k)].dtype() == DType::bf16);
+      CHECK(all[std::size_t(k)].to_vector() == tile(k).to(DType::bf16).to_vector());
+    }
+  }
+}
+
+TEST_CASE("keep_local's backward: tiles without a gradient send zeros of their own type") {
+  DirectOnHost dist(*world);
+  const std::int64_t K = 2 * world->size();
+  std::vector<Var> all;
+  for (std::int64_t k = 0; k < K; ++k)
+    all.emplace_back(Tensor::randn({1, 2, 3, 4}, 400 + std::uint64_t(k)).to(DType::bf16), true);
+  const TileGroup group{&dist, dist.local_clones(K), K};
+  const std::vector<Var> out = keep_local(all, group);
+  // Only even ranks give their tiles a gradient (ones); odd ranks' tiles get none.
+  if (world->rank() % 2 == 0)
+    for (const Var& v : out) v.accumulate_grad(Tensor::full(v.shape(), 1.0f));
+  Tape::current().backward();
+  for (std::int64_t k = 0; k < K; ++k) {
+    CAPTURE(k);
+    int owner = 0;
+    while (dist.first_clone(owner + 1, K) <= k) ++owner;
+    const Tensor& g = all[std::size_t(k)].grad();
+    REQUIRE(g.defined());
+    CHECK(g.dtype() == DType::bf16);
+    CHECK(g.to_vector() == std::vector<float>(24, owner % 2 == 0 ? 1.0f : 0.0f));
+  }
 }
 
 TEST_CASE("subimage x data parallel: 2 groups take one image each; as one process taking both (no dropout)") {

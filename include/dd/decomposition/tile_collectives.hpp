@@ -50,19 +50,20 @@ inline std::vector<Tensor> unpack(const std::vector<float>& all, const std::vect
 
 // The element type the ranks' tiles travel in: theirs when they all agree (half activations travel
 // half), else f32. Every rank must pick the same, or the bytes would be read in another layout: a
-// host all-reduce of the type's code and its square (equal on every rank iff both sums are P times
-// this rank's) checks that, before any tile moves.
+// host all-reduce of (tiles held ? 1 : 0, the type's code, its square) over the ranks that hold
+// tiles; their codes agree iff count * sum of squares == sum^2, which every rank checks on the same
+// sums (so all stop or none), before any tile moves. A rank without tiles takes the others' type.
 inline DType exchange_dtype(const std::vector<Tensor>& mine, Distribution& dist) {
   DType t = mine.empty() ? DType::f32 : mine[0].dtype();
   for (const Tensor& m : mine) t = common_dtype(t, m.dtype());
-  const double code = static_cast<double>(t);
-  double sums[2] = {code, code * code};
-  dist.all_reduce_sum(sums, 2);
-  DD_CHECK(sums[0] == code * dist.size() && sums[1] == code * code * dist.size(),
+  const double code = static_cast<double>(t), held = mine.empty() ? 0.0 : 1.0;
+  double sums[3] = {held, held * code, held * code * code};
+  dist.all_reduce_sum(sums, 3);
+  DD_CHECK(sums[0] * sums[2] == sums[1] * sums[1],
            "dd::exchange: the ranks' tiles have different element types ({} here); run every rank with the same "
            "precision settings",
-           dtype_name(t));
-  return t;
+           mine.empty() ? "none" : dtype_name(t));
+  return sums[0] > 0 ? static_cast<DType>(static_cast<int>(sums[1] / sums[0])) : DType::f32;
 }
 
 // The K tiles of all ranks from this rank's `mine`, through the distribution's direct collectives
@@ -142,7 +143,10 @@ inline std::vector<Var> keep_local(const std::vector<Var>& all, const TileGroup&
   if (rec)
     Tape::current().record([all, out, group] {
       std::vector<Tensor> grads;  // a tile without a gradient sends zeros: every rank sends its full share
-      for (const Var& v : out) grads.push_back(v.grad().defined() ? v.grad() : Tensor::zeros(v.shape(), v.value().device()));
+      for (const Var& v : out)  // (in the value's type: the ranks' tiles must agree on it)
+        grads.push_back(v.grad().defined() ? v.grad()
+                                           : Tensor::zeros(v.shape(), v.value().device(), v.value().format(),
+                                                           v.value().dtype()));
       std::vector<Shape> shapes;
       for (const Var& v : all) shapes.push_back(v.shape());
       std::vector<Tensor> g = detail::gather_all(grads, shapes, *group.dist, all[0].value().device());
