@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -85,11 +86,30 @@ void check(cudaError_t e, const char* who) {
     throw std::runtime_error(std::string("dd::cuda::kernels::") + who + ": " + cudaGetErrorString(e));
 }
 
-// Stream-ordered device scratch, freed (stream-ordered) on every exit path.
+// The device's default memory pool keeps what it holds across synchronisations: with the default
+// release threshold (0) it returns its memory to the driver at every stream or device wait, so the
+// next scratch of a training step (batch norm's partial sums, the losses') maps memory again.
+inline void keep_pool_memory() {
+  static std::once_flag once[64];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return;
+  std::call_once(once[device], [device] {
+    cudaMemPool_t pool;
+    std::uint64_t keep = ~std::uint64_t{0};
+    if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess)
+      (void)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);  // an optimisation only
+  });
+}
+
+// Stream-ordered device scratch from the default pool (small: partial sums), freed (stream-ordered)
+// on every exit path.
 struct Scratch {
   void* p = nullptr;
   cudaStream_t s;
-  Scratch(std::size_t bytes, cudaStream_t stream, const char* who) : s(stream) { check(cudaMallocAsync(&p, bytes, s), who); }
+  Scratch(std::size_t bytes, cudaStream_t stream, const char* who) : s(stream) {
+    keep_pool_memory();
+    check(cudaMallocAsync(&p, bytes, s), who);
+  }
   ~Scratch() {
     if (p) (void)cudaFreeAsync(p, s);
   }

@@ -523,13 +523,14 @@ TEST_CASE("stacked eval on the GPU gives each clone's logits (both exchanges, ba
     const Tensor clones = m.forward(Var(x)).value();
     m.set_eval_tiles(EvalTiles::automatic);
     CHECK(m.stacks_eval(x.shape()));
-    CHECK(rel_error(m.forward(Var(x)).value(), clones) < 1e-5);
+    // Within the forward tolerance: batch 8 and batch 2 may get different cuDNN algorithms.
+    CHECK(rel_error(m.forward(Var(x)).value(), clones) < 1e-4);
     // Unequal subimages (40 = 24 + 16 rows): one stack per shape; per clone runs them on their streams.
     const Tensor y = Tensor::randn({1, 1, 40, 64}, 53).to(Device::cuda);
     CHECK(m.stacks_eval(y.shape()));
     const Tensor uneven = m.forward(Var(y)).value();
     m.set_eval_tiles(EvalTiles::per_clone);
-    CHECK(rel_error(m.forward(Var(y)).value(), uneven) < 1e-5);
+    CHECK(rel_error(m.forward(Var(y)).value(), uneven) < 1e-4);
   }
 }
 
