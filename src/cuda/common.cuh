@@ -86,18 +86,23 @@ void check(cudaError_t e, const char* who) {
     throw std::runtime_error(std::string("dd::cuda::kernels::") + who + ": " + cudaGetErrorString(e));
 }
 
-// The device's default memory pool keeps what it holds across synchronisations: with the default
-// release threshold (0) it returns its memory to the driver at every stream or device wait, so the
-// next scratch of a training step (batch norm's partial sums, the losses') maps memory again.
+// The device's memory pool (cudaMallocAsync's) keeps what it holds across synchronisations: with
+// the default release threshold (0) it returns its memory to the driver at every stream or device
+// wait, so the next scratch of a training step (batch norm's partial sums, the losses') maps memory
+// again. An optimisation only: a failure here is cleared, not reported.
 inline void keep_pool_memory() {
   static std::once_flag once[64];
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) {
+    (void)cudaGetLastError();
+    return;
+  }
   std::call_once(once[device], [device] {
     cudaMemPool_t pool;
     std::uint64_t keep = ~std::uint64_t{0};
-    if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess)
-      (void)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);  // an optimisation only
+    if (cudaDeviceGetMemPool(&pool, device) != cudaSuccess ||
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep) != cudaSuccess)
+      (void)cudaGetLastError();
   });
 }
 

@@ -177,6 +177,22 @@ TEST_CASE(
         narrow_d.channels(at, part).copy_from(a.to(Device::cuda));  // f32 NCHW into a half NHWC slice
         CHECK(narrow_d.to_vector() == into_h.to_vector());
       }
+      // Copies to the host of any layout and type (the GPU reorders and converts first): a channel
+      // slice of a host tensor (through a dense host image) and whole host tensors, both orders.
+      for (const MemoryFormat f : {MemoryFormat::nchw, MemoryFormat::nhwc}) {
+        CAPTURE(int(f));
+        const Tensor want = Tensor::zeros({2, 32, 3, 5}, Device::cpu, f, t),
+                     got = Tensor::zeros({2, 32, 3, 5}, Device::cpu, f, t);
+        want.channels(3, part).copy_from(host);
+        got.channels(3, part).copy_from(dev);
+        CHECK(got.to_vector() == want.to_vector());
+        const Tensor whole = Tensor::empty({2, part, 3, 5}, Device::cpu, f, t);
+        whole.copy_from(dev);
+        CHECK(whole.to_vector() == host.to_vector());
+        const Tensor wide = Tensor::empty({2, part, 3, 5}, Device::cpu, f, DType::f32);
+        wide.copy_from(dev);
+        CHECK(wide.to_vector() == host.to_vector());
+      }
     }
   }
   // The filter gradient's way: a bf16 KRSC array widened, reordered to KCRS and added to f32, in one kernel.
@@ -244,6 +260,17 @@ TEST_CASE("GPU ops match the CPU in both layouts and both cuDNN APIs: forward wi
                }
                return y;
              });
+  }
+  if (layout) {
+    // Our kernels' scratch (channels-last batch norm's partial sums) comes from the device's memory
+    // pool, which keeps its memory across waits (release threshold at its maximum, set by the first scratch).
+    int dev = 0;
+    cudaMemPool_t pool;
+    std::uint64_t threshold = 0;
+    REQUIRE(cudaGetDevice(&dev) == cudaSuccess);
+    REQUIRE(cudaDeviceGetMemPool(&pool, dev) == cudaSuccess);
+    REQUIRE(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) == cudaSuccess);
+    CHECK(threshold == ~std::uint64_t{0});
   }
   for (const bool training : {true, false}) {
     CAPTURE(training);

@@ -13,10 +13,12 @@
 
 #include "dd/core/dtype.hpp"
 
+#ifndef DD_HOST_DEVICE
 #if defined(__CUDACC__)
 #define DD_HOST_DEVICE __host__ __device__
 #else
 #define DD_HOST_DEVICE
+#endif
 #endif
 
 namespace dd {
@@ -137,26 +139,31 @@ inline void copy_on_host(void* dst, DType dt, const void* src, DType st, const S
   const int last = d.dims - 1;
   auto* o = static_cast<char*>(dst);
   const auto* s = static_cast<const char*>(src);
-  if (dt == st && d.dst[last] == 1 && d.src[last] == 1) {
-    const auto es = static_cast<std::int64_t>(dtype_size(dt));
-    detail::for_each_run(d, [&](std::int64_t od, std::int64_t os, std::int64_t len) {
-      std::memcpy(o + od * es, s + os * es, static_cast<std::size_t>(len * es));
-    });
-    return;
-  }
+  // f32 memory holds floats, half memory the 16-bit patterns of half_bits: each is read as what it
+  // holds (moves of floats keep every bit pattern, NaNs included).
   using half = std::uint16_t;
   auto* oh = reinterpret_cast<half*>(o);
   const auto* sh = reinterpret_cast<const half*>(s);
-  const auto same = [](auto v) { return v; };  // one type: the bits as they are
+  if (dt == st) {
+    const auto es = static_cast<std::int64_t>(dtype_size(dt));
+    if (d.dst[last] == 1 && d.src[last] == 1) {  // runs contiguous on both sides: one memcpy each
+      detail::for_each_run(d, [&](std::int64_t od, std::int64_t os, std::int64_t len) {
+        std::memcpy(o + od * es, s + os * es, static_cast<std::size_t>(len * es));
+      });
+      return;
+    }
+    const auto same = [](auto v) { return v; };
+    if (dt == DType::f32)
+      detail::copy_elements(d, reinterpret_cast<float*>(o), reinterpret_cast<const float*>(s), same);
+    else
+      detail::copy_elements(d, oh, sh, same);
+    return;
+  }
   const auto from_bf16 = [](half h) { return half_bits::from_bf16(h); };
   const auto from_f16 = [](half h) { return half_bits::from_f16(h); };
   const auto to_bf16 = [](float f) { return half_bits::to_bf16(f); };
   const auto to_f16 = [](float f) { return half_bits::to_f16(f); };
-  if (dt == st && dt == DType::f32) {
-    detail::copy_elements(d, reinterpret_cast<std::uint32_t*>(o), reinterpret_cast<const std::uint32_t*>(s), same);
-  } else if (dt == st) {
-    detail::copy_elements(d, oh, sh, same);
-  } else if (st == DType::f32) {  // narrowing, one conversion per type so each loop inlines its own
+  if (st == DType::f32) {  // narrowing, one conversion per type so each loop inlines its own
     const auto* sf = reinterpret_cast<const float*>(s);
     dt == DType::bf16 ? detail::copy_elements(d, oh, sf, to_bf16) : detail::copy_elements(d, oh, sf, to_f16);
   } else if (dt == DType::f32) {

@@ -195,7 +195,7 @@ class Tensor {
   }
 
   // Element-wise copy between tensors of equal shape; either may be a strided view, they may live
-  // on different devices and have different element types (converted).
+  // on different devices and have different element types (converted). Views must not overlap.
   void copy_from(const Tensor& src) const {
     DD_CHECK(src.shape_ == shape_, "dd::Tensor::copy_from: source shape {} differs from destination {}",
              src.shape_, shape_);
@@ -214,7 +214,7 @@ class Tensor {
       }
       return;
     }
-    if (dtype_ == DType::f32 && is_contiguous()) {
+    if (dtype_ == DType::f32 && is_dense(format())) {
       std::fill_n(data(), numel(), v);
       return;
     }
@@ -300,13 +300,24 @@ class Tensor {
     if (device() == Device::cpu) {
       // To the host: src in this tensor's memory order and type first (one GPU kernel when either
       // differs), then straight into this tensor when it is dense, else into a dense image of it.
+      // When the GPU has no room for that copy, src moves as it is and the host reorders.
       const MemoryFormat f = format();
       Tensor s = src;
       if (!src.is_dense(f) || src.dtype_ != dtype_) {
-        s = empty(shape_, src.device(), f, dtype_);
-        s.copy_from(src);
+        Tensor t;
+        try {
+          t = empty(shape_, src.device(), f, dtype_);
+        } catch (const Error&) {
+          if (!src.is_dense(src.format())) throw;  // a strided view needs a GPU copy either way
+        }
+        if (t.defined()) {
+          t.copy_from(src);
+          s = t;
+        }
       }
-      const Tensor d = is_dense(f) ? *this : empty(shape_, Device::cpu, f, dtype_);
+      const bool placed = s.is_dense(f) && s.dtype_ == dtype_;
+      const Tensor d = placed && is_dense(f) ? *this
+                                             : empty(shape_, Device::cpu, s.is_dense(f) ? f : s.format(), s.dtype_);
       cuda::copy_to_host(d.raw(), s.raw(), s.bytes());
       if (!d.shares_storage(*this)) copy_from(d);
       return;
