@@ -287,12 +287,10 @@ class Tensor {
   void copy_across([[maybe_unused]] const Tensor& src) const {
 #if DD_WITH_CUDA
     if (numel() == 0) return;
-    if (device() == src.device()) {  // both on the GPU: one copy, converting when the types differ
-      if (dtype_ == src.dtype_ && same_layout(src)) {
-        cuda::copy_on_device(raw(), src.raw(), bytes());
-      } else {
-        gpu::copy_strided(raw(), dtype_, src.raw(), src.dtype_, geometry_from(src));
-      }
+    if (device() == src.device()) {
+      // Both on the GPU: one strided copy, converting when the types differ; its plan makes a dense
+      // block of one type a cudaMemcpyAsync (copy_plan.hpp), so there is no separate memcpy case here.
+      gpu::copy_strided(raw(), dtype_, src.raw(), src.dtype_, geometry_from(src));
       return;
     }
     // Across devices: move a dense image, then place it. Layout changes and conversions run on
