@@ -69,7 +69,7 @@ __global__ void backward_eval_finish(const double* part, const float* invstd, i6
 }  // namespace
 
 void batchnorm_invstd(const float* var, i64 c, float eps, float* invstd, cudaStream_t s) {
-  if (c > 0) invstd_kernel<<<grid_for(c), kBlock, 0, s>>>(var, c, eps, invstd);
+  if (c > 0) launch(invstd_kernel, grid_for(c), kBlock, 0, s, var, c, eps, invstd);
 }
 
 void batchnorm_backward_eval(const void* x, const void* dy, const float* gamma, const float* mean, const float* invstd,
@@ -83,9 +83,8 @@ void batchnorm_backward_eval(const void* x, const void* dy, const float* gamma, 
   const auto first_pass = [&](double* part, bool with_x) {
     by_dtype(t, [&](auto element) {
       using T = decltype(element);
-      backward_eval_kernel<T><<<grid, kBlock, 0, s>>>(static_cast<const T*>(x), static_cast<const T*>(dy), gamma, mean,
-                                                      invstd, c, plane, count, static_cast<T*>(dx), part, with_x,
-                                                      channels_last);
+      launch(backward_eval_kernel<T>, grid, kBlock, 0, s, static_cast<const T*>(x), static_cast<const T*>(dy), gamma,
+             mean, invstd, c, plane, count, static_cast<T*>(dx), part, with_x, channels_last);
     });
   };
   if (!dgamma && !dbeta) {
@@ -95,8 +94,8 @@ void batchnorm_backward_eval(const void* x, const void* dy, const float* gamma, 
   Scratch scratch(static_cast<std::size_t>(2 * c * chunks) * sizeof(double), s, "batchnorm_backward_eval");
   auto* part = static_cast<double*>(scratch.p);
   first_pass(part, dgamma != nullptr);
-  backward_eval_finish<<<static_cast<unsigned>(std::min<i64>(c, 65535)), kBlock, 0, s>>>(
-      part, invstd, c, chunks, dgamma, dbeta);
+  launch(backward_eval_finish, static_cast<unsigned>(std::min<i64>(c, 65535)), kBlock, 0, s, part, invstd, c, chunks,
+         dgamma, dbeta);
 }
 
 }  // namespace dd::cuda::kernels

@@ -47,7 +47,7 @@ struct GradIn {
 // part[block][k][ch] for k = 0, 1: the block's sums for channel ch.
 template <Sum S, class T>
 __global__ void partial_sums(const T* x, GradIn<T> gin, const float* mean, i64 c, i64 total, double* part) {
-  extern __shared__ double sh[];  // 2 * blockDim.x
+  double* sh = dynamic_shared<double>(2 * blockDim.x);
   const i64 stride = static_cast<i64>(gridDim.x) * blockDim.x;
   const i64 first = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
   const i64 ch = threadIdx.x % c;
@@ -157,7 +157,7 @@ __global__ void add_bias(const float* b, I c, I total, T* y) {
 template <Sum S, class T>
 void sums(const T* x, const GradIn<T>& gin, const float* mean, i64 c, i64 total, const ChannelGrid& g, double* part,
           cudaStream_t s) {
-  partial_sums<S><<<g.grid, g.block, 2 * g.block * sizeof(double), s>>>(x, gin, mean, c, total, part);
+  launch(partial_sums<S, T>, g.grid, g.block, 2 * g.block * sizeof(double), s, x, gin, mean, c, total, part);
 }
 
 unsigned channel_blocks(i64 c) { return static_cast<unsigned>(std::min<i64>(c, 65535)); }  // one per channel
@@ -179,8 +179,8 @@ void batchnorm_nhwc_forward_train(const void* x, const float* gamma, const float
     using T = decltype(element);
     sums<Sum::x_and_squares>(static_cast<const T*>(x), GradIn<T>{nullptr}, nullptr, c, total, g, p, s);
   });
-  finish_statistics<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, count, eps, momentum, save_mean, save_invstd,
-                                                          running_mean, running_var);
+  launch(finish_statistics, channel_blocks(c), kBlock, 0, s, p, g.grid, c, count, eps, momentum, save_mean, save_invstd,
+         running_mean, running_var);
   batchnorm_nhwc_forward_eval(x, gamma, beta, save_mean, save_invstd, rows, c, y, tail, t, s);
 }
 
@@ -192,9 +192,8 @@ void batchnorm_nhwc_forward_eval(const void* x, const float* gamma, const float*
   by_types(t, total, [&](auto element, auto index) {
     using T = decltype(element);
     using I = decltype(index);
-    normalize<T, I><<<grid_for(total), kBlock, 0, s>>>(static_cast<const T*>(x), gamma, beta, mean, invstd, I(c),
-                                                       I(total), static_cast<T*>(y), tail.relu, tail.scale,
-                                                       I(tail.plane * c));
+    launch(normalize<T, I>, grid_for(total), kBlock, 0, s, static_cast<const T*>(x), gamma, beta, mean, invstd, I(c),
+           I(total), static_cast<T*>(y), tail.relu, tail.scale, I(tail.plane * c));
   });
 }
 
@@ -216,14 +215,14 @@ void batchnorm_nhwc_backward(const void* x, const void* dy, const float* gamma, 
                         tail.plane * c};
     if (dgamma || dbeta || coef_needed) {
       sums<Sum::dy_and_dy_centered>(xs, gin, mean, c, total, g, p, s);
-      finish_backward<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, static_cast<double>(rows), invstd, dgamma,
-                                                           dbeta, coef);
+      launch(finish_backward, channel_blocks(c), kBlock, 0, s, p, g.grid, c, static_cast<double>(rows), invstd, dgamma,
+             dbeta, coef);
     }
     if (!dx) return;
     by_index_type(total, [&](auto index) {
       using I = decltype(index);
-      input_gradient<T, I>
-          <<<grid_for(total), kBlock, 0, s>>>(xs, gin, gamma, mean, invstd, coef, I(c), I(total), static_cast<T*>(dx));
+      launch(input_gradient<T, I>, grid_for(total), kBlock, 0, s, xs, gin, gamma, mean, invstd, coef, I(c), I(total),
+             static_cast<T*>(dx));
     });
   });
 }
@@ -238,7 +237,7 @@ void bias_grad_nhwc(const void* dy, i64 rows, i64 c, float* db, DType t, cudaStr
     using T = decltype(element);
     sums<Sum::dy>(static_cast<const T*>(nullptr), GradIn<T>{static_cast<const T*>(dy)}, nullptr, c, total, g, p, s);
   });
-  finish_backward<<<channel_blocks(c), kBlock, 0, s>>>(p, g.grid, c, 1.0, nullptr, nullptr, db, nullptr);
+  launch(finish_backward, channel_blocks(c), kBlock, 0, s, p, g.grid, c, 1.0, nullptr, nullptr, db, nullptr);
 }
 
 void add_bias_nhwc(const float* b, i64 rows, i64 c, void* y, DType t, cudaStream_t s) {
@@ -247,7 +246,7 @@ void add_bias_nhwc(const float* b, i64 rows, i64 c, void* y, DType t, cudaStream
   by_types(t, total, [&](auto element, auto index) {
     using T = decltype(element);
     using I = decltype(index);
-    add_bias<T, I><<<grid_for(total), kBlock, 0, s>>>(b, I(c), I(total), static_cast<T*>(y));
+    launch(add_bias<T, I>, grid_for(total), kBlock, 0, s, b, I(c), I(total), static_cast<T*>(y));
   });
 }
 

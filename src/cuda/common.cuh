@@ -1,8 +1,11 @@
-// What every kernel file shares: 64-bit grid-stride loops, the element types of activations,
-// launch-error checks, stream-ordered scratch and the fixed-order block sum behind the
-// deterministic reductions. Private to src/cuda (nvcc only; of the dd headers only dtype.hpp,
-// which depends on nothing: the others pull fmt).
+// What every kernel file shares: launches, 64-bit grid-stride loops, the element types of
+// activations, launch-error checks, stream-ordered scratch and the fixed-order block sum behind the
+// deterministic reductions. Private to src/cuda (nvcc, or the C++ compiler with DD_CUDA_EMULATION:
+// emulation.cuh; of the dd headers only dtype.hpp, which depends on nothing: the others pull fmt).
 #pragma once
+#ifdef DD_CUDA_EMULATION
+#include "emulation.cuh"
+#endif
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -11,6 +14,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "dd/core/dtype.hpp"
 
@@ -19,6 +23,30 @@ namespace {
 
 using i64 = std::int64_t;
 constexpr int kBlock = 256;  // threads per block; a power of two (block_sum)
+
+// Every launch goes through here: kernel<<<grid, block, shared, s>>>(args...) on the GPU, the
+// emulator's launch on the CPU. Template kernels are named with all their arguments.
+template <class... P, class... A>
+void launch(void (*kernel)(P...), dim3 grid, dim3 block, std::size_t shared, cudaStream_t s, A&&... args) {
+#ifdef DD_CUDA_EMULATION
+  (void)s;
+  emulation::launch(kernel, grid, block, shared, std::forward<A>(args)...);
+#else
+  kernel<<<grid, block, shared, s>>>(std::forward<A>(args)...);
+#endif
+}
+
+// The launch's dynamic shared memory, n elements of T (the launch gives the bytes).
+template <class T>
+__device__ T* dynamic_shared(std::size_t n) {
+#ifdef DD_CUDA_EMULATION
+  return emulation::dynamic_shared<T>(n);
+#else
+  (void)n;
+  extern __shared__ __align__(16) unsigned char dd_dynamic_shared[];
+  return reinterpret_cast<T*>(dd_dynamic_shared);
+#endif
+}
 
 // Grid-stride loops cover any n, so the grid is capped; n == 0 must not reach a launch.
 unsigned grid_for(i64 n) { return static_cast<unsigned>(std::min<i64>((n + kBlock - 1) / kBlock, 65535)); }
@@ -127,7 +155,7 @@ template <class T>
 __device__ T block_sum(T v, T* sh) {
   sh[threadIdx.x] = v;
   __syncthreads();
-  for (int half = kBlock / 2; half > 0; half >>= 1) {
+  for (unsigned half = kBlock / 2; half > 0; half >>= 1) {
     if (threadIdx.x < half) sh[threadIdx.x] += sh[threadIdx.x + half];
     __syncthreads();
   }

@@ -117,21 +117,21 @@ void fill(void* x, i64 n, float value, DType t, cudaStream_t s) {
   if (n <= 0) return;
   by_dtype(t, [&](auto element) {
     using T = decltype(element);
-    fill_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<T*>(x), n, value);
+    launch(fill_kernel<T>, grid_for(n), kBlock, 0, s, static_cast<T*>(x), n, value);
   });
 }
 void axpy(void* y, const void* x, i64 n, float a, DType t, cudaStream_t s) {
   if (n <= 0) return;
   by_dtype(t, [&](auto element) {
     using T = decltype(element);
-    axpy_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<T*>(y), static_cast<const T*>(x), n, a);
+    launch(axpy_kernel<T>, grid_for(n), kBlock, 0, s, static_cast<T*>(y), static_cast<const T*>(x), n, a);
   });
 }
 void scale(void* x, i64 n, float a, DType t, cudaStream_t s) {
   if (n <= 0) return;
   by_dtype(t, [&](auto element) {
     using T = decltype(element);
-    scale_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<T*>(x), n, a);
+    launch(scale_kernel<T>, grid_for(n), kBlock, 0, s, static_cast<T*>(x), n, a);
   });
 }
 // Calls f(TD{}, TS{}) with the element types of a copy's two sides: equal types as their bits (a float,
@@ -173,19 +173,19 @@ void strided(void* dst, DType dt, const void* src, DType st, const StridedCopy& 
       const i64 total = rows.total();
       by_index_type(total, [&](auto index) {
         using I = decltype(index);
-        const auto launch = [&](auto unit) {
+        const auto move_rows = [&](auto unit) {
           using U = decltype(unit);
-          copy_rows_kernel<<<grid_for(total), kBlock, 0, s>>>(static_cast<U*>(dst), static_cast<const U*>(src), rows,
-                                                              static_cast<I>(total));
+          launch(copy_rows_kernel<U, I>, grid_for(total), kBlock, 0, s, static_cast<U*>(dst),
+                 static_cast<const U*>(src), rows, static_cast<I>(total));
         };
         if (rows.unit == 16)
-          launch(uint4{});
+          move_rows(uint4{});
         else if (rows.unit == 8)
-          launch(uint2{});
+          move_rows(uint2{});
         else if (rows.unit == 4)
-          launch(std::uint32_t{});
+          move_rows(std::uint32_t{});
         else
-          launch(std::uint16_t{});
+          move_rows(std::uint16_t{});
       });
       return;
     }
@@ -200,13 +200,13 @@ void strided(void* dst, DType dt, const void* src, DType st, const StridedCopy& 
       const unsigned grid = grid_for(g.total);
       const I total = static_cast<I>(g.total);
       if (g.dims == 1)
-        copy_strided_kernel<1, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
+        launch(copy_strided_kernel<1, Add, TD, TS, I>, grid, kBlock, 0, s, y, x, g, total);
       else if (g.dims == 2)
-        copy_strided_kernel<2, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
+        launch(copy_strided_kernel<2, Add, TD, TS, I>, grid, kBlock, 0, s, y, x, g, total);
       else if (g.dims == 3)
-        copy_strided_kernel<3, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
+        launch(copy_strided_kernel<3, Add, TD, TS, I>, grid, kBlock, 0, s, y, x, g, total);
       else
-        copy_strided_kernel<4, Add><<<grid, kBlock, 0, s>>>(y, x, g, total);
+        launch(copy_strided_kernel<4, Add, TD, TS, I>, grid, kBlock, 0, s, y, x, g, total);
     });
   });
 }
@@ -225,31 +225,31 @@ void relu_forward(const void* x, i64 n, void* y, DType t, cudaStream_t s) {
   if (n <= 0) return;
   by_dtype(t, [&](auto element) {
     using T = decltype(element);
-    relu_forward_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<const T*>(x), n, static_cast<T*>(y));
+    launch(relu_forward_kernel<T>, grid_for(n), kBlock, 0, s, static_cast<const T*>(x), n, static_cast<T*>(y));
   });
 }
 void relu_backward(const void* y, const void* dy, i64 n, void* dx, DType t, cudaStream_t s) {
   if (n <= 0) return;
   by_dtype(t, [&](auto element) {
     using T = decltype(element);
-    relu_backward_kernel<<<grid_for(n), kBlock, 0, s>>>(static_cast<const T*>(y), static_cast<const T*>(dy), n,
-                                                        static_cast<T*>(dx));
+    launch(relu_backward_kernel<T>, grid_for(n), kBlock, 0, s, static_cast<const T*>(y), static_cast<const T*>(dy), n,
+           static_cast<T*>(dx));
   });
 }
 
 void scale_planes(const float* x, const float* scale, i64 planes, i64 plane, float* y, cudaStream_t s) {
   const i64 total = planes * plane;
-  if (planes > 0 && plane > 0)
-    scale_planes_kernel<<<grid_for(total), kBlock, 0, s>>>(x, scale, total, plane, y);
+  if (planes > 0 && plane > 0) launch(scale_planes_kernel, grid_for(total), kBlock, 0, s, x, scale, total, plane, y);
 }
 
 void relu_scale_planes(float* y, const float* scale, i64 planes, i64 plane, cudaStream_t s) {
-  if (planes > 0 && plane > 0) relu_scale_planes_kernel<<<plane_grid(planes, plane), kBlock, 0, s>>>(y, scale, planes, plane);
+  if (planes > 0 && plane > 0)
+    launch(relu_scale_planes_kernel, plane_grid(planes, plane), kBlock, 0, s, y, scale, planes, plane);
 }
 void relu_scale_planes_backward(const float* y, const float* dy, const float* scale, i64 planes, i64 plane, float* dx,
                                 cudaStream_t s) {
   if (planes > 0 && plane > 0)
-    relu_scale_planes_backward_kernel<<<plane_grid(planes, plane), kBlock, 0, s>>>(y, dy, scale, planes, plane, dx);
+    launch(relu_scale_planes_backward_kernel, plane_grid(planes, plane), kBlock, 0, s, y, dy, scale, planes, plane, dx);
 }
 
 void scale_planes_nhwc(const void* x, const float* scale, i64 n, i64 c, i64 plane, void* y, DType t, cudaStream_t s) {
@@ -258,8 +258,8 @@ void scale_planes_nhwc(const void* x, const float* scale, i64 n, i64 c, i64 plan
   by_types(t, total, [&](auto element, auto index) {
     using T = decltype(element);
     using I = decltype(index);
-    scale_nhwc_kernel<T, I><<<grid_for(total), kBlock, 0, s>>>(static_cast<const T*>(x), scale, I(c), I(plane * c),
-                                                               I(total), static_cast<T*>(y));
+    launch(scale_nhwc_kernel<T, I>, grid_for(total), kBlock, 0, s, static_cast<const T*>(x), scale, I(c), I(plane * c),
+           I(total), static_cast<T*>(y));
   });
 }
 void relu_scale_planes_nhwc(void* y, const float* scale, i64 n, i64 c, i64 plane, DType t, cudaStream_t s) {
@@ -268,8 +268,8 @@ void relu_scale_planes_nhwc(void* y, const float* scale, i64 n, i64 c, i64 plane
   by_types(t, total, [&](auto element, auto index) {
     using T = decltype(element);
     using I = decltype(index);
-    relu_scale_nhwc_kernel<T, I>
-        <<<grid_for(total), kBlock, 0, s>>>(static_cast<T*>(y), scale, I(c), I(plane * c), I(total));
+    launch(relu_scale_nhwc_kernel<T, I>, grid_for(total), kBlock, 0, s, static_cast<T*>(y), scale, I(c), I(plane * c),
+           I(total));
   });
 }
 void relu_scale_planes_nhwc_backward(const void* y, const void* dy, const float* scale, i64 n, i64 c, i64 plane,
@@ -279,8 +279,8 @@ void relu_scale_planes_nhwc_backward(const void* y, const void* dy, const float*
   by_types(t, total, [&](auto element, auto index) {
     using T = decltype(element);
     using I = decltype(index);
-    relu_scale_nhwc_backward_kernel<T, I><<<grid_for(total), kBlock, 0, s>>>(
-        static_cast<const T*>(y), static_cast<const T*>(dy), scale, I(c), I(plane * c), I(total), static_cast<T*>(dx));
+    launch(relu_scale_nhwc_backward_kernel<T, I>, grid_for(total), kBlock, 0, s, static_cast<const T*>(y),
+           static_cast<const T*>(dy), scale, I(c), I(plane * c), I(total), static_cast<T*>(dx));
   });
 }
 

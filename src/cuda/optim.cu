@@ -61,8 +61,8 @@ T reduce_all(const float* x, i64 n, F f, cudaStream_t s, const char* who) {
   const i64 blocks = std::min<i64>((n + kBlock - 1) / kBlock, kPartials);
   Scratch scratch(static_cast<std::size_t>(blocks + 1) * sizeof(T), s, who);
   T* part = static_cast<T*>(scratch.p);
-  partials_kernel<T><<<static_cast<unsigned>(blocks), kBlock, 0, s>>>(x, n, f, part);
-  finish_kernel<T><<<1, kBlock, 0, s>>>(part, blocks, part + blocks);
+  launch(partials_kernel<T, F>, static_cast<unsigned>(blocks), kBlock, 0, s, x, n, f, part);
+  launch(finish_kernel<T>, 1, kBlock, 0, s, part, blocks, part + blocks);
   T result = 0;
   check(cudaMemcpyAsync(&result, part + blocks, sizeof(T), cudaMemcpyDeviceToHost, s), who);
   check(cudaStreamSynchronize(s), who);
@@ -74,7 +74,7 @@ T reduce_all(const float* x, i64 n, F f, cudaStream_t s, const char* who) {
 void adam_step(float* p, const float* g, float* m, float* v, i64 n, float step, float beta1, float beta2,
                float eps, float weight_decay, float inv_bc2, cudaStream_t s) {
   if (n > 0)
-    adam_kernel<<<grid_for(n), kBlock, 0, s>>>(p, g, m, v, n, step, beta1, beta2, eps, weight_decay, inv_bc2);
+    launch(adam_kernel, grid_for(n), kBlock, 0, s, p, g, m, v, n, step, beta1, beta2, eps, weight_decay, inv_bc2);
 }
 
 double sum_squares(const float* x, i64 n, cudaStream_t s) {

@@ -98,8 +98,8 @@ void maxpool2x2_nhwc_forward(const void* x, i64 n, i64 c, i64 h, i64 w, void* y,
   by_types(t, n * c * h * w, [&](auto element, auto index) {  // the input's size: the kernel indexes it
     using T = decltype(element);
     using I = decltype(index);
-    maxpool_nhwc_forward_kernel<T, I><<<grid_for(total), kBlock, 0, s>>>(
-        static_cast<const T*>(x), I(c), I(h), I(w), I(ho), I(wo), I(total), static_cast<T*>(y), argmax);
+    launch(maxpool_nhwc_forward_kernel<T, I>, grid_for(total), kBlock, 0, s, static_cast<const T*>(x), I(c), I(h), I(w),
+           I(ho), I(wo), I(total), static_cast<T*>(y), argmax);
   });
 }
 void maxpool2x2_nhwc_backward(const void* dy, const std::uint8_t* argmax, i64 n, i64 c, i64 h, i64 w, void* dx,
@@ -109,9 +109,8 @@ void maxpool2x2_nhwc_backward(const void* dy, const std::uint8_t* argmax, i64 n,
   by_types(t, total, [&](auto element, auto index) {
     using T = decltype(element);
     using I = decltype(index);
-    maxpool_nhwc_backward_kernel<T, I><<<grid_for(total), kBlock, 0, s>>>(static_cast<const T*>(dy), argmax, I(c), I(h),
-                                                                          I(w), I(h / 2), I(w / 2), I(total),
-                                                                          static_cast<T*>(dx), accumulate);
+    launch(maxpool_nhwc_backward_kernel<T, I>, grid_for(total), kBlock, 0, s, static_cast<const T*>(dy), argmax, I(c),
+           I(h), I(w), I(h / 2), I(w / 2), I(total), static_cast<T*>(dx), accumulate);
   });
 }
 
@@ -119,14 +118,15 @@ void maxpool2x2_forward(const float* x, i64 planes, i64 h, i64 w, float* y, std:
                         cudaStream_t s) {
   const i64 ho = h / 2, wo = w / 2, total = planes * ho * wo;
   if (planes > 0 && ho > 0 && wo > 0)
-    maxpool_forward_kernel<<<grid_for(total), kBlock, 0, s>>>(x, h, w, ho, wo, total, y, argmax);
+    launch(maxpool_forward_kernel, grid_for(total), kBlock, 0, s, x, h, w, ho, wo, total, y, argmax);
 }
 
 void maxpool2x2_backward(const float* dy, const std::uint8_t* argmax, i64 planes, i64 h, i64 w, float* dx,
                          bool accumulate, cudaStream_t s) {
   const i64 total = planes * h * w;
   if (planes > 0 && h > 0 && w > 0)
-    maxpool_backward_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, argmax, h, w, h / 2, w / 2, total, dx, accumulate);
+    launch(maxpool_backward_kernel, grid_for(total), kBlock, 0, s, dy, argmax, h, w, h / 2, w / 2, total, dx,
+           accumulate);
 }
 
 }  // namespace dd::cuda::kernels

@@ -35,8 +35,7 @@ __global__ void reduce_rows_kernel(const T* part, i64 rows, i64 cols, T* out) {
 }
 template <class T>
 void reduce_rows(const T* part, i64 rows, i64 cols, T* out, cudaStream_t s) {
-  reduce_rows_kernel<T>
-      <<<static_cast<unsigned>(std::min<i64>(rows, 65535)), kBlock, 0, s>>>(part, rows, cols, out);
+  launch(reduce_rows_kernel<T>, static_cast<unsigned>(std::min<i64>(rows, 65535)), kBlock, 0, s, part, rows, cols, out);
 }
 
 // One thread per pixel, channels strided by plane (pixels are the contiguous axis: coalesced).
@@ -153,14 +152,14 @@ __global__ void dice_grad_kernel(const float* labels, i64 c, i64 plane, i64 tota
 
 void softmax_channels(const float* x, i64 n, i64 c, i64 plane, float* p, cudaStream_t s) {
   const i64 pixels = n * plane;
-  if (n > 0 && c > 0 && plane > 0) softmax_kernel<<<grid_for(pixels), kBlock, 0, s>>>(x, c, plane, pixels, p);
+  if (n > 0 && c > 0 && plane > 0) launch(softmax_kernel, grid_for(pixels), kBlock, 0, s, x, c, plane, pixels, p);
 }
 
 void softmax_channels_backward(const float* p, const float* dp, i64 n, i64 c, i64 plane, float* dx,
                                cudaStream_t s) {
   const i64 pixels = n * plane;
   if (n > 0 && c > 0 && plane > 0)
-    softmax_backward_kernel<<<grid_for(pixels), kBlock, 0, s>>>(p, dp, c, plane, pixels, dx);
+    launch(softmax_backward_kernel, grid_for(pixels), kBlock, 0, s, p, dp, c, plane, pixels, dx);
 }
 
 double cross_entropy_sum(const float* p, const float* labels, i64 n, i64 c, i64 plane, i64* invalid_labels,
@@ -180,8 +179,8 @@ double cross_entropy_sum(const float* p, const float* labels, i64 n, i64 c, i64 
   auto* part_bad = reinterpret_cast<i64*>(part_sum + blocks);
   double* sum = reinterpret_cast<double*>(part_bad + blocks);
   i64* bad = reinterpret_cast<i64*>(sum + 1);
-  cross_entropy_partials<<<static_cast<unsigned>(blocks), kBlock, 0, s>>>(p, labels, c, plane, pixels,
-                                                                          part_sum, part_bad);
+  launch(cross_entropy_partials, static_cast<unsigned>(blocks), kBlock, 0, s, p, labels, c, plane, pixels, part_sum,
+         part_bad);
   reduce_rows(part_sum, 1, blocks, sum, s);
   reduce_rows(part_bad, 1, blocks, bad, s);
   double host_sum = 0.0;
@@ -197,7 +196,7 @@ void cross_entropy_backward(const float* p, const float* labels, i64 n, i64 c, i
                             cudaStream_t s) {
   const i64 total = n * c * plane;
   if (n > 0 && c > 0 && plane > 0)
-    cross_entropy_backward_kernel<<<grid_for(total), kBlock, 0, s>>>(p, labels, c, plane, total, k, dx);
+    launch(cross_entropy_backward_kernel, grid_for(total), kBlock, 0, s, p, labels, c, plane, total, k, dx);
 }
 
 void dice_sums(const float* p, const float* labels, i64 n, i64 c, i64 plane, double* inter_host,
@@ -221,7 +220,7 @@ void dice_sums(const float* p, const float* labels, i64 n, i64 c, i64 plane, dou
   double* sum_d = reinterpret_cast<double*>(part_l + rows_l * chunks);  // [sum p | inter], 2c
   i64* sum_l = reinterpret_cast<i64*>(sum_d + rows_d);                  // [counts | invalid], c + 1
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(std::min<i64>(c, 65535)));
-  dice_partials<<<grid, kBlock, 0, s>>>(p, labels, c, plane, pixels, part_d, part_l);
+  launch(dice_partials, grid, kBlock, 0, s, p, labels, c, plane, pixels, part_d, part_l);
   reduce_rows(part_d, rows_d, chunks, sum_d, s);
   reduce_rows(part_l, rows_l, chunks, sum_l, s);
   std::vector<i64> counts(static_cast<std::size_t>(rows_l));
@@ -252,7 +251,7 @@ void dice_grad_probs(const float* labels, i64 n, i64 c, i64 plane, const float* 
         who);
   // The host arrays may die when we return; pageable copies are not guaranteed to have read them yet.
   check(cudaStreamSynchronize(s), who);
-  dice_grad_kernel<<<grid_for(total), kBlock, 0, s>>>(labels, c, plane, total, scale, target, g, dP);
+  launch(dice_grad_kernel, grid_for(total), kBlock, 0, s, labels, c, plane, total, scale, target, g, dP);
 }
 
 }  // namespace dd::cuda::kernels

@@ -1,10 +1,13 @@
 // GPU against CPU: every op, whole U-Net and DDU-Net training steps, the optimizer, the caching
 // allocator, determinism and reduced precision. Each case skips (with a message) on a machine
 // without a GPU, so the binary also runs in CI, where it proves the CUDA build links and starts.
+// The same file runs on the emulated GPU (tests/cuda_emulated, DD_EMULATED_GPU): the library's host
+// code and kernels on the CPU, cuDNN as plain loops.
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <functional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -316,7 +319,11 @@ TEST_CASE("GPU ops match the CPU in both layouts and both cuDNN APIs: forward wi
     const auto [with, without] = cuda::graph::PlanCache::instance().counts();
     MESSAGE("graph API: " << with << " convolution problems ran an execution plan, " << without
                           << " fell back to the legacy algorithms");
+#ifdef DD_EMULATED_GPU
+    CHECK((with == 0 && without > 0));  // the emulated cuDNN has no graph API: every problem fell back
+#else
     CHECK(with > 0);
+#endif
   }
   });
 }
@@ -718,7 +725,7 @@ TEST_CASE("half activations: U-Net and DDU-Net training steps close to f32 activ
       cuda::synchronize_device();
       return std::pair{y.value().to_vector(), m.gradients().to_vector()};
     };
-    auto compare = [&](auto& wide, auto& half, const char* what) {
+    auto compare = [&](auto& wide, auto& half, const std::string& what) {
       CAPTURE(what);
       wide.to(Device::cuda), half.to(Device::cuda);
       std::int64_t held_wide = 0, held_half = 0;

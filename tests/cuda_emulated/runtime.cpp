@@ -1,0 +1,377 @@
+// The CUDA runtime on host memory, for the emulated GPU (src/cuda/emulation.cuh): "device" memory is
+// the host heap (so the host may read it, which the tests do), streams are in-order by construction
+// (every launch and copy runs when it is made), events hold a host time. One device with 16 GiB.
+// Every allocation sits between inaccessible pages with guard bytes in the slack, checked when it is
+// freed and by the tests; with forbid_host_access() it is open only during device work (kernels,
+// copies, cuDNN and NCCL calls), so host code that dereferences a device pointer faults.
+#include <cuda_profiler_api.h>
+#include <cuda_runtime.h>
+#include <execinfo.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "emulated_runtime.hpp"
+
+struct CUstream_st {};
+struct CUevent_st {
+  std::chrono::steady_clock::time_point t;
+};
+struct CUmemPoolHandle_st {
+  std::uint64_t release_threshold = 0;
+};
+
+namespace {
+constexpr std::size_t kAlign = 256;  // cudaMalloc's alignment
+constexpr unsigned char kGuardByte = 0xA5;
+constexpr std::size_t kDeviceBytes = std::size_t{16} << 30;
+
+// An allocation: an inaccessible page, the data pages (the data ends 256-byte aligned at their end,
+// so an overrun reaches the next page soon; the slack on both sides holds guard bytes), an
+// inaccessible page.
+struct Block {
+  unsigned char* map;  // mmap'd start
+  std::size_t map_bytes, bytes;
+  unsigned char* data_pages() const { return map + page(); }
+  std::size_t data_page_bytes() const { return map_bytes - 2 * page(); }
+  static std::size_t page() {
+    static const std::size_t p = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    return p;
+  }
+};
+
+struct Memory {
+  std::mutex m;
+  std::map<std::uintptr_t, Block> live;  // data start -> block
+  std::size_t used = 0;
+  std::int64_t violations = 0;
+  int key = -1;  // the protection key of device memory once the host is kept out of it
+};
+Memory& memory() {
+  static Memory mem;
+  return mem;
+}
+thread_local int device_depth = 0;  // nesting of device work on this thread (a cuDNN call in a launch, ...)
+
+bool guards_intact(std::uintptr_t start, const Block& b) {
+  const unsigned char* d = b.data_pages();
+  const auto* p = reinterpret_cast<const unsigned char*>(start);
+  for (const unsigned char* q = d; q < p; ++q)
+    if (*q != kGuardByte) return false;
+  for (const unsigned char* q = p + b.bytes; q < d + b.data_page_bytes(); ++q)
+    if (*q != kGuardByte) return false;
+  return true;
+}
+// Device memory carries a protection key (a per-thread permission the CPU checks on every access,
+// switched without a system call), so shutting the host out around each piece of device work is cheap.
+void open_device_memory(bool open) {
+  const int key = memory().key;
+  if (key >= 0) pkey_set(key, open ? 0 : PKEY_DISABLE_ACCESS);
+}
+// Opens device memory for the runtime's own reads (guard checks) on this thread.
+struct RuntimeAccess {
+  RuntimeAccess() { open_device_memory(true); }
+  ~RuntimeAccess() { open_device_memory(device_depth > 0); }
+};
+
+// A fault on device memory outside device work: the host dereferenced a device pointer, which on a
+// GPU reads garbage or crashes. Says where, then dies (as the GPU program would, less helpfully).
+void on_fault(int, siginfo_t* info, void*) {
+  const auto a = reinterpret_cast<std::uintptr_t>(info->si_addr);
+  const char* what = "emulated GPU: segmentation fault outside device memory\n";
+  for (auto& [start, b] : memory().live) {  // (no lock: the process ends here)
+    const auto lo = reinterpret_cast<std::uintptr_t>(b.map), hi = lo + b.map_bytes;
+    if (a >= lo && a < hi) {
+      what = a >= start && a < start + b.bytes ? "emulated GPU: the HOST touched DEVICE memory (a device pointer "
+                                                 "dereferenced in host code)\n"
+                                               : "emulated GPU: access just outside a device allocation\n";
+      break;
+    }
+  }
+  (void)!write(2, what, std::strlen(what));
+  void* frames[64];
+  backtrace_symbols_fd(frames, backtrace(frames, 64), 2);
+  std::_Exit(139);
+}
+
+thread_local cudaError_t last_error = cudaSuccess;
+cudaError_t result(cudaError_t e) {
+  if (e != cudaSuccess) last_error = e;
+  return e;
+}
+CUmemPoolHandle_st pool;
+}  // namespace
+
+namespace dd::cuda::emulation {
+void* device_alloc(std::size_t bytes) {
+  Memory& mem = memory();
+  std::lock_guard lock(mem.m);
+  if (bytes > kDeviceBytes - mem.used) return nullptr;
+  const std::size_t page = Block::page(), rounded = (bytes + kAlign - 1) / kAlign * kAlign;
+  const std::size_t data_pages = (rounded + page - 1) / page * page;
+  void* map = mmap(nullptr, data_pages + 2 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (map == MAP_FAILED) return nullptr;
+  Block b{static_cast<unsigned char*>(map), data_pages + 2 * page, bytes};
+  if (mem.key >= 0)
+    pkey_mprotect(b.data_pages(), b.data_page_bytes(), PROT_READ | PROT_WRITE, mem.key);
+  else
+    mprotect(b.data_pages(), b.data_page_bytes(), PROT_READ | PROT_WRITE);
+  unsigned char* start = b.data_pages() + data_pages - rounded;
+  RuntimeAccess access;
+  std::memset(b.data_pages(), kGuardByte, data_pages);
+  std::memset(start, 0xFF, bytes);  // NaN floats: reading what was never written shows
+  mem.live[reinterpret_cast<std::uintptr_t>(start)] = b;
+  mem.used += bytes;
+  return start;
+}
+void device_free(void* p) {
+  if (!p) return;
+  Memory& mem = memory();
+  std::lock_guard lock(mem.m);
+  auto it = mem.live.find(reinterpret_cast<std::uintptr_t>(p));
+  if (it == mem.live.end()) {
+    ++mem.violations;  // not ours, or freed twice
+    return;
+  }
+  {
+    RuntimeAccess access;
+    if (!guards_intact(it->first, it->second)) ++mem.violations;
+  }
+  mem.used -= it->second.bytes;
+  munmap(it->second.map, it->second.map_bytes);
+  mem.live.erase(it);
+}
+bool is_device_memory(const void* p) {
+  Memory& mem = memory();
+  std::lock_guard lock(mem.m);
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  auto it = mem.live.upper_bound(a);
+  if (it == mem.live.begin()) return false;
+  --it;
+  return a < it->first + std::max<std::size_t>(it->second.bytes, 1);
+}
+std::int64_t guard_violations() {
+  Memory& mem = memory();
+  std::lock_guard lock(mem.m);
+  std::int64_t v = mem.violations;
+  RuntimeAccess access;
+  for (auto& [p, b] : mem.live) v += !guards_intact(p, b);
+  return v;
+}
+std::int64_t live_allocations() {
+  Memory& mem = memory();
+  std::lock_guard lock(mem.m);
+  return static_cast<std::int64_t>(mem.live.size());
+}
+bool forbid_host_access() {
+  Memory& mem = memory();
+  std::lock_guard lock(mem.m);
+  if (mem.key >= 0) return true;
+  const int key = pkey_alloc(0, 0);
+  if (key < 0) return false;  // no protection keys (CPU or kernel): host accesses go unnoticed
+  for (auto& [p, b] : mem.live) pkey_mprotect(b.data_pages(), b.data_page_bytes(), PROT_READ | PROT_WRITE, key);
+  struct sigaction sa {};
+  sa.sa_sigaction = on_fault;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGSEGV, &sa, nullptr);
+  mem.key = key;
+  open_device_memory(device_depth > 0);
+  return true;
+}
+DeviceWork::DeviceWork() {
+  if (device_depth++ == 0) open_device_memory(true);
+}
+DeviceWork::~DeviceWork() {
+  if (--device_depth == 0) open_device_memory(false);
+}
+}  // namespace dd::cuda::emulation
+
+namespace emu = dd::cuda::emulation;
+
+extern "C" {
+// ---- errors and devices ----
+cudaError_t cudaGetLastError(void) {
+  return std::exchange(last_error, cudaSuccess);
+}
+cudaError_t cudaPeekAtLastError(void) {
+  return last_error;
+}
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    case cudaErrorNotReady:
+      return "cudaErrorNotReady";
+    default:
+      return "cudaErrorUnknown";
+  }
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorNotReady:
+      return "device not ready";
+    default:
+      return "unknown error (emulated runtime)";
+  }
+}
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+  return result(device == 0 ? cudaSuccess : cudaErrorInvalidDevice);
+}
+cudaError_t cudaDeviceSynchronize(void) {
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return result(cudaErrorInvalidDevice);
+  *prop = cudaDeviceProp{};
+  std::strcpy(prop->name, "emulated GPU (host memory)");
+  prop->totalGlobalMem = kDeviceBytes;
+  prop->major = 9;
+  prop->multiProcessorCount = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
+  *total = kDeviceBytes;
+  *free_bytes = kDeviceBytes;  // (not tracked across the caching allocator's blocks)
+  return cudaSuccess;
+}
+cudaError_t cudaProfilerStart(void) {
+  return cudaSuccess;
+}
+cudaError_t cudaProfilerStop(void) {
+  return cudaSuccess;
+}
+
+// ---- memory ----
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  *p = emu::device_alloc(bytes);
+  return result(*p ? cudaSuccess : cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFree(void* p) {
+  emu::device_free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
+  return cudaMalloc(p, bytes);
+}
+cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
+  return cudaFree(p);
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
+  emu::DeviceWork work;
+  if (bytes) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
+}
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+                              cudaMemcpyKind, cudaStream_t) {
+  if (width > dpitch || width > spitch) return result(cudaErrorInvalidValue);
+  emu::DeviceWork work;
+  for (size_t r = 0; r < height; ++r)
+    std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
+  emu::DeviceWork work;
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void* p) {
+  *a = cudaPointerAttributes{};
+  a->type = emu::is_device_memory(p) ? cudaMemoryTypeDevice : cudaMemoryTypeUnregistered;
+  a->device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetMemPool(cudaMemPool_t* p, int device) {
+  if (device != 0) return result(cudaErrorInvalidDevice);
+  *p = &pool;
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t p, cudaMemPoolAttr attr, void* value) {
+  if (p != &pool || attr != cudaMemPoolAttrReleaseThreshold) return result(cudaErrorInvalidValue);
+  std::memcpy(&p->release_threshold, value, sizeof(std::uint64_t));
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t p, cudaMemPoolAttr attr, void* value) {
+  if (p != &pool || attr != cudaMemPoolAttrReleaseThreshold) return result(cudaErrorInvalidValue);
+  std::memcpy(value, &p->release_threshold, sizeof(std::uint64_t));
+  return cudaSuccess;
+}
+
+// ---- streams and events: work runs when enqueued, so every stream is always idle ----
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  *s = new CUstream_st;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreate(cudaStream_t* s) {
+  return cudaStreamCreateWithFlags(s, 0);
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  return cudaSuccess;
+}
+cudaError_t cudaStreamQuery(cudaStream_t) {
+  return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned) {
+  return result(e ? cudaSuccess : cudaErrorInvalidValue);
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+  *e = new CUevent_st{std::chrono::steady_clock::now()};
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  return cudaEventCreateWithFlags(e, 0);
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+  if (!e) return result(cudaErrorInvalidValue);
+  e->t = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  return result(e ? cudaSuccess : cudaErrorInvalidValue);
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  if (!start || !end) return result(cudaErrorInvalidValue);
+  *ms = std::chrono::duration<float, std::milli>(end->t - start->t).count();
+  return cudaSuccess;
+}
+}

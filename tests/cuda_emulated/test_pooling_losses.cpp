@@ -1,0 +1,453 @@
+// Pooling, softmax and losses, Adam and the whole-buffer reductions, batch norm's invstd and eval
+// backward (src/cuda/pooling.cu, softmax_loss.cu, optim.cu, batchnorm.cu) on the emulator, against
+// plain loops written from the contracts in kernels.hpp (in double where the kernels sum).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "emulated.hpp"
+
+namespace dd::emulated_test {
+namespace {
+
+using u8 = std::uint8_t;
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Device bytes (argmax maps), guarded like Array's.
+class Bytes {
+ public:
+  explicit Bytes(i64 n) : n_(n), p_(static_cast<u8*>(cuda::emulation::device_alloc(static_cast<std::size_t>(n)))) {}
+  ~Bytes() { cuda::emulation::device_free(p_); }
+  Bytes(const Bytes&) = delete;
+  Bytes& operator=(const Bytes&) = delete;
+  u8* get() const { return p_; }
+  std::vector<u8> values() const { return {p_, p_ + n_}; }
+
+ private:
+  i64 n_;
+  u8* p_;
+};
+
+std::vector<std::uint32_t> bit_patterns(const std::vector<float>& v) {
+  std::vector<std::uint32_t> b(v.size());
+  std::transform(v.begin(), v.end(), b.begin(), [](float x) { return bits(x); });
+  return b;
+}
+
+// Multiples of 0.375 in [-1.125, 1.125] (exact in every type), some zeros negative: many ties.
+std::vector<float> tie_values(std::mt19937& rng, i64 n) {
+  std::uniform_int_distribution<int> d(-3, 3);
+  std::vector<float> v(static_cast<std::size_t>(n));
+  for (auto& x : v) {
+    const int q = d(rng);
+    x = q == 0 && (rng() & 1) ? -0.0f : 0.375f * static_cast<float>(q);
+  }
+  return v;
+}
+
+// The window's position that wins: the first one holding its maximum (-0 and +0 are equal).
+u8 first_max(const float (&a)[4]) {
+  const float m = std::max({a[0], a[1], a[2], a[3]});
+  return static_cast<u8>(std::find(a, a + 4, m) - a);
+}
+
+// Class indices stored as floats, about one in six invalid (non-integer, negative, >= c, NaN, +-inf,
+// denormal); a zero is sometimes -0.0, which is the integer 0 and so class 0.
+std::vector<float> make_labels(std::mt19937& rng, i64 pixels, i64 c) {
+  const float cf = static_cast<float>(c);
+  const float bad[] = {0.5f,   -1.0f, cf,   cf + 1.0f, kNaN,   cf - 0.5f,
+                       -0.25f, 1e20f, kInf, -kInf,     1e-45f, std::nextafter(1.0f, 2.0f)};
+  std::uniform_int_distribution<i64> cls(0, c - 1);
+  std::uniform_int_distribution<std::size_t> pick(0, std::size(bad) - 1);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::vector<float> v(static_cast<std::size_t>(pixels));
+  for (auto& x : v) {
+    x = u(rng) < 0.15f ? bad[pick(rng)] : static_cast<float>(cls(rng));
+    if (x == 0.0f && (rng() & 1)) x = -0.0f;
+  }
+  return v;
+}
+
+// The contract: a label is a class iff it is an integer in [0, c).
+bool label_class(float v, i64 c, i64& k) {
+  if (std::isnan(v) || v < 0.0f || static_cast<double>(v) >= static_cast<double>(c) || std::trunc(v) != v) return false;
+  k = static_cast<i64>(v);
+  return true;
+}
+
+// Probabilities in [0, 1) with some exact zeros and values under the 1e-30 clamp.
+std::vector<float> probabilities(std::mt19937& rng, i64 n) {
+  auto p = random_values(rng, n, 0.0f, 1.0f);
+  for (std::size_t i = 0; i < p.size(); i += 37) p[i] = 0.0f;
+  for (std::size_t i = 11; i < p.size(); i += 53) p[i] = 1e-40f;
+  return p;
+}
+
+struct Nchw {
+  i64 n, c, plane;
+};
+
+// The largest error seen; a NaN (an element the kernel left unwritten: the arrays start NaN) sticks,
+// where std::max would drop it.
+struct Worst {
+  double v = 0.0;
+  void operator()(double e) {
+    if (!(e <= v)) v = e;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("emulated kernels: maxpool2x2 NCHW forward/backward (ties, odd edges, accumulate)") {
+  GuardCheck guard;
+  std::mt19937 rng(101);
+  struct Shape {
+    i64 planes, h, w;
+  };
+  for (const Shape s : {Shape{1, 2, 2}, {3, 5, 7}, {2, 8, 6}, {4, 1, 9}, {5, 67, 129}}) {
+    INFO("planes ", s.planes, " h ", s.h, " w ", s.w);
+    const i64 ho = s.h / 2, wo = s.w / 2, nx = s.planes * s.h * s.w, ny = s.planes * ho * wo;
+    const auto xv = tie_values(rng, nx);
+    Array x(xv, DType::f32), y(ny, DType::f32);
+    Bytes at(ny);
+    k::maxpool2x2_forward(x.f(), s.planes, s.h, s.w, y.f(), at.get(), nullptr);
+    std::vector<float> y_ref(static_cast<std::size_t>(ny));
+    std::vector<u8> at_ref(y_ref.size());
+    std::vector<i64> winner(y_ref.size());  // x index of each window's winner
+    i64 tied = 0;
+    for (i64 p = 0; p < s.planes; ++p)
+      for (i64 i = 0; i < ho; ++i)
+        for (i64 j = 0; j < wo; ++j) {
+          const i64 o = (p * ho + i) * wo + j, e = (p * s.h + 2 * i) * s.w + 2 * j;
+          const float a[4] = {xv[e], xv[e + 1], xv[e + s.w], xv[e + s.w + 1]};
+          const u8 q = first_max(a);
+          at_ref[o] = q, y_ref[o] = a[q], winner[o] = e + (q >> 1) * s.w + (q & 1);
+          tied += std::count(a, a + 4, a[q]) > 1;
+        }
+    CHECK(bit_patterns(y.values()) == bit_patterns(y_ref));
+    CHECK(at.values() == at_ref);
+    if (ny > 100) CHECK(tied > ny / 4);  // the tie rule was exercised
+
+    // Backward from an independent random argmax (all four positions), over a NaN-filled dx: every
+    // element written, or with accumulate only the winners, added to what dx holds.
+    std::uniform_int_distribution<int> pos(0, 3);
+    for (i64 o = 0; o < ny; ++o) {
+      at.get()[o] = static_cast<u8>(pos(rng));
+      const i64 i = (o / wo) % ho, j = o % wo, p = o / (ho * wo);
+      winner[o] = (p * s.h + 2 * i + (at.get()[o] >> 1)) * s.w + 2 * j + (at.get()[o] & 1);
+    }
+    const auto dyv = random_values(rng, ny, -2.0f, 2.0f);
+    const auto prior = random_values(rng, nx, -1.0f, 1.0f);
+    Array dy(dyv, DType::f32), dx(nx, DType::f32), dx_acc(prior, DType::f32);
+    k::maxpool2x2_backward(dy.f(), at.get(), s.planes, s.h, s.w, dx.f(), false, nullptr);
+    k::maxpool2x2_backward(dy.f(), at.get(), s.planes, s.h, s.w, dx_acc.f(), true, nullptr);
+    std::vector<float> dx_ref(static_cast<std::size_t>(nx), 0.0f), acc_ref = prior;
+    for (i64 o = 0; o < ny; ++o) dx_ref[winner[o]] += dyv[o], acc_ref[winner[o]] += dyv[o];
+    CHECK(bit_patterns(dx.values()) == bit_patterns(dx_ref));
+    CHECK(bit_patterns(dx_acc.values()) == bit_patterns(acc_ref));
+  }
+}
+
+TEST_CASE("emulated kernels: maxpool2x2 NHWC forward/backward in f32, bf16, f16") {
+  GuardCheck guard;
+  std::mt19937 rng(102);
+  struct Shape {
+    i64 n, c, h, w;
+  };
+  for (const DType t : kTypes)
+    for (const Shape s : {Shape{1, 1, 2, 2}, {2, 3, 5, 7}, {1, 4, 1, 6}, {3, 17, 9, 11}, {2, 64, 13, 15}}) {
+      INFO(dtype_name(t), " n ", s.n, " c ", s.c, " h ", s.h, " w ", s.w);
+      const i64 ho = s.h / 2, wo = s.w / 2, nx = s.n * s.h * s.w * s.c, ny = s.n * ho * wo * s.c;
+      const auto xv = tie_values(rng, nx);
+      Array x(xv, t), y(ny, t);
+      Bytes at(ny);
+      k::maxpool2x2_nhwc_forward(x.raw(), s.n, s.c, s.h, s.w, y.raw(), at.get(), t, nullptr);
+      const auto xi = [&](i64 b, i64 r, i64 col, i64 ch) { return ((b * s.h + r) * s.w + col) * s.c + ch; };
+      std::vector<float> y_ref(static_cast<std::size_t>(ny));
+      std::vector<u8> at_ref(y_ref.size());
+      std::vector<i64> winner(y_ref.size());
+      for (i64 b = 0; b < s.n; ++b)
+        for (i64 i = 0; i < ho; ++i)
+          for (i64 j = 0; j < wo; ++j)
+            for (i64 ch = 0; ch < s.c; ++ch) {
+              const i64 o = ((b * ho + i) * wo + j) * s.c + ch;
+              const float a[4] = {xv[xi(b, 2 * i, 2 * j, ch)], xv[xi(b, 2 * i, 2 * j + 1, ch)],
+                                  xv[xi(b, 2 * i + 1, 2 * j, ch)], xv[xi(b, 2 * i + 1, 2 * j + 1, ch)]};
+              const u8 q = first_max(a);
+              at_ref[o] = q, y_ref[o] = a[q], winner[o] = xi(b, 2 * i + (q >> 1), 2 * j + (q & 1), ch);
+            }
+      CHECK(bit_patterns(y.values()) == bit_patterns(y_ref));
+      CHECK(at.values() == at_ref);
+
+      // Backward with the forward's argmax (checked above), dy and prior dx exact in t.
+      const auto dyv = random_values(rng, ny, -2.0f, 2.0f, t);
+      const auto prior = random_values(rng, nx, -1.0f, 1.0f, t);
+      Array dy(dyv, t), dx(nx, t), dx_acc(prior, t);
+      k::maxpool2x2_nhwc_backward(dy.raw(), at.get(), s.n, s.c, s.h, s.w, dx.raw(), false, t, nullptr);
+      k::maxpool2x2_nhwc_backward(dy.raw(), at.get(), s.n, s.c, s.h, s.w, dx_acc.raw(), true, t, nullptr);
+      std::vector<float> dx_ref(static_cast<std::size_t>(nx), 0.0f), acc_ref = prior;
+      for (i64 o = 0; o < ny; ++o)
+        dx_ref[winner[o]] += dyv[o], acc_ref[winner[o]] = round_to(prior[winner[o]] + dyv[o], t);
+      CHECK(bit_patterns(dx.values()) == bit_patterns(dx_ref));
+      CHECK(bit_patterns(dx_acc.values()) == bit_patterns(acc_ref));
+    }
+}
+
+TEST_CASE("emulated kernels: softmax over channels, forward and backward") {
+  GuardCheck guard;
+  std::mt19937 rng(103);
+  for (const i64 c : {1, 2, 5})
+    for (const auto& [n, plane] : {std::pair<i64, i64>{1, 1}, {2, 37}, {3, 300}, {2, 1337}}) {
+      INFO("n ", n, " c ", c, " plane ", plane);
+      const i64 total = n * c * plane;
+      const auto xv = random_values(rng, total, -8.0f, 8.0f);
+      const auto pv = random_values(rng, total, 0.0f, 1.0f), dpv = random_values(rng, total, -1.0f, 1.0f);
+      Array x(xv, DType::f32), p(total, DType::f32), pin(pv, DType::f32), dp(dpv, DType::f32), dx(total, DType::f32);
+      k::softmax_channels(x.f(), n, c, plane, p.f(), nullptr);
+      k::softmax_channels_backward(pin.f(), dp.f(), n, c, plane, dx.f(), nullptr);
+      Worst worst_p, worst_dx;
+      for (i64 b = 0; b < n; ++b)
+        for (i64 i = 0; i < plane; ++i) {
+          const auto at = [&](i64 ch) { return static_cast<std::size_t>((b * c + ch) * plane + i); };
+          double mx = -INFINITY, sum = 0.0, dot = 0.0, dot_abs = 0.0;
+          for (i64 ch = 0; ch < c; ++ch) mx = std::max(mx, double(xv[at(ch)]));
+          for (i64 ch = 0; ch < c; ++ch) sum += std::exp(xv[at(ch)] - mx);
+          for (i64 ch = 0; ch < c; ++ch)
+            dot += double(pv[at(ch)]) * dpv[at(ch)], dot_abs += std::abs(pv[at(ch)] * dpv[at(ch)]);
+          for (i64 ch = 0; ch < c; ++ch) {
+            const double want = std::exp(xv[at(ch)] - mx) / sum;
+            worst_p(std::abs(p.get(at(ch)) - want) / want);
+            // dx = p (dp - dot): error relative to the terms, not to a result that may cancel
+            const double want_dx = pv[at(ch)] * (dpv[at(ch)] - dot);
+            const double scale = pv[at(ch)] * (std::abs(dpv[at(ch)]) + dot_abs) + 1e-30;
+            worst_dx(std::abs(dx.get(at(ch)) - want_dx) / scale);
+          }
+        }
+      CHECK(worst_p.v < 2e-6);  // the float x - max rounds: exp turns 2^-24 of |x - max| <= 16 into 1e-6
+      CHECK(worst_dx.v < 1e-6);
+    }
+}
+
+TEST_CASE("emulated kernels: cross_entropy_sum and cross_entropy_backward with invalid labels") {
+  GuardCheck guard;
+  std::mt19937 rng(104);
+  // 263000 pixels > 1024 blocks * 256: the partials' grid-stride loop takes a second round
+  for (const Nchw s : {Nchw{1, 1, 7}, {2, 2, 300}, {3, 5, 1001}, {1, 2, 263000}}) {
+    INFO("n ", s.n, " c ", s.c, " plane ", s.plane);
+    const i64 pixels = s.n * s.plane, total = pixels * s.c;
+    const auto pv = probabilities(rng, total);
+    const auto lv = make_labels(rng, pixels, s.c);
+    Array p(pv, DType::f32), labels(lv, DType::f32), dx(total, DType::f32);
+    const float kk = 0.37f;
+    i64 invalid = -5;
+    const double sum = k::cross_entropy_sum(p.f(), labels.f(), s.n, s.c, s.plane, &invalid, nullptr);
+    k::cross_entropy_backward(p.f(), labels.f(), s.n, s.c, s.plane, kk, dx.f(), nullptr);
+
+    double sum_ref = 0.0;
+    i64 invalid_ref = 0;
+    Worst worst_dx;  // relative to k: two float roundings
+    for (i64 b = 0; b < s.n; ++b)
+      for (i64 i = 0; i < s.plane; ++i) {
+        i64 label = -1;
+        if (label_class(lv[b * s.plane + i], s.c, label))
+          sum_ref -= std::log(std::max<double>(pv[(b * s.c + label) * s.plane + i], 1e-30f));
+        else
+          ++invalid_ref;
+        for (i64 ch = 0; ch < s.c; ++ch) {
+          const i64 e = (b * s.c + ch) * s.plane + i;
+          worst_dx(std::abs(dx.get(e) - double(kk) * (pv[e] - (ch == label ? 1.0 : 0.0))) / kk);
+        }
+      }
+    CHECK(invalid == invalid_ref);
+    CHECK(invalid_ref > 0);
+    CHECK(std::abs(sum - sum_ref) <= 1e-7 * sum_ref);  // positive terms, each within logf's ulp
+    CHECK(worst_dx.v < 2.5e-7);
+  }
+}
+
+TEST_CASE("emulated kernels: dice_sums and dice_grad_probs with invalid labels") {
+  GuardCheck guard;
+  std::mt19937 rng(105);
+  // 110000 pixels > 409 chunks (2048 / c) * 256: a second grid-stride round
+  for (const Nchw s : {Nchw{1, 1, 7}, {2, 2, 300}, {3, 5, 401}, {1, 5, 110000}}) {
+    INFO("n ", s.n, " c ", s.c, " plane ", s.plane);
+    const i64 pixels = s.n * s.plane, total = pixels * s.c;
+    const auto pv = probabilities(rng, total);
+    const auto lv = make_labels(rng, pixels, s.c);
+    Array p(pv, DType::f32), labels(lv, DType::f32), dP(total, DType::f32);
+    std::vector<double> inter(s.c, 123.0), denom(s.c, 456.0);  // overwritten, not added to
+    i64 invalid = -5;
+    k::dice_sums(p.f(), labels.f(), s.n, s.c, s.plane, inter.data(), denom.data(), &invalid, nullptr);
+    const auto scale = random_values(rng, s.c, -1.0f, 1.0f), target = random_values(rng, s.c, -1.0f, 1.0f);
+    const float g = -0.731f;
+    k::dice_grad_probs(labels.f(), s.n, s.c, s.plane, scale.data(), target.data(), g, dP.f(), nullptr);
+
+    std::vector<double> inter_ref(s.c, 0.0), denom_ref(s.c, 0.0);
+    i64 invalid_ref = 0;
+    Worst worst;
+    for (i64 b = 0; b < s.n; ++b)
+      for (i64 i = 0; i < s.plane; ++i) {
+        i64 label = -1;
+        if (label_class(lv[b * s.plane + i], s.c, label))
+          inter_ref[label] += pv[(b * s.c + label) * s.plane + i], denom_ref[label] += 1.0;
+        else
+          ++invalid_ref;
+        for (i64 ch = 0; ch < s.c; ++ch) {
+          const i64 e = (b * s.c + ch) * s.plane + i;
+          denom_ref[ch] += pv[e];
+          const double want = double(g) * scale[ch] + (ch == label ? double(g) * target[ch] : 0.0);
+          const double terms = std::abs(g * scale[ch]) + std::abs(g * target[ch]);
+          worst(std::abs(dP.get(e) - want) / terms);
+        }
+      }
+    CHECK(invalid == invalid_ref);
+    for (i64 ch = 0; ch < s.c; ++ch) {
+      CAPTURE(ch);
+      CHECK(std::abs(inter[ch] - inter_ref[ch]) <= 1e-12 * inter_ref[ch]);
+      CHECK(std::abs(denom[ch] - denom_ref[ch]) <= 1e-12 * denom_ref[ch]);
+    }
+    CHECK(worst.v < 2.5e-7);
+  }
+}
+
+TEST_CASE("emulated kernels: adam_step is dd::Adam's float arithmetic, bit for bit") {
+  GuardCheck guard;
+  std::mt19937 rng(106);
+  const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.01f, lr = 3e-3f;
+  for (const i64 n : {1, 255, 1000, 70001}) {
+    CAPTURE(n);
+    auto pv = random_values(rng, n, -1.0f, 1.0f), mv = random_values(rng, n, -0.1f, 0.1f);
+    auto vv = random_values(rng, n, 0.0f, 0.01f);
+    Array p(pv, DType::f32), m(mv, DType::f32), v(vv, DType::f32), g(n, DType::f32);
+    for (int t = 1; t <= 3; ++t) {  // a few steps: the moments carry over
+      const auto gv = random_values(rng, n, -1.0f, 1.0f);
+      g.set(gv);
+      const double bc1 = 1.0 - std::pow(double(b1), t), bc2 = 1.0 - std::pow(double(b2), t);
+      const float step = static_cast<float>(lr / bc1), inv_bc2 = static_cast<float>(1.0 / bc2);
+      k::adam_step(p.f(), g.f(), m.f(), v.f(), n, step, b1, b2, eps, wd, inv_bc2, nullptr);
+      for (std::size_t i = 0; i < pv.size(); ++i) {  // dd::Adam::step's CPU loop
+        const float gi = gv[i] + wd * pv[i];
+        mv[i] = b1 * mv[i] + (1.0f - b1) * gi;
+        vv[i] = b2 * vv[i] + (1.0f - b2) * gi * gi;
+        pv[i] -= step * mv[i] / (std::sqrt(vv[i] * inv_bc2) + eps);
+      }
+      CAPTURE(t);
+      CHECK(bit_patterns(m.values()) == bit_patterns(mv));
+      CHECK(bit_patterns(v.values()) == bit_patterns(vv));
+      CHECK(bit_patterns(p.values()) == bit_patterns(pv));
+    }
+  }
+}
+
+TEST_CASE("emulated kernels: sum_squares and count_nonfinite") {
+  GuardCheck guard;
+  std::mt19937 rng(107);
+  // 263000 > 1024 blocks * 256: the partials' grid-stride loop takes a second round
+  for (const i64 n : {1, 7, 256, 1000, 263000}) {
+    CAPTURE(n);
+    auto xv = random_values(rng, n, -3.0f, 3.0f);
+    xv[0] = 1e18f;  // a wide range of magnitudes
+    Array x(xv, DType::f32);
+    double want = 0.0;
+    for (float v : xv) want += double(v) * v;
+    CHECK(std::abs(k::sum_squares(x.f(), n, nullptr) - want) <= 1e-12 * want);
+
+    // non-finite values, among finite extremes (FLT_MAX, denormals), at random places
+    const float odd[] = {kNaN,
+                         kInf,
+                         -kInf,
+                         from_bits(0x7f800001u),
+                         from_bits(0xffffffffu),
+                         std::numeric_limits<float>::max(),
+                         -std::numeric_limits<float>::max(),
+                         1e-45f};
+    std::uniform_int_distribution<i64> where(0, n - 1);
+    for (int j = 0; j < 20; ++j) xv[where(rng)] = odd[j % std::size(odd)];
+    x.set(xv);
+    const i64 bad = std::count_if(xv.begin(), xv.end(), [](float v) { return !std::isfinite(v); });
+    CHECK(k::count_nonfinite(x.f(), n, nullptr) == bad);
+  }
+  Array none(0, DType::f32);
+  CHECK(k::sum_squares(none.f(), 0, nullptr) == 0.0);
+  CHECK(k::count_nonfinite(none.f(), 0, nullptr) == 0);
+}
+
+TEST_CASE("emulated kernels: batch norm eval pieces: invstd and backward_eval, both layouts, all types") {
+  GuardCheck guard;
+  std::mt19937 rng(108);
+  for (const i64 c : {1, 37, 1000}) {
+    CAPTURE(c);
+    auto var = random_values(rng, c, 0.0f, 4.0f);
+    var[0] = 0.0f;
+    const float eps = 1e-5f;
+    Array v(var, DType::f32), inv(c, DType::f32);
+    k::batchnorm_invstd(v.f(), c, eps, inv.f(), nullptr);
+    for (i64 ch = 0; ch < c; ++ch) {
+      CHECK(bits(inv.get(ch)) == bits(1.0f / std::sqrt(var[ch] + eps)));  // the CPU's float expression
+      const double want = 1.0 / std::sqrt(double(var[ch]) + double(eps));
+      CHECK(std::abs(inv.get(ch) - want) <= 3e-7 * want);
+    }
+  }
+
+  // Outputs given: bit 1 dx, 2 dgamma, 4 dbeta.
+  struct Run {
+    Nchw s;
+    int outputs;
+  };
+  std::vector<Run> runs;
+  for (const Nchw s : {Nchw{1, 1, 1}, {2, 3, 35}, {3, 5, 129}, {1, 2, 700}})
+    for (const int outputs : {7, 1}) runs.push_back({s, outputs});
+  for (const int outputs : {2, 4, 3}) runs.push_back({{1, 2, 35}, outputs});
+  runs.push_back({{2, 3, 90001}, 7});  // count 180002 > 682 chunks (2048 / c) * 256: a second round
+  for (const bool nhwc : {false, true})
+    for (const DType t : kTypes)
+      for (auto [s, outputs] : runs) {
+        // the large run's sums take ~2000 blocks of barriers: in f32 only (dx alone in half types)
+        if (s.plane > 10000 && t != DType::f32) outputs = 1;
+        INFO((nhwc ? "NHWC " : "NCHW "), dtype_name(t), " n ", s.n, " c ", s.c, " plane ", s.plane, " outputs ",
+             outputs);
+        const i64 total = s.n * s.c * s.plane;
+        const auto xv = random_values(rng, total, -2.0f, 2.0f, t), dyv = random_values(rng, total, -2.0f, 2.0f, t);
+        const auto gamma = random_values(rng, s.c, 0.5f, 1.5f), mean = random_values(rng, s.c, -0.5f, 0.5f);
+        const auto invstd = random_values(rng, s.c, 0.5f, 2.0f);
+        const auto dg0 = random_values(rng, s.c, -3.0f, 3.0f), db0 = random_values(rng, s.c, -3.0f, 3.0f);
+        Array x(xv, t), dy(dyv, t), dx(total, t), g(gamma, DType::f32), m(mean, DType::f32), is(invstd, DType::f32);
+        Array dgamma(dg0, DType::f32), dbeta(db0, DType::f32);
+        k::batchnorm_backward_eval(x.raw(), dy.raw(), g.f(), m.f(), is.f(), s.n, s.c, s.plane,
+                                   outputs & 1 ? dx.raw() : nullptr, outputs & 2 ? dgamma.f() : nullptr,
+                                   outputs & 4 ? dbeta.f() : nullptr, nhwc, t, nullptr);
+
+        // dx: rounded once into t from a float value within 1e-6 of the double one.
+        const double rel = (t == DType::bf16 ? 0x1p-8 : t == DType::f16 ? 0x1p-11 : 0.0) + 1e-6;
+        const double abs_floor = t == DType::f16 ? 0x1p-25 : 0.0;  // f16 subnormals
+        Worst worst_dx;                                            // beyond the allowed error
+        for (i64 ch = 0; ch < s.c; ++ch) {
+          double sdy = 0.0, sdy_abs = 0.0, sdyx = 0.0, sdyx_abs = 0.0;
+          for (i64 b = 0; b < s.n; ++b)
+            for (i64 i = 0; i < s.plane; ++i) {
+              const i64 e = nhwc ? (b * s.plane + i) * s.c + ch : (b * s.c + ch) * s.plane + i;
+              const double d = dyv[e], term = d * (double(xv[e]) - mean[ch]);
+              sdy += d, sdy_abs += std::abs(d), sdyx += term, sdyx_abs += std::abs(term);
+              const double want = d * gamma[ch] * invstd[ch];
+              if (outputs & 1) worst_dx(std::abs(dx.get(e) - want) - rel * std::abs(want) - abs_floor);
+            }
+          CAPTURE(ch);
+          // Added to the prior values (left exactly as they were when not given); bounds relative to
+          // the terms, since the sums cancel.
+          const bool dg = outputs & 2, db = outputs & 4;
+          const double dg_want = dg0[ch] + (dg ? invstd[ch] * sdyx : 0.0), db_want = db0[ch] + (db ? sdy : 0.0);
+          CHECK(std::abs(dgamma.get(ch) - dg_want) <= (dg ? 1e-6 * (std::abs(dg0[ch]) + invstd[ch] * sdyx_abs) : 0.0));
+          CHECK(std::abs(dbeta.get(ch) - db_want) <= (db ? 1e-6 * (std::abs(db0[ch]) + sdy_abs) : 0.0));
+        }
+        if (outputs & 1)
+          CHECK(worst_dx.v <= 0.0);
+        else  // dx not given: the array keeps its NaN fill (nothing wrote to it)
+          CHECK(std::isnan(dx.get(0)));
+      }
+}
+
+}  // namespace dd::emulated_test
