@@ -4,6 +4,7 @@
 //   unet_train: one training step (forward, cross entropy, backward, Adam) of U-Net(4) base 16 on
 //               one RGB 1024 x 1024 image (paper Table 5's network);
 //   ddu_infer:  inference of DDU-Net(4, 64, Y) base 16 on one RGB 2048 x 2048 image, 2x2 grid.
+// --size N changes the image's side (a multiple of 32; the emulated GPU's smoke test runs tiny ones).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -22,6 +23,7 @@ struct Args {
   std::string which = "unet_train", dtype = "fp32";
   bool channels_last = true, find = true, graph = false, half_activations = false;
   int iters = 20, warmup = 5;
+  std::int64_t size = 0;  // image side; 0: the case's own (1024, 2048)
 };
 
 Args parse(int argc, char** argv) {
@@ -37,13 +39,16 @@ Args parse(int argc, char** argv) {
     else if (k == "--graph") a.graph = v != "no";  // yes: cuDNN graph-API plans (cudnn_graph.hpp)
     // yes: bf16/fp16 activations (ConvSettings::half_activations), as PyTorch's autocast keeps them
     else if (k == "--half-activations") a.half_activations = v != "no";
+    else if (k == "--size") a.size = std::stoll(v);
     else dd::fail("unknown flag {} (flags: --case unet_train|ddu_infer --dtype fp32|bf16|fp16 --iters N --warmup N "
-                  "--channels-last yes|no --find yes|no --graph yes|no --half-activations yes|no)", k);
+                  "--channels-last yes|no --find yes|no --graph yes|no --half-activations yes|no --size N)", k);
   }
   DD_CHECK(a.which == "unet_train" || a.which == "ddu_infer", "--case {}: unet_train or ddu_infer", a.which);
   DD_CHECK(a.dtype == "fp32" || a.dtype == "bf16" || a.dtype == "fp16", "--dtype {}: fp32, bf16 or fp16", a.dtype);
   DD_CHECK(a.iters >= 1 && a.warmup >= 0, "--iters {} / --warmup {}: at least 1 timed and 0 warm-up iterations",
            a.iters, a.warmup);
+  if (a.size == 0) a.size = a.which == "unet_train" ? 1024 : 2048;
+  DD_CHECK(a.size >= 32 && a.size % 32 == 0, "--size {}: a multiple of 32 (four poolings, a 2x2 grid)", a.size);
   return a;
 }
 
@@ -120,8 +125,8 @@ int main(int argc, char** argv) try {
     dd::Model<dd::UNet<4, 3, 3, 16>> m(1);
     m.to(dd::Device::cuda);
     dd::Adam adam(m.parameters(), m.gradients(), {1e-3f});
-    const dd::Tensor x = dd::Tensor::randn({1, 3, 1024, 1024}, 2).to(dd::Device::cuda);
-    dd::Tensor labels = dd::Tensor::empty({1, 1, 1024, 1024});
+    const dd::Tensor x = dd::Tensor::randn({1, 3, a.size, a.size}, 2).to(dd::Device::cuda);
+    dd::Tensor labels = dd::Tensor::empty({1, 1, a.size, a.size});
     for (std::int64_t i = 0; i < labels.numel(); ++i) labels.data()[i] = float(rng.uniform_int(0, 2));
     labels = labels.to(dd::Device::cuda);
     measure(a, [&] {
@@ -133,7 +138,7 @@ int main(int argc, char** argv) try {
     dd::DomainDecomposed<dd::UNet<4, 3, 3, 16>, dd::CommNet<64>> m({2, 2}, dd::Exchange::stitched, 1);
     m.to(dd::Device::cuda);
     m.eval();
-    const dd::Tensor x = dd::Tensor::randn({1, 3, 2048, 2048}, 2).to(dd::Device::cuda);
+    const dd::Tensor x = dd::Tensor::randn({1, 3, a.size, a.size}, 2).to(dd::Device::cuda);
     measure(a, [&] {
       dd::NoGrad ng;
       const dd::Var y = m.forward(dd::Var(x));
