@@ -4,13 +4,13 @@
 //
 // A launch runs its blocks one after another; the threads of a block are fibers on one OS thread,
 // switched at __syncthreads (tests/cuda_emulated/emulator.cpp), so block-shared memory (`static`
-// here: blocks never overlap) and barriers keep CUDA's meaning. A block runs its thread 0 first; if that thread
-// finishes without a barrier, the kernel takes none in this block (CUDA requires every thread of
-// a block to reach the same barriers) and the other threads run as plain calls. A barrier that
+// here: blocks never overlap) and barriers keep CUDA's meaning. A block runs its thread 0 first;
+// if that thread finishes without a barrier, the kernel takes none in this block (CUDA requires
+// every thread of a block to reach the same barriers) and the other threads run as plain calls. A barrier that
 // only some threads reach, a launch shape CUDA refuses (block over 1024 threads, grid over its
 // limits, dynamic shared memory over 48 KiB) or a dynamic shared array larger than the launch gave
-// throws std::logic_error. The runtime calls the kernel files make (cudaMallocAsync, cudaMemcpyAsync,
-// ...) are defined on host memory by tests/cuda_emulated/runtime.cpp. What it cannot show: races
+// throws std::logic_error. The runtime calls the kernel files make (cudaMallocAsync,
+// cudaMemcpyAsync, ...) are defined on host memory by tests/cuda_emulated/runtime.cpp. What it cannot show: races
 // between threads, the memory model, timing.
 #pragma once
 #include <cuda_bf16.h>

@@ -411,6 +411,42 @@ cudnnStatus_t not_a_descriptor(const char* fn, const void* d) {
            : fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null descriptor");
 }
 
+// The three convolution directions: the same checks, then the products of ConvGeometry summed into
+// the operand the direction writes (y forward, x backward-data, w backward-filter) from the other two,
+// blended into `out` with alpha and beta. x, w, y are the forward convolution's operands.
+enum class Operand { x, w, y };
+template <Operand O>
+cudnnStatus_t convolve(const char* fn, cudnnHandle_t h, const void* alpha, const void* beta, const Algo (&table)[2],
+                       int count, int algo, void* workspace, std::size_t workspace_bytes, const cudnnTensorStruct* x,
+                       const void* xp, const cudnnFilterStruct* w, const void* wp, const cudnnConvolutionStruct* c,
+                       const cudnnTensorStruct* y, const void* yp, void* out,
+                       cudnnStatus_t spatial_status = CUDNN_STATUS_BAD_PARAM) {
+  dd::cuda::emulation::DeviceWork work;  // reads and writes device memory
+  if (!alpha || !beta || !xp || !wp || !yp) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null data or scaling pointer");
+  if (cudnnStatus_t st = check_conv(fn, h, x, w, c, y, spatial_status)) return st;
+  const Algo* a = nullptr;
+  if (cudnnStatus_t st = check_algo(fn, table, count, algo, &a)) return st;
+  if (cudnnStatus_t st = use_workspace(fn, *a, workspace, workspace_bytes)) return st;
+  const View vx = view(*x), vw = view(*w), vy = view(*y);
+  for (auto [v, p] : {std::pair{vx, xp}, {vw, wp}, {vy, yp}})
+    if (cudnnStatus_t st = check_aligned(fn, v, p)) return st;
+  const auto input = [](Operand o, const View& v, const void* p) { return O == o ? vector<double>() : gather(v, p); };
+  const vector<double> X = input(Operand::x, vx, xp), W = input(Operand::w, vw, wp), Y = input(Operand::y, vy, yp);
+  const View& vo = O == Operand::x ? vx : O == Operand::w ? vw : vy;
+  vector<double> sum(static_cast<std::size_t>(vo.count()), 0.0);
+  const auto at = [](i64 i) { return static_cast<std::size_t>(i); };
+  ConvGeometry(*x, *w, *c, *y).each([&](i64 xi, i64 wi, i64 yi) {
+    if constexpr (O == Operand::y)
+      sum[at(yi)] += X[at(xi)] * W[at(wi)];
+    else if constexpr (O == Operand::x)
+      sum[at(xi)] += Y[at(yi)] * W[at(wi)];
+    else
+      sum[at(wi)] += Y[at(yi)] * X[at(xi)];
+  });
+  blend(vo, out, sum, scaling(alpha, x->type), scaling(beta, x->type));
+  return CUDNN_STATUS_SUCCESS;
+}
+
 }  // namespace
 
 // =============================================================================================
@@ -761,22 +797,9 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void* alpha, const 
                                       const cudnnConvolutionDescriptor_t convDesc, cudnnConvolutionFwdAlgo_t algo,
                                       void* workSpace, size_t workSpaceSizeInBytes, const void* beta,
                                       const cudnnTensorDescriptor_t yDesc, void* y) {
-  dd::cuda::emulation::DeviceWork work;  // reads and writes device memory
-  const char* fn = "cudnnConvolutionForward";
-  if (!alpha || !beta || !x || !w || !y) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null data or scaling pointer");
-  if (cudnnStatus_t st = check_conv(fn, h, xDesc, wDesc, convDesc, yDesc, CUDNN_STATUS_NOT_SUPPORTED)) return st;
-  const Algo* a = nullptr;
-  if (cudnnStatus_t st = check_algo(fn, kForward, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, algo, &a)) return st;
-  if (cudnnStatus_t st = use_workspace(fn, *a, workSpace, workSpaceSizeInBytes)) return st;
-  for (auto [v, p] : {std::pair{view(*xDesc), x}, {view(*wDesc), w}, {view(*yDesc), static_cast<const void*>(y)}})
-    if (cudnnStatus_t st = check_aligned(fn, v, p)) return st;
-  const vector<double> X = gather(view(*xDesc), x), W = gather(view(*wDesc), w);
-  vector<double> Y(static_cast<std::size_t>(view(*yDesc).count()), 0.0);
-  ConvGeometry(*xDesc, *wDesc, *convDesc, *yDesc).each([&](i64 xi, i64 wi, i64 yi) {
-    Y[static_cast<std::size_t>(yi)] += X[static_cast<std::size_t>(xi)] * W[static_cast<std::size_t>(wi)];
-  });
-  blend(view(*yDesc), y, Y, scaling(alpha, xDesc->type), scaling(beta, xDesc->type));
-  return CUDNN_STATUS_SUCCESS;
+  return convolve<Operand::y>("cudnnConvolutionForward", h, alpha, beta, kForward, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                              algo, workSpace, workSpaceSizeInBytes, xDesc, x, wDesc, w, convDesc, yDesc, y, y,
+                              CUDNN_STATUS_NOT_SUPPORTED);
 }
 
 // dx = alpha * conv_T(dy, w) + beta * dx: the adjoint of the forward convolution of dx's shape.
@@ -786,22 +809,9 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void* alpha, c
                                            cudnnConvolutionBwdDataAlgo_t algo, void* workSpace,
                                            size_t workSpaceSizeInBytes, const void* beta,
                                            const cudnnTensorDescriptor_t dxDesc, void* dx) {
-  dd::cuda::emulation::DeviceWork work;  // reads and writes device memory
-  const char* fn = "cudnnConvolutionBackwardData";
-  if (!alpha || !beta || !w || !dy || !dx) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null data or scaling pointer");
-  if (cudnnStatus_t st = check_conv(fn, h, dxDesc, wDesc, convDesc, dyDesc)) return st;
-  const Algo* a = nullptr;
-  if (cudnnStatus_t st = check_algo(fn, kBackwardData, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, algo, &a)) return st;
-  if (cudnnStatus_t st = use_workspace(fn, *a, workSpace, workSpaceSizeInBytes)) return st;
-  for (auto [v, p] : {std::pair{view(*dyDesc), dy}, {view(*wDesc), w}, {view(*dxDesc), static_cast<const void*>(dx)}})
-    if (cudnnStatus_t st = check_aligned(fn, v, p)) return st;
-  const vector<double> DY = gather(view(*dyDesc), dy), W = gather(view(*wDesc), w);
-  vector<double> DX(static_cast<std::size_t>(view(*dxDesc).count()), 0.0);
-  ConvGeometry(*dxDesc, *wDesc, *convDesc, *dyDesc).each([&](i64 xi, i64 wi, i64 yi) {
-    DX[static_cast<std::size_t>(xi)] += DY[static_cast<std::size_t>(yi)] * W[static_cast<std::size_t>(wi)];
-  });
-  blend(view(*dxDesc), dx, DX, scaling(alpha, dxDesc->type), scaling(beta, dxDesc->type));
-  return CUDNN_STATUS_SUCCESS;
+  return convolve<Operand::x>("cudnnConvolutionBackwardData", h, alpha, beta, kBackwardData,
+                              CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, algo, workSpace, workSpaceSizeInBytes, dxDesc, dx,
+                              wDesc, w, convDesc, dyDesc, dy, dx);
 }
 
 // dw = alpha * sum over the products of dy * x + beta * dw
@@ -811,22 +821,9 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void* alpha,
                                              cudnnConvolutionBwdFilterAlgo_t algo, void* workSpace,
                                              size_t workSpaceSizeInBytes, const void* beta,
                                              const cudnnFilterDescriptor_t dwDesc, void* dw) {
-  dd::cuda::emulation::DeviceWork work;  // reads and writes device memory
-  const char* fn = "cudnnConvolutionBackwardFilter";
-  if (!alpha || !beta || !x || !dy || !dw) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null data or scaling pointer");
-  if (cudnnStatus_t st = check_conv(fn, h, xDesc, dwDesc, convDesc, dyDesc)) return st;
-  const Algo* a = nullptr;
-  if (cudnnStatus_t st = check_algo(fn, kBackwardFilter, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, algo, &a)) return st;
-  if (cudnnStatus_t st = use_workspace(fn, *a, workSpace, workSpaceSizeInBytes)) return st;
-  for (auto [v, p] : {std::pair{view(*xDesc), x}, {view(*dyDesc), dy}, {view(*dwDesc), static_cast<const void*>(dw)}})
-    if (cudnnStatus_t st = check_aligned(fn, v, p)) return st;
-  const vector<double> X = gather(view(*xDesc), x), DY = gather(view(*dyDesc), dy);
-  vector<double> DW(static_cast<std::size_t>(view(*dwDesc).count()), 0.0);
-  ConvGeometry(*xDesc, *dwDesc, *convDesc, *dyDesc).each([&](i64 xi, i64 wi, i64 yi) {
-    DW[static_cast<std::size_t>(wi)] += DY[static_cast<std::size_t>(yi)] * X[static_cast<std::size_t>(xi)];
-  });
-  blend(view(*dwDesc), dw, DW, scaling(alpha, xDesc->type), scaling(beta, xDesc->type));
-  return CUDNN_STATUS_SUCCESS;
+  return convolve<Operand::w>("cudnnConvolutionBackwardFilter", h, alpha, beta, kBackwardFilter,
+                              CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, algo, workSpace, workSpaceSizeInBytes, xDesc, x,
+                              dwDesc, dw, convDesc, dyDesc, dy, dw);
 }
 
 // db[0, k, 0, 0] = alpha * sum over n, h, w of dy[n, k, h, w] + beta * db

@@ -44,6 +44,7 @@ namespace {
 
 constexpr std::size_t kMaxDynamicShared = 48 * 1024;  // without the opt-in attribute
 constexpr std::size_t kStack = 128 * 1024;            // per thread; untouched pages cost nothing
+constexpr const char* kDivergentBarrier = "emulated CUDA: __syncthreads reached by some threads of a block only";
 
 struct Scheduler {
   std::vector<void*> sp;  // saved stack pointer of each thread of the block
@@ -117,14 +118,13 @@ void run_block(unsigned threads) {
     return;
   }
   for (unsigned t = 1; t < threads; ++t) start_fiber(t), resume(t);  // each to the first barrier
-  for (;;) {                                                         // every live thread waits at the same barrier here
+  // Every live thread now waits at the same barrier: all go on to the next one (or finish).
+  for (;;) {
     unsigned finished = 0;
     for (unsigned t = 0; t < threads; ++t) finished += s.done[t];
     if (finished == threads) break;
     if (finished != 0 || s.error) {  // the waiting fibers are abandoned; their stacks are reused
-      if (!s.error)
-        s.error = std::make_exception_ptr(
-            std::logic_error("emulated CUDA: __syncthreads reached by some threads of a block only"));
+      if (!s.error) s.error = std::make_exception_ptr(std::logic_error(kDivergentBarrier));
       break;
     }
     for (unsigned t = 0; t < threads; ++t) resume(t);
@@ -166,7 +166,7 @@ void run_grid(dim3 grid, dim3 block, std::size_t shared, const std::function<voi
 }
 
 void barrier() {
-  if (!s.in_fibers) throw std::logic_error("emulated CUDA: __syncthreads reached by some threads of a block only");
+  if (!s.in_fibers) throw std::logic_error(kDivergentBarrier);
   if (s.current == 0) s.took_barrier = true;
   dd_emulated_switch(&s.sp[s.current], s.scheduler_sp);
 }

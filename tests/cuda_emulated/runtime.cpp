@@ -1,5 +1,5 @@
 // The CUDA runtime on host memory, for the emulated GPU (src/cuda/emulation.cuh): "device" memory is
-// the host heap (so the host may read it, which the tests do), streams are in-order by construction
+// mapped host pages (the kernel tests read it directly), streams are in-order by construction
 // (every launch and copy runs when it is made), events hold a host time. One device with 16 GiB.
 // Every allocation sits between inaccessible pages with guard bytes in the slack, checked when it is
 // freed and by the tests; with forbid_host_access() it is open only during device work (kernels,
@@ -120,10 +120,7 @@ void* device_alloc(std::size_t bytes) {
   void* map = mmap(nullptr, data_pages + 2 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (map == MAP_FAILED) return nullptr;
   Block b{static_cast<unsigned char*>(map), data_pages + 2 * page, bytes};
-  if (mem.key >= 0)
-    pkey_mprotect(b.data_pages(), b.data_page_bytes(), PROT_READ | PROT_WRITE, mem.key);
-  else
-    mprotect(b.data_pages(), b.data_page_bytes(), PROT_READ | PROT_WRITE);
+  pkey_mprotect(b.data_pages(), b.data_page_bytes(), PROT_READ | PROT_WRITE, mem.key);  // key -1: plain mprotect
   unsigned char* start = b.data_pages() + data_pages - rounded;
   RuntimeAccess access;
   std::memset(b.data_pages(), kGuardByte, data_pages);
