@@ -411,6 +411,19 @@ cudnnStatus_t not_a_descriptor(const char* fn, const void* d) {
            : fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null descriptor");
 }
 
+// The workspace an algorithm needs for a problem, checked as the execution call checks it.
+cudnnStatus_t workspace_size(const char* fn, cudnnHandle_t h, const cudnnTensorStruct* x, const cudnnFilterStruct* w,
+                             const cudnnConvolutionStruct* c, const cudnnTensorStruct* y, const Algo (&table)[2],
+                             int count, int algo, size_t* bytes,
+                             cudnnStatus_t spatial_status = CUDNN_STATUS_BAD_PARAM) {
+  if (!bytes) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null sizeInBytes");
+  if (cudnnStatus_t st = check_conv(fn, h, x, w, c, y, spatial_status)) return st;
+  const Algo* a = nullptr;
+  if (cudnnStatus_t st = check_algo(fn, table, count, algo, &a)) return st;
+  *bytes = a->workspace;
+  return CUDNN_STATUS_SUCCESS;
+}
+
 // The three convolution directions: the same checks, then the products of ConvGeometry summed into
 // the operand the direction writes (y forward, x backward-data, w backward-filter) from the other two,
 // blended into `out` with alpha and beta. x, w, y are the forward convolution's operands.
@@ -712,13 +725,8 @@ cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t h, const cud
                                                       const cudnnConvolutionDescriptor_t c,
                                                       const cudnnTensorDescriptor_t y, cudnnConvolutionFwdAlgo_t algo,
                                                       size_t* bytes) {
-  const char* fn = "cudnnGetConvolutionForwardWorkspaceSize";
-  if (!bytes) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null sizeInBytes");
-  if (cudnnStatus_t st = check_conv(fn, h, x, w, c, y, CUDNN_STATUS_NOT_SUPPORTED)) return st;
-  const Algo* a = nullptr;
-  if (cudnnStatus_t st = check_algo(fn, kForward, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, algo, &a)) return st;
-  *bytes = a->workspace;
-  return CUDNN_STATUS_SUCCESS;
+  return workspace_size("cudnnGetConvolutionForwardWorkspaceSize", h, x, w, c, y, kForward,
+                        CUDNN_CONVOLUTION_FWD_ALGO_COUNT, algo, bytes, CUDNN_STATUS_NOT_SUPPORTED);
 }
 
 cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnnHandle_t h, const cudnnFilterDescriptor_t w,
@@ -746,13 +754,8 @@ cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHandle_t h, cons
                                                            const cudnnConvolutionDescriptor_t c,
                                                            const cudnnTensorDescriptor_t dx,
                                                            cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
-  const char* fn = "cudnnGetConvolutionBackwardDataWorkspaceSize";
-  if (!bytes) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null sizeInBytes");
-  if (cudnnStatus_t st = check_conv(fn, h, dx, w, c, dy)) return st;
-  const Algo* a = nullptr;
-  if (cudnnStatus_t st = check_algo(fn, kBackwardData, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, algo, &a)) return st;
-  *bytes = a->workspace;
-  return CUDNN_STATUS_SUCCESS;
+  return workspace_size("cudnnGetConvolutionBackwardDataWorkspaceSize", h, dx, w, c, dy, kBackwardData,
+                        CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, algo, bytes);
 }
 
 cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t h, const cudnnTensorDescriptor_t x,
@@ -780,13 +783,8 @@ cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t h, co
                                                              const cudnnConvolutionDescriptor_t c,
                                                              const cudnnFilterDescriptor_t dw,
                                                              cudnnConvolutionBwdFilterAlgo_t algo, size_t* bytes) {
-  const char* fn = "cudnnGetConvolutionBackwardFilterWorkspaceSize";
-  if (!bytes) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null sizeInBytes");
-  if (cudnnStatus_t st = check_conv(fn, h, x, dw, c, dy)) return st;
-  const Algo* a = nullptr;
-  if (cudnnStatus_t st = check_algo(fn, kBackwardFilter, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, algo, &a)) return st;
-  *bytes = a->workspace;
-  return CUDNN_STATUS_SUCCESS;
+  return workspace_size("cudnnGetConvolutionBackwardFilterWorkspaceSize", h, x, dw, c, dy, kBackwardFilter,
+                        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, algo, bytes);
 }
 
 // --- convolutions -----------------------------------------------------------------------------
