@@ -89,9 +89,16 @@ __global__ void cross_entropy_partials(const float* p, const float* labels, i64 
   if (threadIdx.x == 0) part_sum[blockIdx.x] = acc, part_bad[blockIdx.x] = bad;
 }
 
-// dx = p * k, minus k at the label's channel: two roundings, as the CPU's two loops (never fused).
-__global__ void cross_entropy_backward_kernel(const float* p, const float* labels, i64 c, i64 plane,
-                                              i64 total, float k, float* dx) {
+// loss = sum / pixels, rounded to float once (as the CPU).
+__global__ void mean_kernel(const double* sum, double pixels, float* loss) {
+  if (threadIdx.x == 0) *loss = static_cast<float>(*sum / pixels);
+}
+
+// dx = p * k, minus k at the label's channel, k = dl / pixels (the loss's gradient read on the
+// device, so the host never waits for it): two roundings, as the CPU's two loops (never fused).
+__global__ void cross_entropy_backward_kernel(const float* p, const float* labels, i64 c, i64 plane, i64 total,
+                                              const float* dl, float pixels, float* dx) {
+  const float k = *dl / pixels;
   for (i64 e = first_index(); e < total; e += grid_stride()) {
     const i64 r = e / plane, i = e - r * plane, b = r / c, ch = r - b * c;
     float v = __fmul_rn(p[e], k);
@@ -162,15 +169,14 @@ void softmax_channels_backward(const float* p, const float* dp, i64 n, i64 c, i6
     launch(softmax_backward_kernel, grid_for(pixels), kBlock, 0, s, p, dp, c, plane, pixels, dx);
 }
 
-double cross_entropy_sum(const float* p, const float* labels, i64 n, i64 c, i64 plane, i64* invalid_labels,
-                         cudaStream_t s) {
-  const char* who = "cross_entropy_sum";
+void cross_entropy_mean(const float* p, const float* labels, i64 n, i64 c, i64 plane, float* loss, i64* invalid_labels,
+                        cudaStream_t s) {
+  const char* who = "cross_entropy_mean";
   const i64 pixels = n * plane;
-  *invalid_labels = 0;
-  if (n <= 0 || plane <= 0) return 0.0;
-  if (c <= 0) {  // no class exists, so every label is invalid
-    *invalid_labels = pixels;
-    return 0.0;
+  // (The ops never pass these.) No pixel: the loss is 0 / 0, a NaN as on the CPU; no class: no label is valid.
+  if (n <= 0 || plane <= 0 || c <= 0) {
+    *invalid_labels = c <= 0 ? std::max<i64>(pixels, 0) : 0;
+    return check(cudaMemsetAsync(loss, 0xFF, sizeof(float), s), who);  // all bits set: a NaN
   }
   // The block count depends only on the size, so the summation order is fixed.
   const i64 blocks = std::min<i64>((pixels + kBlock - 1) / kBlock, kPartials);
@@ -183,20 +189,16 @@ double cross_entropy_sum(const float* p, const float* labels, i64 n, i64 c, i64 
          part_bad);
   reduce_rows(part_sum, 1, blocks, sum, s);
   reduce_rows(part_bad, 1, blocks, bad, s);
-  double host_sum = 0.0;
-  i64 host_bad = 0;
-  check(cudaMemcpyAsync(&host_sum, sum, sizeof host_sum, cudaMemcpyDeviceToHost, s), who);
-  check(cudaMemcpyAsync(&host_bad, bad, sizeof host_bad, cudaMemcpyDeviceToHost, s), who);
-  check(cudaStreamSynchronize(s), who);
-  *invalid_labels = host_bad;
-  return host_sum;
+  launch(mean_kernel, 1, 1, 0, s, sum, static_cast<double>(pixels), loss);
+  check(cudaMemcpyAsync(invalid_labels, bad, sizeof(i64), cudaMemcpyDeviceToHost, s), who);
 }
 
-void cross_entropy_backward(const float* p, const float* labels, i64 n, i64 c, i64 plane, float k, float* dx,
+void cross_entropy_backward(const float* p, const float* labels, i64 n, i64 c, i64 plane, const float* dl, float* dx,
                             cudaStream_t s) {
   const i64 total = n * c * plane;
   if (n > 0 && c > 0 && plane > 0)
-    launch(cross_entropy_backward_kernel, grid_for(total), kBlock, 0, s, p, labels, c, plane, total, k, dx);
+    launch(cross_entropy_backward_kernel, grid_for(total), kBlock, 0, s, p, labels, c, plane, total, dl,
+           static_cast<float>(n * plane), dx);
 }
 
 void dice_sums(const float* p, const float* labels, i64 n, i64 c, i64 plane, double* inter_host,
@@ -235,23 +237,11 @@ void dice_sums(const float* p, const float* labels, i64 n, i64 c, i64 plane, dou
   *invalid_labels = counts[static_cast<std::size_t>(c)];
 }
 
-void dice_grad_probs(const float* labels, i64 n, i64 c, i64 plane, const float* scale_host,
-                     const float* target_host, float g, float* dP, cudaStream_t s) {
-  const char* who = "dice_grad_probs";
+void dice_grad_probs(const float* labels, i64 n, i64 c, i64 plane, const float* scale, const float* target, float g,
+                     float* dP, cudaStream_t s) {
   const i64 total = n * c * plane;
-  if (n <= 0 || c <= 0 || plane <= 0) return;
-  Scratch scratch(static_cast<std::size_t>(2 * c) * sizeof(float), s, who);
-  auto* scale = static_cast<float*>(scratch.p);
-  float* target = scale + c;
-  check(cudaMemcpyAsync(scale, scale_host, static_cast<std::size_t>(c) * sizeof(float),
-                        cudaMemcpyHostToDevice, s),
-        who);
-  check(cudaMemcpyAsync(target, target_host, static_cast<std::size_t>(c) * sizeof(float),
-                        cudaMemcpyHostToDevice, s),
-        who);
-  // The host arrays may die when we return; pageable copies are not guaranteed to have read them yet.
-  check(cudaStreamSynchronize(s), who);
-  launch(dice_grad_kernel, grid_for(total), kBlock, 0, s, labels, c, plane, total, scale, target, g, dP);
+  if (n > 0 && c > 0 && plane > 0)
+    launch(dice_grad_kernel, grid_for(total), kBlock, 0, s, labels, c, plane, total, scale, target, g, dP);
 }
 
 }  // namespace dd::cuda::kernels

@@ -9,6 +9,10 @@ void device_free(void* p);
 bool is_device_memory(const void* p);  // inside a live allocation
 std::int64_t guard_violations();       // allocations whose guard bytes changed (also freed ones), bad frees
 std::int64_t live_allocations();
+// Times the host has waited for the "GPU" so far: stream, event and device synchronisations,
+// synchronous copies, and copies a GPU would make the host wait for (into pageable host memory;
+// from pageable host memory to the device, which the driver may stage by waiting for the stream).
+std::int64_t host_waits();
 
 // From now on device memory is inaccessible to the host outside device work: a host access faults
 // with a message saying so (the GPU test suite runs this way; the kernel tests read device memory).

@@ -11,6 +11,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -28,6 +30,11 @@ struct CUevent_st {
 struct CUmemPoolHandle_st {
   std::uint64_t release_threshold = 0;
 };
+
+namespace dd::cuda::emulation {
+bool is_device_memory(const void* p);
+}
+namespace emu = dd::cuda::emulation;
 
 namespace {
 constexpr std::size_t kAlign = 256;  // cudaMalloc's alignment
@@ -108,6 +115,26 @@ cudaError_t result(cudaError_t e) {
   return e;
 }
 CUmemPoolHandle_st pool;
+
+// Pinned host allocations (cudaHostAlloc): start -> bytes. Copies from or to them never make the host wait.
+std::mutex pinned_mutex;
+std::map<std::uintptr_t, std::size_t> pinned;
+bool is_pinned(const void* p) {
+  std::lock_guard lock(pinned_mutex);
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  auto it = pinned.upper_bound(a);
+  if (it == pinned.begin()) return false;
+  --it;
+  return a < it->first + it->second;
+}
+
+std::atomic<std::int64_t> waits{0};
+// A copy the host waits for on a GPU: into pageable host memory (it returns when done), or from
+// pageable host memory into device memory (the driver may wait for the stream to stage it).
+void count_copy_wait(void* dst, const void* src) {
+  const bool to_device = emu::is_device_memory(dst), from_device = emu::is_device_memory(src);
+  if ((from_device && !to_device && !is_pinned(dst)) || (to_device && !from_device && !is_pinned(src))) ++waits;
+}
 }  // namespace
 
 namespace dd::cuda::emulation {
@@ -163,6 +190,9 @@ std::int64_t guard_violations() {
   for (auto& [p, b] : mem.live) v += !guards_intact(p, b);
   return v;
 }
+std::int64_t host_waits() {
+  return waits.load();
+}
 std::int64_t live_allocations() {
   Memory& mem = memory();
   std::lock_guard lock(mem.m);
@@ -190,8 +220,6 @@ DeviceWork::~DeviceWork() {
   if (--device_depth == 0) open_device_memory(false);
 }
 }  // namespace dd::cuda::emulation
-
-namespace emu = dd::cuda::emulation;
 
 extern "C" {
 // ---- errors and devices ----
@@ -245,6 +273,7 @@ cudaError_t cudaSetDevice(int device) {
   return result(device == 0 ? cudaSuccess : cudaErrorInvalidDevice);
 }
 cudaError_t cudaDeviceSynchronize(void) {
+  ++waits;
   return cudaSuccess;
 }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
@@ -284,19 +313,38 @@ cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
   return cudaFree(p);
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
+  count_copy_wait(dst, src);
   emu::DeviceWork work;
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  ++waits;  // synchronous
   return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
 }
 cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
                               cudaMemcpyKind, cudaStream_t) {
   if (width > dpitch || width > spitch) return result(cudaErrorInvalidValue);
+  count_copy_wait(dst, src);
   emu::DeviceWork work;
   for (size_t r = 0; r < height; ++r)
     std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+  return cudaSuccess;
+}
+cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) {
+  *p = std::aligned_alloc(kAlign, (std::max<size_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign);
+  if (!*p) return result(cudaErrorMemoryAllocation);
+  std::lock_guard lock(pinned_mutex);
+  pinned[reinterpret_cast<std::uintptr_t>(*p)] = std::max<size_t>(bytes, 1);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  return cudaHostAlloc(p, bytes, 0);
+}
+cudaError_t cudaFreeHost(void* p) {
+  std::lock_guard lock(pinned_mutex);
+  if (p && !pinned.erase(reinterpret_cast<std::uintptr_t>(p))) return result(cudaErrorInvalidValue);
+  std::free(p);
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
@@ -339,6 +387,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  ++waits;
   return cudaSuccess;
 }
 cudaError_t cudaStreamQuery(cudaStream_t) {
@@ -364,6 +413,10 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  ++waits;
+  return result(e ? cudaSuccess : cudaErrorInvalidValue);
+}
+cudaError_t cudaEventQuery(cudaEvent_t e) {  // work ran when it was enqueued
   return result(e ? cudaSuccess : cudaErrorInvalidValue);
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {

@@ -232,7 +232,7 @@ TEST_CASE("emulated kernels: softmax over channels, forward and backward") {
     }
 }
 
-TEST_CASE("emulated kernels: cross_entropy_sum and cross_entropy_backward with invalid labels") {
+TEST_CASE("emulated kernels: cross_entropy_mean and cross_entropy_backward with invalid labels") {
   GuardCheck guard;
   std::mt19937 rng(104);
   // 263000 pixels > 1024 blocks * 256: the partials' grid-stride loop takes a second round
@@ -241,11 +241,12 @@ TEST_CASE("emulated kernels: cross_entropy_sum and cross_entropy_backward with i
     const i64 pixels = s.n * s.plane, total = pixels * s.c;
     const auto pv = probabilities(rng, total);
     const auto lv = make_labels(rng, pixels, s.c);
-    Array p(pv, DType::f32), labels(lv, DType::f32), dx(total, DType::f32);
-    const float kk = 0.37f;
+    const float dl = 0.37f, kk = dl / static_cast<float>(pixels);  // the backward's factor, as the CPU rounds it
+    Array p(pv, DType::f32), labels(lv, DType::f32), dx(total, DType::f32), loss(1, DType::f32),
+        dl_device(std::vector<float>{dl}, DType::f32);
     i64 invalid = -5;
-    const double sum = k::cross_entropy_sum(p.f(), labels.f(), s.n, s.c, s.plane, &invalid, nullptr);
-    k::cross_entropy_backward(p.f(), labels.f(), s.n, s.c, s.plane, kk, dx.f(), nullptr);
+    k::cross_entropy_mean(p.f(), labels.f(), s.n, s.c, s.plane, loss.f(), &invalid, nullptr);
+    k::cross_entropy_backward(p.f(), labels.f(), s.n, s.c, s.plane, dl_device.f(), dx.f(), nullptr);
 
     double sum_ref = 0.0;
     i64 invalid_ref = 0;
@@ -264,7 +265,9 @@ TEST_CASE("emulated kernels: cross_entropy_sum and cross_entropy_backward with i
       }
     CHECK(invalid == invalid_ref);
     CHECK(invalid_ref > 0);
-    CHECK(std::abs(sum - sum_ref) <= 1e-7 * sum_ref);  // positive terms, each within logf's ulp
+    // positive terms, each within logf's ulp, then one rounding to float
+    const double mean_ref = sum_ref / static_cast<double>(pixels);
+    CHECK(std::abs(loss.get(0) - mean_ref) <= 1e-7 * mean_ref + std::abs(static_cast<float>(mean_ref) - mean_ref));
     CHECK(worst_dx.v < 2.5e-7);
   }
 }
@@ -284,7 +287,8 @@ TEST_CASE("emulated kernels: dice_sums and dice_grad_probs with invalid labels")
     k::dice_sums(p.f(), labels.f(), s.n, s.c, s.plane, inter.data(), denom.data(), &invalid, nullptr);
     const auto scale = random_values(rng, s.c, -1.0f, 1.0f), target = random_values(rng, s.c, -1.0f, 1.0f);
     const float g = -0.731f;
-    k::dice_grad_probs(labels.f(), s.n, s.c, s.plane, scale.data(), target.data(), g, dP.f(), nullptr);
+    Array scale_device(scale, DType::f32), target_device(target, DType::f32);
+    k::dice_grad_probs(labels.f(), s.n, s.c, s.plane, scale_device.f(), target_device.f(), g, dP.f(), nullptr);
 
     std::vector<double> inter_ref(s.c, 0.0), denom_ref(s.c, 0.0);
     i64 invalid_ref = 0;

@@ -5,6 +5,7 @@
 // an image (the subimages of one rank, or of all ranks) adds the pieces' sums, in piece order:
 // pass a gathering of every rank's piece sums, and every rank gets the loss of the whole image,
 // the same bits as one process computing it from the same pieces.
+#include <algorithm>
 #include <functional>
 #include <vector>
 
@@ -55,7 +56,12 @@ inline Tensor dice_backward(const SoftmaxTargets& t, const std::vector<float>& d
   const std::int64_t plane = s.h * s.w;
   Tensor dP = Tensor::empty(s, P.device());
   if (on_gpu(P)) {
-    DD_GPU(dice_grad_probs(L.data(), s.n, s.c, plane, dP_scale.data(), dP_target.data(), g, dP.data()));
+    // The factors go to the device through a pinned buffer: the host does not wait for the copy.
+    Tensor factors = Tensor::empty({2 * s.c, 1, 1, 1});
+    std::copy(dP_scale.begin(), dP_scale.end(), factors.data());
+    std::copy(dP_target.begin(), dP_target.end(), factors.data() + s.c);
+    factors = factors.to(P.device());
+    DD_GPU(dice_grad_probs(L.data(), s.n, s.c, plane, factors.data(), factors.data() + s.c, g, dP.data()));
     return softmax_backward_of(P, dP);
   }
   for (std::int64_t b = 0; b < s.n; ++b)

@@ -1,5 +1,6 @@
 #pragma once
 // Losses and reductions that end a forward pass in a scalar.
+#include <algorithm>
 #include <cmath>
 
 #include "dd/kernels/cpu/softmax.hpp"
@@ -82,37 +83,39 @@ inline void check_labels(std::int64_t invalid, std::int64_t classes, const char*
 }  // namespace detail
 
 // Mean over pixels of -log softmax(logits)[label]. labels: [N,1,H,W] class indices as floats.
+// On the GPU nothing waits for the device, forward or backward: the loss stays there (read it with
+// item() when needed) and labels that are not class indices are reported at the next wait.
 inline Var cross_entropy(const Var& logits, const Tensor& labels) {
   auto [s, L, P] = detail::softmax_targets(logits, labels, "cross_entropy");
   const std::int64_t plane = s.h * s.w, pixels = s.n * plane;
   const bool gpu = detail::on_gpu(P);
-  double total = 0;
+  Tensor value;
   if (gpu) {
-#if DD_WITH_CUDA
-    std::int64_t invalid = 0;
-    total = gpu::cross_entropy_sum(P.data(), L.data(), s.n, s.c, plane, &invalid);
-    detail::check_labels(invalid, s.c, "cross_entropy");
-#endif
+    value = Tensor::empty({1, 1, 1, 1}, P.device());
+    DD_GPU(cross_entropy_mean(P.data(), L.data(), s.n, s.c, plane, value.data()));
   } else {
+    double total = 0;
     for (std::int64_t b = 0; b < s.n; ++b)
       for (std::int64_t i = 0; i < plane; ++i) {
         const std::int64_t k = detail::label_at(L, b * plane + i, s.c);
         total -= std::log(std::max(P.data()[(b * s.c + k) * plane + i], 1e-30f));
       }
+    value = Tensor::full({1, 1, 1, 1}, static_cast<float>(total / static_cast<double>(pixels)));
   }
   const bool rec = detail::should_record({&logits});
-  Var loss(Tensor::full({1, 1, 1, 1}, static_cast<float>(total / static_cast<double>(pixels)), P.device()), rec);
+  Var loss(std::move(value), rec);
   if (rec)
     Tape::current().record([logits, loss, P, L, s, plane, pixels, gpu] {
-      const Tensor& dl = loss.grad();
-      if (!dl.defined()) return;
-      const float k = dl.item() / static_cast<float>(pixels);
+      const Tensor& grad = loss.grad();
+      if (!grad.defined()) return;
+      const Tensor dl = grad.contiguous().to(DType::f32);
       Tensor dx = Tensor::empty(s, P.device());
       if (gpu) {
-        DD_GPU(cross_entropy_backward(P.data(), L.data(), s.n, s.c, plane, k, dx.data()));
+        DD_GPU(cross_entropy_backward(P.data(), L.data(), s.n, s.c, plane, dl.data(), dx.data()));
         logits.accumulate_grad(std::move(dx));
         return;
       }
+      const float k = dl.item() / static_cast<float>(pixels);
       for (std::int64_t i = 0; i < dx.numel(); ++i) dx.data()[i] = P.data()[i] * k;
       for (std::int64_t b = 0; b < s.n; ++b)
         for (std::int64_t i = 0; i < plane; ++i) {

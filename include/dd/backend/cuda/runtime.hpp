@@ -4,18 +4,12 @@
 // and fork/join of streams through events. Host code only: compiled by the C++ compiler.
 #include <cuda_runtime.h>
 
+#include <cstring>
 #include <mutex>
 #include <vector>
 
-#include "dd/core/error.hpp"
-
-#define DD_CUDA_CHECK(expr)                                                                                 \
-  do {                                                                                                      \
-    const cudaError_t dd_cuda_status_ = (expr);                                                             \
-    if (dd_cuda_status_ != cudaSuccess) [[unlikely]]                                                        \
-      ::dd::fail("dd::cuda: {} failed: {} ({})", #expr, cudaGetErrorString(dd_cuda_status_),               \
-                 cudaGetErrorName(dd_cuda_status_));                                                        \
-  } while (0)
+#include "dd/backend/cuda/check.hpp"
+#include "dd/backend/cuda/pinned_staging.hpp"
 
 namespace dd::cuda {
 
@@ -95,21 +89,40 @@ inline void stream_wait(cudaStream_t waiter, cudaStream_t source) {
   DD_CUDA_CHECK(cudaEventDestroy(e));  // released once the wait has been satisfied
 }
 
-// Waits for all work on the current stream (and reports asynchronous kernel errors).
-inline void synchronize() { DD_CUDA_CHECK(cudaStreamSynchronize(current_stream())); }
-inline void synchronize_device() { DD_CUDA_CHECK(cudaDeviceSynchronize()); }
+// Waits for all work on the current stream (and reports asynchronous kernel errors, and failed
+// checks of earlier work: PinnedStaging).
+inline void synchronize() {
+  DD_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
+  PinnedStaging::instance().poll();
+}
+inline void synchronize_device() {
+  DD_CUDA_CHECK(cudaDeviceSynchronize());
+  PinnedStaging::instance().poll();
+}
 
 // Copies between host and device on the current stream; returns when the copy is done.
 inline void copy_to_host(void* dst, const void* src, std::size_t bytes) {
   if (bytes == 0) return;
   DD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, current_stream()));
   DD_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
+  PinnedStaging::instance().poll();
 }
+// Returns at once (the caller may free src): a small copy goes through a pinned buffer, so the host
+// never waits for the stream (dropout masks are copied every layer); a large one is staged by the
+// driver, which may wait.
 inline void copy_to_device(void* dst, const void* src, std::size_t bytes) {
   if (bytes == 0) return;
-  // From pageable memory the driver stages the source before returning, so the caller may free it
-  // at once and the host does not wait for the stream (dropout masks are copied every layer).
-  DD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, current_stream()));
+  const cudaStream_t s = current_stream();
+  if (bytes > PinnedStaging::kMaxBytes) {
+    DD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
+    return;
+  }
+  PinnedStaging& staging = PinnedStaging::instance();
+  void* pinned = staging.acquire(bytes);
+  std::memcpy(pinned, src, bytes);
+  const cudaError_t e = cudaMemcpyAsync(dst, pinned, bytes, cudaMemcpyHostToDevice, s);
+  staging.release_after(pinned, bytes, s);
+  DD_CUDA_CHECK(e);
 }
 inline void copy_on_device(void* dst, const void* src, std::size_t bytes) {
   if (bytes == 0) return;

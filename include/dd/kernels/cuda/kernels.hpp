@@ -75,20 +75,22 @@ void softmax_channels_backward(const float* p, const float* dp, std::int64_t n, 
                                float* dx, cudaStream_t s);
 
 // ---- losses; labels are [N,1,H,W] class indices stored as floats ----
-// Returns sum over pixels of -log(max(p[label], 1e-30)) (accumulated in double, deterministic
-// order) and sets *invalid_labels (host) to the number of labels that are not integers in [0, c).
-double cross_entropy_sum(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
-                         std::int64_t* invalid_labels, cudaStream_t s);
-// dx = k * (p - onehot(label)).
+// Enqueues, without waiting: *loss (device) = mean over pixels of -log(max(p[label], 1e-30))
+// (summed in double in a deterministic order, rounded once), and *invalid_labels (PINNED host
+// memory, written when the stream gets there) = the number of labels that are not integers in [0, c).
+void cross_entropy_mean(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
+                        float* loss, std::int64_t* invalid_labels, cudaStream_t s);
+// dx = k * (p - onehot(label)), k = *dl / (n * plane) with dl the loss's gradient on the device.
 void cross_entropy_backward(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
-                            float k, float* dx, cudaStream_t s);
+                            const float* dl, float* dx, cudaStream_t s);
 // Per class c over the whole batch (host arrays of c doubles, overwritten):
 // inter[c] = sum of p[c] over pixels labelled c; denom[c] = sum of p[c] over all pixels + count of pixels labelled c.
 void dice_sums(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
                double* inter_host, double* denom_host, std::int64_t* invalid_labels, cudaStream_t s);
-// dP[b,k,i] = g * scale[k] + (label(b,i) == k ? g * target[k] : 0); scale/target are HOST arrays of c floats.
-void dice_grad_probs(const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane, const float* scale_host,
-                     const float* target_host, float g, float* dP, cudaStream_t s);
+// dP[b,k,i] = g * scale[k] + (label(b,i) == k ? g * target[k] : 0); scale and target: c floats each
+// in device memory.
+void dice_grad_probs(const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane, const float* scale,
+                     const float* target, float g, float* dP, cudaStream_t s);
 
 // ---- batch norm pieces cuDNN does not cover ----
 // invstd[c] = 1 / sqrt(var[c] + eps)

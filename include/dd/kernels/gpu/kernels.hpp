@@ -4,6 +4,7 @@
 // the tensor's device (DD_GPU in core/config.hpp); cuDNN-backed twins live beside this header.
 #include <cstdint>
 #include <exception>
+#include <string>
 
 #include "dd/backend/cuda/runtime.hpp"
 #include "dd/kernels/cuda/kernels.hpp"
@@ -128,13 +129,31 @@ inline void batchnorm_invstd(const float* var, std::int64_t c, float eps, float*
   detail::launch("batchnorm_invstd", k::batchnorm_invstd, var, c, eps, invstd);
 }
 // Losses: the parts of cross entropy and Dice that touch every pixel (see ops/loss.hpp, dice_loss.hpp).
-inline double cross_entropy_sum(const float* p, const float* labels, std::int64_t n, std::int64_t c,
-                                std::int64_t plane, std::int64_t* invalid) {
-  return detail::launch("cross_entropy", k::cross_entropy_sum, p, labels, n, c, plane, invalid);
+// The mean cross entropy into *loss (device); nothing waits. Labels that are not class indices in
+// [0, c) are found on the GPU and reported at the library's next wait for it (PinnedStaging).
+inline void cross_entropy_mean(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
+                               float* loss) {
+  auto& staging = cuda::PinnedStaging::instance();
+  auto* invalid = static_cast<std::int64_t*>(staging.acquire(sizeof(std::int64_t)));
+  try {
+    detail::launch("cross_entropy", k::cross_entropy_mean, p, labels, n, c, plane, loss, invalid);
+  } catch (...) {
+    *invalid = 0;  // nothing to report but the launch's own error (the buffer still goes back)
+    staging.release_after(invalid, sizeof *invalid, cuda::current_stream());
+    throw;
+  }
+  staging.release_after(invalid, sizeof *invalid, cuda::current_stream(), [c](const void* v) {
+    const std::int64_t bad = *static_cast<const std::int64_t*>(v);
+    return bad == 0 ? std::string()
+                    : fmt::format(
+                          "dd::cross_entropy: {} labels are not class indices in [0, {}) (found on the GPU, "
+                          "reported at the next wait for it)",
+                          bad, c);
+  });
 }
 inline void cross_entropy_backward(const float* p, const float* labels, std::int64_t n, std::int64_t c,
-                                   std::int64_t plane, float scale, float* dx) {
-  detail::launch("cross_entropy_backward", k::cross_entropy_backward, p, labels, n, c, plane, scale, dx);
+                                   std::int64_t plane, const float* dl, float* dx) {
+  detail::launch("cross_entropy_backward", k::cross_entropy_backward, p, labels, n, c, plane, dl, dx);
 }
 inline void dice_sums(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
                       double* inter, double* denom, std::int64_t* invalid) {
