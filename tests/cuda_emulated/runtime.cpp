@@ -37,6 +37,16 @@ bool is_device_memory(const void* p);
 namespace emu = dd::cuda::emulation;
 
 namespace {
+// The entry of a map from allocation start to allocation whose bytes hold p, or m.end().
+template <class Map, class Bytes>
+auto containing(Map& m, const void* p, Bytes bytes_of) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  auto it = m.upper_bound(a);
+  if (it == m.begin()) return m.end();
+  --it;
+  return a < it->first + std::max<std::size_t>(bytes_of(it->second), 1) ? it : m.end();
+}
+
 constexpr std::size_t kAlign = 256;  // cudaMalloc's alignment
 constexpr unsigned char kGuardByte = 0xA5;
 constexpr std::size_t kDeviceBytes = std::size_t{16} << 30;
@@ -121,11 +131,7 @@ std::mutex pinned_mutex;
 std::map<std::uintptr_t, std::size_t> pinned;
 bool is_pinned(const void* p) {
   std::lock_guard lock(pinned_mutex);
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  auto it = pinned.upper_bound(a);
-  if (it == pinned.begin()) return false;
-  --it;
-  return a < it->first + it->second;
+  return containing(pinned, p, [](std::size_t bytes) { return bytes; }) != pinned.end();
 }
 
 std::atomic<std::int64_t> waits{0};
@@ -134,6 +140,10 @@ std::atomic<std::int64_t> waits{0};
 void count_copy_wait(void* dst, const void* src) {
   const bool to_device = emu::is_device_memory(dst), from_device = emu::is_device_memory(src);
   if ((from_device && !to_device && !is_pinned(dst)) || (to_device && !from_device && !is_pinned(src))) ++waits;
+}
+void copy_bytes(void* dst, const void* src, std::size_t bytes) {
+  emu::DeviceWork work;
+  if (bytes) std::memmove(dst, src, bytes);
 }
 }  // namespace
 
@@ -176,11 +186,7 @@ void device_free(void* p) {
 bool is_device_memory(const void* p) {
   Memory& mem = memory();
   std::lock_guard lock(mem.m);
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  auto it = mem.live.upper_bound(a);
-  if (it == mem.live.begin()) return false;
-  --it;
-  return a < it->first + std::max<std::size_t>(it->second.bytes, 1);
+  return containing(mem.live, p, [](const Block& b) { return b.bytes; }) != mem.live.end();
 }
 std::int64_t guard_violations() {
   Memory& mem = memory();
@@ -314,13 +320,13 @@ cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
   count_copy_wait(dst, src);
-  emu::DeviceWork work;
-  if (bytes) std::memmove(dst, src, bytes);
+  copy_bytes(dst, src, bytes);
   return cudaSuccess;
 }
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  ++waits;  // synchronous
-  return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  ++waits;  // synchronous: one wait, whatever the memory
+  copy_bytes(dst, src, bytes);
+  return cudaSuccess;
 }
 cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
                               cudaMemcpyKind, cudaStream_t) {

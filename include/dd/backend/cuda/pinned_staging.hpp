@@ -79,11 +79,6 @@ class PinnedStaging {
     fail("{}", failure);
   }
 
-  std::size_t lent() const {
-    std::lock_guard lock(m_);
-    return lent_.size();
-  }
-
  private:
   static constexpr std::size_t kMinBytes = 256, kClasses = 13;  // 256 B .. 1 MiB
   static std::size_t size_class(std::size_t bytes) {
@@ -113,12 +108,12 @@ class PinnedStaging {
         if (std::string msg = l.check(l.p); !msg.empty()) failures_.push_back(std::move(msg));
       if (l.done) (void)cudaEventDestroy(l.done);
       free_[l.size_class].push_back(l.p);
-      l = std::move(lent_.back());
+      if (&l != &lent_.back()) l = std::move(lent_.back());
       lent_.pop_back();
     }
   }
 
-  mutable std::mutex m_;
+  std::mutex m_;
   std::array<std::vector<void*>, kClasses> free_;
   std::vector<Loan> lent_;
   std::vector<std::string> failures_;

@@ -137,8 +137,7 @@ inline void cross_entropy_mean(const float* p, const float* labels, std::int64_t
   auto* invalid = static_cast<std::int64_t*>(staging.acquire(sizeof(std::int64_t)));
   try {
     detail::launch("cross_entropy", k::cross_entropy_mean, p, labels, n, c, plane, loss, invalid);
-  } catch (...) {
-    *invalid = 0;  // nothing to report but the launch's own error (the buffer still goes back)
+  } catch (...) {  // the buffer goes back unread: the launch's own error is the report
     staging.release_after(invalid, sizeof *invalid, cuda::current_stream());
     throw;
   }
