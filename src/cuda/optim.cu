@@ -1,5 +1,5 @@
 // Adam step (dd::Adam::step's float arithmetic) and the deterministic whole-buffer reductions
-// behind gradient norms and non-finite checks.
+// behind gradient norms (and their clipping, on the device) and non-finite checks.
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
@@ -53,16 +53,35 @@ __global__ void finish_kernel(const T* part, i64 count, T* out) {
   if (threadIdx.x == 0) *out = acc;
 }
 
-// Sum of f(x[i]) over [0, n): fixed per-block partials (the block count depends on n alone), then
-// one block; waits for the result.
+// Gradient-norm clipping with the norm read on the device (so the host never waits for it).
+__global__ void clip_kernel(float* x, i64 n, const double* sum_squares, double max_norm) {
+  const double norm = sqrt(*sum_squares);
+  if (!(norm > max_norm && norm > 0)) return;  // a NaN norm clips nothing, as on the CPU
+  const float k = static_cast<float>(max_norm / (norm + 1e-6));
+  for (i64 i = first_index(); i < n; i += grid_stride()) x[i] = __fmul_rn(x[i], k);
+}
+
+i64 partial_blocks(i64 n) {
+  return std::min<i64>((n + kBlock - 1) / kBlock, kPartials);
+}
+
+// Enqueues the sum of f(x[i]) over [0, n > 0) into part[partial_blocks(n)]: fixed per-block partials
+// (the block count depends on n alone) in part, then one block.
+template <class T, class F>
+void enqueue_sum(const float* x, i64 n, F f, T* part, cudaStream_t s) {
+  const i64 blocks = partial_blocks(n);
+  launch(partials_kernel<T, F>, static_cast<unsigned>(blocks), kBlock, 0, s, x, n, f, part);
+  launch(finish_kernel<T>, 1, kBlock, 0, s, part, blocks, part + blocks);
+}
+
+// The same sum, waited for.
 template <class T, class F>
 T reduce_all(const float* x, i64 n, F f, cudaStream_t s, const char* who) {
   if (n <= 0) return 0;
-  const i64 blocks = std::min<i64>((n + kBlock - 1) / kBlock, kPartials);
+  const i64 blocks = partial_blocks(n);
   Scratch scratch(static_cast<std::size_t>(blocks + 1) * sizeof(T), s, who);
   T* part = static_cast<T*>(scratch.p);
-  launch(partials_kernel<T, F>, static_cast<unsigned>(blocks), kBlock, 0, s, x, n, f, part);
-  launch(finish_kernel<T>, 1, kBlock, 0, s, part, blocks, part + blocks);
+  enqueue_sum(x, n, f, part, s);
   T result = 0;
   check(cudaMemcpyAsync(&result, part + blocks, sizeof(T), cudaMemcpyDeviceToHost, s), who);
   check(cudaStreamSynchronize(s), who);
@@ -79,6 +98,15 @@ void adam_step(float* p, const float* g, float* m, float* v, i64 n, float step, 
 
 double sum_squares(const float* x, i64 n, cudaStream_t s) {
   return reduce_all<double>(x, n, Square{}, s, "sum_squares");
+}
+
+void clip_by_norm(float* x, i64 n, double max_norm, cudaStream_t s) {
+  if (n <= 0) return;
+  const i64 blocks = partial_blocks(n);
+  Scratch scratch(static_cast<std::size_t>(blocks + 1) * sizeof(double), s, "clip_by_norm");
+  auto* part = static_cast<double*>(scratch.p);
+  enqueue_sum(x, n, Square{}, part, s);
+  launch(clip_kernel, grid_for(n), kBlock, 0, s, x, n, part + blocks, max_norm);
 }
 
 i64 count_nonfinite(const float* x, i64 n, cudaStream_t s) {

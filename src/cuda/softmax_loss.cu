@@ -1,11 +1,11 @@
 // Softmax over channels, cross entropy and Dice sums/gradients, mirroring dd::cpu softmax.hpp,
-// dd::cross_entropy (ops/loss.hpp) and dd::dice_loss (ops/dice_loss.hpp). Sums returned to the host
-// are deterministic: fixed grids write per-block partials, reduced in a fixed tree order.
+// dd::cross_entropy (ops/loss.hpp) and dd::dice_loss (ops/dice_loss.hpp). Losses and their sums stay
+// on the device (nothing here waits) and are deterministic: fixed grids write per-block partials,
+// reduced in a fixed tree order.
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "common.cuh"
 #include "dd/kernels/cuda/kernels.hpp"
@@ -143,8 +143,32 @@ __global__ void dice_partials(const float* p, const float* labels, i64 c, i64 pl
   }
 }
 
+// Per piece sums [2c]: the intersections (reduced row c + k), then the denominators (sum of p[k],
+// row k, plus the count of pixels labelled k).
+__global__ void dice_piece_kernel(const double* sum_d, const i64* sum_l, i64 c, double* sums) {
+  if (threadIdx.x != 0) return;
+  for (i64 k = 0; k < c; ++k) sums[k] = sum_d[c + k], sums[c + k] = sum_d[k] + static_cast<double>(sum_l[k]);
+}
+
+// The CPU's loop of dd::dice_loss, expression by expression (no product feeds a sum: nothing to contract).
+__global__ void dice_finish_kernel(const double* sums, i64 pieces, i64 c, float* loss, float* scale, float* target) {
+  if (threadIdx.x != 0) return;
+  double total = 0.0;
+  for (i64 k = 0; k < c; ++k) {
+    double inter = 0.0, denom = 0.0;
+    for (i64 q = 0; q < pieces; ++q) inter += sums[q * 2 * c + k], denom += sums[q * 2 * c + c + k];
+    const bool clamped = denom < 1e-7;
+    const double S = clamped ? 1e-7 : denom;
+    total += 1.0 - 2.0 * inter / S;
+    target[k] = static_cast<float>(-2.0 / S / static_cast<double>(c));
+    scale[k] = clamped ? 0.0f : static_cast<float>(2.0 * inter / (S * S) / static_cast<double>(c));
+  }
+  *loss = static_cast<float>(total / static_cast<double>(c));
+}
+
 __global__ void dice_grad_kernel(const float* labels, i64 c, i64 plane, i64 total, const float* scale,
-                                 const float* target, float g, float* dP) {
+                                 const float* target, const float* dl, float* dP) {
+  const float g = *dl;
   for (i64 e = first_index(); e < total; e += grid_stride()) {
     const i64 r = e / plane, i = e - r * plane, b = r / c, ch = r - b * c;
     // The CPU stores g * scale first, then adds g * target (two statements).
@@ -201,18 +225,13 @@ void cross_entropy_backward(const float* p, const float* labels, i64 n, i64 c, i
            static_cast<float>(n * plane), dx);
 }
 
-void dice_sums(const float* p, const float* labels, i64 n, i64 c, i64 plane, double* inter_host,
-               double* denom_host, i64* invalid_labels, cudaStream_t s) {
+void dice_sums(const float* p, const float* labels, i64 n, i64 c, i64 plane, double* sums, i64* invalid_labels,
+               cudaStream_t s) {
   const char* who = "dice_sums";
   const i64 pixels = n * plane;
-  std::fill(inter_host, inter_host + std::max<i64>(c, 0), 0.0);
-  std::fill(denom_host, denom_host + std::max<i64>(c, 0), 0.0);
-  *invalid_labels = 0;
-  if (n <= 0 || plane <= 0) return;
-  if (c <= 0) {
-    *invalid_labels = pixels;
-    return;
-  }
+  *invalid_labels = c <= 0 ? std::max<i64>(pixels, 0) : 0;  // (the ops never pass c <= 0)
+  if (c <= 0) return;
+  if (n <= 0 || plane <= 0) return check(cudaMemsetAsync(sums, 0, static_cast<std::size_t>(2 * c) * 8, s), who);
   // About 2 * kPartials blocks in all, fewer when the pixels run out; fixed by the sizes alone.
   const i64 chunks = std::min<i64>((pixels + kBlock - 1) / kBlock, std::max<i64>(1, 2 * kPartials / c));
   const i64 rows_d = 2 * c, rows_l = c + 1;
@@ -225,23 +244,19 @@ void dice_sums(const float* p, const float* labels, i64 n, i64 c, i64 plane, dou
   launch(dice_partials, grid, kBlock, 0, s, p, labels, c, plane, pixels, part_d, part_l);
   reduce_rows(part_d, rows_d, chunks, sum_d, s);
   reduce_rows(part_l, rows_l, chunks, sum_l, s);
-  std::vector<i64> counts(static_cast<std::size_t>(rows_l));
-  check(cudaMemcpyAsync(inter_host, sum_d + c, static_cast<std::size_t>(c) * 8, cudaMemcpyDeviceToHost, s),
-        who);
-  check(cudaMemcpyAsync(denom_host, sum_d, static_cast<std::size_t>(c) * 8, cudaMemcpyDeviceToHost, s), who);
-  check(
-      cudaMemcpyAsync(counts.data(), sum_l, static_cast<std::size_t>(rows_l) * 8, cudaMemcpyDeviceToHost, s),
-      who);
-  check(cudaStreamSynchronize(s), who);
-  for (i64 k = 0; k < c; ++k) denom_host[k] += static_cast<double>(counts[static_cast<std::size_t>(k)]);
-  *invalid_labels = counts[static_cast<std::size_t>(c)];
+  launch(dice_piece_kernel, 1, 1, 0, s, sum_d, sum_l, c, sums);
+  check(cudaMemcpyAsync(invalid_labels, sum_l + c, sizeof(i64), cudaMemcpyDeviceToHost, s), who);
 }
 
-void dice_grad_probs(const float* labels, i64 n, i64 c, i64 plane, const float* scale, const float* target, float g,
-                     float* dP, cudaStream_t s) {
+void dice_loss_finish(const double* sums, i64 pieces, i64 c, float* loss, float* scale, float* target, cudaStream_t s) {
+  if (c > 0) launch(dice_finish_kernel, 1, 1, 0, s, sums, pieces, c, loss, scale, target);
+}
+
+void dice_grad_probs(const float* labels, i64 n, i64 c, i64 plane, const float* scale, const float* target,
+                     const float* dl, float* dP, cudaStream_t s) {
   const i64 total = n * c * plane;
   if (n > 0 && c > 0 && plane > 0)
-    launch(dice_grad_kernel, grid_for(total), kBlock, 0, s, labels, c, plane, total, scale, target, g, dP);
+    launch(dice_grad_kernel, grid_for(total), kBlock, 0, s, labels, c, plane, total, scale, target, dl, dP);
 }
 
 }  // namespace dd::cuda::kernels

@@ -305,6 +305,29 @@ TEST_CASE("GPU ops match the CPU in both layouts and both cuDNN APIs: forward wi
   check_op("dice loss", {logits}, [&](const std::vector<Var>& v) {
     return dice_loss(v[0], L.to(v[0].value().device()));
   }, 1e-5, 1e-4);
+  // Dice of an image in pieces (sums added on the device in piece order), and with the pieces' sums
+  // gathered over ranks on the host (a stand-in second rank holding the same pieces).
+  const Tensor piece1 = Tensor::randn({1, 3, 6, 5}, 19), piece2 = Tensor::randn({2, 3, 4, 7}, 20);
+  const Tensor L1 = labels_for(piece1.shape(), 3, 21), L2 = labels_for(piece2.shape(), 3, 22);
+  check_op(
+      "dice loss over pieces", {logits, piece1, piece2},
+      [&](const std::vector<Var>& v) {
+        const Device d = v[0].value().device();
+        return dice_loss(v, {L.to(d), L1.to(d), L2.to(d)});
+      },
+      1e-5, 1e-4);
+  const DicePieceGather twice = [](const std::vector<double>& mine) {
+    std::vector<double> all = mine;
+    all.insert(all.end(), mine.begin(), mine.end());
+    return all;
+  };
+  check_op(
+      "dice loss over pieces, gathered", {logits, piece1},
+      [&](const std::vector<Var>& v) {
+        const Device d = v[0].value().device();
+        return dice_loss(v, {L.to(d), L1.to(d)}, twice);
+      },
+      1e-5, 1e-4);
   // A convolution gives the configured layout whatever layout it takes.
   {
     ExactConvs exact;
@@ -335,13 +358,31 @@ TEST_CASE("GPU errors: mixed devices and bad labels are dd::Error with a message
   const Var lg(Tensor::randn({1, 3, 4, 4}, 3).to(Device::cuda));
   Tensor bad = Tensor::zeros({1, 1, 4, 4});
   bad.data()[5] = 7.0f;
-  // Cross entropy finds bad labels on the GPU and reports them at the next wait for it (reading the
-  // loss here), once; Dice loss waits for its sums, so it reports them at once.
-  const Var loss = cross_entropy(lg, bad.to(Device::cuda));
-  CHECK_THROWS_WITH_AS(loss.value().item(), doctest::Contains("1 labels are not class indices in [0, 3)"), dd::Error);
-  CHECK_NOTHROW(cross_entropy(lg, Tensor::zeros({1, 1, 4, 4}).to(Device::cuda)).value().item());
-  CHECK_THROWS_WITH_AS(dice_loss(lg, bad.to(Device::cuda)), doctest::Contains("not class indices"), dd::Error);
+  // Both losses find bad labels on the GPU and report them at the next wait for it (reading the
+  // loss here), once.
+  const Tensor good = Tensor::zeros({1, 1, 4, 4}).to(Device::cuda);
+  const Var ce = cross_entropy(lg, bad.to(Device::cuda));
+  CHECK_THROWS_WITH_AS(ce.value().item(), doctest::Contains("cross_entropy: 1 labels are not class indices in [0, 3)"),
+                       dd::Error);
+  CHECK_NOTHROW(cross_entropy(lg, good).value().item());
+  const Var dice = dice_loss(lg, bad.to(Device::cuda));
+  CHECK_THROWS_WITH_AS(dice.value().item(), doctest::Contains("dice_loss: 1 labels are not class indices in [0, 3)"),
+                       dd::Error);
+  CHECK_NOTHROW(dice_loss(lg, good).value().item());
   CHECK_THROWS_WITH_AS(dice_loss(lg, bad), doctest::Contains("labels on cpu"), dd::Error);
+  CHECK_THROWS_WITH_AS(dice_loss({lg, Var(lg.value().to(Device::cpu))}, {good, good.to(Device::cpu)}),
+                       doctest::Contains("pieces on cuda and cpu"), dd::Error);
+  // The trainer reads each loss one step late: a bad label still ends the epoch with the error
+  // (at the latest when its last loss is read), before the epoch is over and anything is saved.
+  Model<UNet<2, 1, 2, 8>> m(1);
+  m.to(Device::cuda);
+  SegmentationSet train{Tensor::randn({3, 1, 16, 16}, 4), Tensor::zeros({3, 1, 16, 16})};
+  train.labels.data()[256 + 37] = 2.0f;  // the second image; 2 classes
+  TrainOptions o;
+  o.batch = 1;
+  Trainer<Model<UNet<2, 1, 2, 8>>> trainer(m, 2, o);
+  CHECK_THROWS_WITH_AS(trainer.run_epoch(train, {}),
+                       doctest::Contains("dice_loss: 1 labels are not class indices in [0, 2)"), dd::Error);
 }
 
 namespace {

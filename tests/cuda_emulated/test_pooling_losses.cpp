@@ -17,20 +17,24 @@ using u8 = std::uint8_t;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// Device bytes (argmax maps), guarded like Array's.
-class Bytes {
+// Device elements of type T (argmax maps, loss sums), guarded like Array's.
+template <class T>
+class DeviceArray {
  public:
-  explicit Bytes(i64 n) : n_(n), p_(static_cast<u8*>(cuda::emulation::device_alloc(static_cast<std::size_t>(n)))) {}
-  ~Bytes() { cuda::emulation::device_free(p_); }
-  Bytes(const Bytes&) = delete;
-  Bytes& operator=(const Bytes&) = delete;
-  u8* get() const { return p_; }
-  std::vector<u8> values() const { return {p_, p_ + n_}; }
+  explicit DeviceArray(i64 n)
+      : n_(n), p_(static_cast<T*>(cuda::emulation::device_alloc(static_cast<std::size_t>(n) * sizeof(T)))) {}
+  ~DeviceArray() { cuda::emulation::device_free(p_); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  T* get() const { return p_; }
+  std::vector<T> values() const { return {p_, p_ + n_}; }
+  void set(const std::vector<T>& v) { std::copy(v.begin(), v.end(), p_); }
 
  private:
   i64 n_;
-  u8* p_;
+  T* p_;
 };
+using Bytes = DeviceArray<u8>;
 
 std::vector<std::uint32_t> bit_patterns(const std::vector<float>& v) {
   std::vector<std::uint32_t> b(v.size());
@@ -282,13 +286,16 @@ TEST_CASE("emulated kernels: dice_sums and dice_grad_probs with invalid labels")
     const auto pv = probabilities(rng, total);
     const auto lv = make_labels(rng, pixels, s.c);
     Array p(pv, DType::f32), labels(lv, DType::f32), dP(total, DType::f32);
-    std::vector<double> inter(s.c, 123.0), denom(s.c, 456.0);  // overwritten, not added to
+    DeviceArray<double> sums(2 * s.c);
+    sums.set(std::vector<double>(2 * s.c, 123.0));  // overwritten, not added to
     i64 invalid = -5;
-    k::dice_sums(p.f(), labels.f(), s.n, s.c, s.plane, inter.data(), denom.data(), &invalid, nullptr);
+    k::dice_sums(p.f(), labels.f(), s.n, s.c, s.plane, sums.get(), &invalid, nullptr);
     const auto scale = random_values(rng, s.c, -1.0f, 1.0f), target = random_values(rng, s.c, -1.0f, 1.0f);
     const float g = -0.731f;
-    Array scale_device(scale, DType::f32), target_device(target, DType::f32);
-    k::dice_grad_probs(labels.f(), s.n, s.c, s.plane, scale_device.f(), target_device.f(), g, dP.f(), nullptr);
+    Array scale_device(scale, DType::f32), target_device(target, DType::f32),
+        g_device(std::vector<float>{g}, DType::f32);
+    k::dice_grad_probs(labels.f(), s.n, s.c, s.plane, scale_device.f(), target_device.f(), g_device.f(), dP.f(),
+                       nullptr);
 
     std::vector<double> inter_ref(s.c, 0.0), denom_ref(s.c, 0.0);
     i64 invalid_ref = 0;
@@ -309,12 +316,54 @@ TEST_CASE("emulated kernels: dice_sums and dice_grad_probs with invalid labels")
         }
       }
     CHECK(invalid == invalid_ref);
+    const std::vector<double> got = sums.values();  // intersections, then denominators
     for (i64 ch = 0; ch < s.c; ++ch) {
       CAPTURE(ch);
-      CHECK(std::abs(inter[ch] - inter_ref[ch]) <= 1e-12 * inter_ref[ch]);
-      CHECK(std::abs(denom[ch] - denom_ref[ch]) <= 1e-12 * denom_ref[ch]);
+      CHECK(std::abs(got[ch] - inter_ref[ch]) <= 1e-12 * inter_ref[ch]);
+      CHECK(std::abs(got[s.c + ch] - denom_ref[ch]) <= 1e-12 * denom_ref[ch]);
     }
     CHECK(worst.v < 2.5e-7);
+  }
+}
+
+TEST_CASE("emulated kernels: dice_loss_finish adds the pieces in order and is dd::dice_loss's arithmetic") {
+  GuardCheck guard;
+  std::mt19937 rng(110);
+  std::uniform_real_distribution<double> u(0.0, 500.0);
+  for (const i64 c : {1, 2, 5}) {
+    for (const i64 pieces : {1, 4}) {
+      INFO("c ", c, " pieces ", pieces);
+      std::vector<double> sv(static_cast<std::size_t>(pieces * 2 * c));
+      for (i64 q = 0; q < pieces; ++q)
+        for (i64 k = 0; k < c; ++k) {
+          const double inter = u(rng);
+          sv[q * 2 * c + k] = inter;
+          sv[q * 2 * c + c + k] = 2.0 * inter + u(rng);  // S >= 2 I: I is at most sum p and the count
+        }
+      if (c > 1)  // a class absent everywhere: its denominator is clamped
+        for (i64 q = 0; q < pieces; ++q) sv[q * 2 * c + 1] = 0.0, sv[q * 2 * c + c + 1] = 0.0;
+      DeviceArray<double> sums(static_cast<i64>(sv.size()));
+      sums.set(sv);
+      Array loss(1, DType::f32), scale(c, DType::f32), target(c, DType::f32);
+      k::dice_loss_finish(sums.get(), pieces, c, loss.f(), scale.f(), target.f(), nullptr);
+
+      // The contract: per class I and S summed over pieces in order, S clamped at 1e-7;
+      // loss = mean (1 - 2 I / S); scale = 2 I / (S^2 c) (0 when clamped), target = -2 / (S c).
+      double total = 0.0;
+      for (i64 k = 0; k < c; ++k) {
+        CAPTURE(k);
+        double inter = 0.0, denom = 0.0;
+        for (i64 q = 0; q < pieces; ++q) inter += sv[q * 2 * c + k], denom += sv[q * 2 * c + c + k];
+        const bool clamped = denom < 1e-7;
+        const double S = clamped ? 1e-7 : denom;
+        total += 1.0 - 2.0 * inter / S;
+        CHECK(bits(target.get(k)) == bits(static_cast<float>(-2.0 / S / double(c))));
+        CHECK(bits(scale.get(k)) == bits(clamped ? 0.0f : static_cast<float>(2.0 * inter / (S * S) / double(c))));
+      }
+      CHECK(bits(loss.get(0)) == bits(static_cast<float>(total / double(c))));
+      CHECK(loss.get(0) >= 0.0f);
+      CHECK(loss.get(0) <= 1.0f);
+    }
   }
 }
 
@@ -377,7 +426,35 @@ TEST_CASE("emulated kernels: sum_squares and count_nonfinite") {
   }
   Array none(0, DType::f32);
   CHECK(k::sum_squares(none.f(), 0, nullptr) == 0.0);
+  k::clip_by_norm(none.f(), 0, 1.0, nullptr);  // nothing to do, nothing touched
   CHECK(k::count_nonfinite(none.f(), 0, nullptr) == 0);
+}
+
+TEST_CASE("emulated kernels: clip_by_norm is dd::clip_grad_norm's arithmetic with the norm left on the device") {
+  GuardCheck guard;
+  std::mt19937 rng(111);
+  for (const i64 n : {1, 1000, 263000}) {
+    const auto xv = random_values(rng, n, -3.0f, 3.0f);
+    Array x(xv, DType::f32);
+    const double norm = std::sqrt(k::sum_squares(x.f(), n, nullptr));  // the same reduction, waited for
+    for (const double max_norm : {0.5 * norm, 2.0 * norm, norm}) {
+      INFO("n ", n, " max_norm / norm ", max_norm / norm);
+      x.set(xv);
+      k::clip_by_norm(x.f(), n, max_norm, nullptr);
+      std::vector<float> want = xv;
+      if (norm > max_norm)
+        for (auto& v : want) v *= static_cast<float>(max_norm / (norm + 1e-6));
+      CHECK(bit_patterns(x.values()) == bit_patterns(want));
+      double after = 0.0;
+      for (float v : x.values()) after += double(v) * v;
+      CHECK(std::sqrt(after) <= std::min(max_norm, norm) * (1 + 1e-5));  // at most max_norm after
+    }
+  }
+  // A NaN norm clips nothing (as on the CPU: the comparison fails).
+  std::vector<float> xv = {1.0f, kNaN, -2.0f};
+  Array x(xv, DType::f32);
+  k::clip_by_norm(x.f(), 3, 0.1, nullptr);
+  CHECK(bit_patterns(x.values()) == bit_patterns(xv));
 }
 
 TEST_CASE("emulated kernels: batch norm eval pieces: invstd and backward_eval, both layouts, all types") {

@@ -80,4 +80,17 @@ inline double clip_grad_norm(const Tensor& grads, double max_norm) {
   return norm;
 }
 
+// clip_grad_norm without returning the norm: on the GPU the norm stays on the device and the host
+// does not wait for it (the same arithmetic, the same result).
+inline void clip_gradients(const Tensor& grads, double max_norm) {
+  if (grads.device() == Device::cpu) {
+    (void)clip_grad_norm(grads, max_norm);
+    return;
+  }
+  DD_CHECK(grads.dtype() == DType::f32 && grads.is_contiguous(),
+           "dd::clip_gradients: needs contiguous f32 gradients (got {}, {})", dtype_name(grads.dtype()),
+           grads.is_contiguous() ? "contiguous" : "strided");
+  DD_GPU(clip_by_norm(grads.data(), grads.numel(), max_norm));
+}
+
 }  // namespace dd

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <functional>
 #include <numeric>
+#include <optional>
 #include <vector>
 
 #include "dd/data/circles.hpp"
@@ -177,6 +178,22 @@ class Trainer {
     const std::int64_t batches = (train.size() + o_.batch - 1) / o_.batch;
     double loss_sum = 0;
     std::int64_t seen = 0;
+    // A batch's loss is counted (and reported) when read. On the GPU it is read after the next
+    // batch's step is enqueued: the host then waits for one step while the GPU has the next (reading
+    // it at once would leave the GPU idle while the host prepares the next batch and its forward pass).
+    struct Done {
+      Tensor loss;
+      std::int64_t batch, len;
+    };
+    std::optional<Done> unread;
+    const auto count = [&](const Done& d) {
+      loss_sum += d.loss.item() * double(d.len);
+      seen += d.len;
+      if (on_batch) {
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        on_batch(epoch, d.batch + 1, batches, loss_sum / double(seen), double(seen) / std::max(secs, 1e-9));
+      }
+    };
     for (std::int64_t b = 0; b < batches; ++b) {
       const std::int64_t start = b * o_.batch, len = std::min<std::int64_t>(o_.batch, train.size() - start);
       const SegmentationSet batch = gather(train, order, start, len);
@@ -185,21 +202,22 @@ class Trainer {
       if (o_.loss_scaling) {
         scaler_.backward(loss);
         if (scaler_.unscale(model_.gradients())) {  // else: overflow, step skipped
-          if (o_.clip_norm > 0) clip_grad_norm(model_.gradients(), o_.clip_norm);
+          if (o_.clip_norm > 0) clip_gradients(model_.gradients(), o_.clip_norm);
           adam_.step();
         }
       } else {
         loss.backward();
-        if (o_.clip_norm > 0) clip_grad_norm(model_.gradients(), o_.clip_norm);
+        if (o_.clip_norm > 0) clip_gradients(model_.gradients(), o_.clip_norm);
         adam_.step();
       }
-      loss_sum += loss.value().item() * double(len);
-      seen += len;
-      if (on_batch) {
-        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        on_batch(epoch, b + 1, batches, loss_sum / double(seen), double(seen) / std::max(secs, 1e-9));
-      }
+      if (unread) count(*unread), unread.reset();
+      Done done{loss.value(), b, len};
+      if (done.loss.device() == Device::cpu)
+        count(done);
+      else
+        unread = std::move(done);
     }
+    if (unread) count(*unread);
     EpochStats st;
     st.epoch = epoch;
     st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -83,14 +83,22 @@ void cross_entropy_mean(const float* p, const float* labels, std::int64_t n, std
 // dx = k * (p - onehot(label)), k = *dl / (n * plane) with dl the loss's gradient on the device.
 void cross_entropy_backward(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
                             const float* dl, float* dx, cudaStream_t s);
-// Per class c over the whole batch (host arrays of c doubles, overwritten):
-// inter[c] = sum of p[c] over pixels labelled c; denom[c] = sum of p[c] over all pixels + count of pixels labelled c.
-void dice_sums(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
-               double* inter_host, double* denom_host, std::int64_t* invalid_labels, cudaStream_t s);
-// dP[b,k,i] = g * scale[k] + (label(b,i) == k ? g * target[k] : 0); scale and target: c floats each
-// in device memory.
+// Enqueues, without waiting, one piece's per-class sums into sums (device, 2c doubles): sums[k] =
+// sum of p[k] over the pixels labelled k (the intersection), sums[c + k] = sum of p[k] over all
+// pixels + the count of pixels labelled k (the denominator); *invalid_labels (PINNED host memory)
+// = the number of labels that are not integers in [0, c). Deterministic order.
+void dice_sums(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane, double* sums,
+               std::int64_t* invalid_labels, cudaStream_t s);
+// The Dice loss of `pieces` pieces' sums ([pieces][2c] doubles, device, as dice_sums writes them),
+// added in piece order: *loss = mean_k (1 - 2 I_k / max(S_k, 1e-7)) and the factors of dL/dp,
+// scale[k] = 2 I_k / (S_k^2 c) (0 where S_k is clamped) and target[k] = -2 / (S_k c); the same
+// double arithmetic as dd::dice_loss on the CPU. One thread: c and pieces are small.
+void dice_loss_finish(const double* sums, std::int64_t pieces, std::int64_t c, float* loss, float* scale, float* target,
+                      cudaStream_t s);
+// dP[b,k,i] = g * scale[k] + (label(b,i) == k ? g * target[k] : 0), g = *dl; scale, target (c floats
+// each) and dl in device memory.
 void dice_grad_probs(const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane, const float* scale,
-                     const float* target, float g, float* dP, cudaStream_t s);
+                     const float* target, const float* dl, float* dP, cudaStream_t s);
 
 // ---- batch norm pieces cuDNN does not cover ----
 // invstd[c] = 1 / sqrt(var[c] + eps)
@@ -138,6 +146,9 @@ void add_bias_nhwc(const float* b, std::int64_t rows, std::int64_t c, void* y, D
 void adam_step(float* p, const float* g, float* m, float* v, std::int64_t n, float step, float beta1, float beta2,
                float eps, float weight_decay, float inv_bc2, cudaStream_t s);
 double sum_squares(const float* x, std::int64_t n, cudaStream_t s);        // waits; deterministic
+// Enqueues, without waiting: norm = sqrt(sum_squares(x)); when norm > max_norm (and > 0),
+// x *= float(max_norm / (norm + 1e-6)) (dd::clip_grad_norm's arithmetic).
+void clip_by_norm(float* x, std::int64_t n, double max_norm, cudaStream_t s);
 std::int64_t count_nonfinite(const float* x, std::int64_t n, cudaStream_t s);  // waits; NaN and +-inf
 
 }  // namespace dd::cuda::kernels

@@ -128,38 +128,62 @@ inline std::int64_t count_nonfinite(const float* x, std::int64_t n) {
 inline void batchnorm_invstd(const float* var, std::int64_t c, float eps, float* invstd) {
   detail::launch("batchnorm_invstd", k::batchnorm_invstd, var, c, eps, invstd);
 }
-// Losses: the parts of cross entropy and Dice that touch every pixel (see ops/loss.hpp, dice_loss.hpp).
-// The mean cross entropy into *loss (device); nothing waits. Labels that are not class indices in
-// [0, c) are found on the GPU and reported at the library's next wait for it (PinnedStaging).
-inline void cross_entropy_mean(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
-                               float* loss) {
+// Scales x so its L2 norm is at most max_norm, the norm never leaving the device.
+inline void clip_by_norm(float* x, std::int64_t n, double max_norm) {
+  if (n > 0) detail::launch("clip_by_norm", k::clip_by_norm, x, n, max_norm);
+}
+
+namespace detail {
+// Runs enqueue(invalid) with `invalid` a pinned counter of labels that are not class indices in
+// [0, c), written by the GPU and checked at the library's next wait for it (PinnedStaging): `op`'s
+// error then, as CUDA reports asynchronous errors.
+template <class Enqueue>
+void with_label_check(const char* op, std::int64_t c, Enqueue enqueue) {
   auto& staging = cuda::PinnedStaging::instance();
   auto* invalid = static_cast<std::int64_t*>(staging.acquire(sizeof(std::int64_t)));
   try {
-    detail::launch("cross_entropy", k::cross_entropy_mean, p, labels, n, c, plane, loss, invalid);
+    enqueue(invalid);
   } catch (...) {  // the buffer goes back unread: the launch's own error is the report
     staging.release_after(invalid, sizeof *invalid, cuda::current_stream());
     throw;
   }
-  staging.release_after(invalid, sizeof *invalid, cuda::current_stream(), [c](const void* v) {
+  staging.release_after(invalid, sizeof *invalid, cuda::current_stream(), [op, c](const void* v) {
     const std::int64_t bad = *static_cast<const std::int64_t*>(v);
     return bad == 0 ? std::string()
                     : fmt::format(
-                          "dd::cross_entropy: {} labels are not class indices in [0, {}) (found on the GPU, "
-                          "reported at the next wait for it)",
-                          bad, c);
+                          "dd::{}: {} labels are not class indices in [0, {}) (found on the GPU, reported at the "
+                          "next wait for it)",
+                          op, bad, c);
+  });
+}
+}  // namespace detail
+
+// Losses: the parts of cross entropy and Dice that touch every pixel (see ops/loss.hpp, dice_loss.hpp).
+// Nothing waits: results stay on the device, bad labels are reported at the next wait.
+// The mean cross entropy into *loss (device).
+inline void cross_entropy_mean(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
+                               float* loss) {
+  detail::with_label_check("cross_entropy", c, [&](std::int64_t* invalid) {
+    detail::launch("cross_entropy", k::cross_entropy_mean, p, labels, n, c, plane, loss, invalid);
   });
 }
 inline void cross_entropy_backward(const float* p, const float* labels, std::int64_t n, std::int64_t c,
                                    std::int64_t plane, const float* dl, float* dx) {
   detail::launch("cross_entropy_backward", k::cross_entropy_backward, p, labels, n, c, plane, dl, dx);
 }
+// One piece's Dice sums into sums (device, 2c doubles).
 inline void dice_sums(const float* p, const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
-                      double* inter, double* denom, std::int64_t* invalid) {
-  detail::launch("dice_loss", k::dice_sums, p, labels, n, c, plane, inter, denom, invalid);
+                      double* sums) {
+  detail::with_label_check("dice_loss", c, [&](std::int64_t* invalid) {
+    detail::launch("dice_loss", k::dice_sums, p, labels, n, c, plane, sums, invalid);
+  });
 }
-inline void dice_grad_probs(const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane,
-                            const float* scale, const float* target, float g, float* dP) {
-  detail::launch("dice_loss_backward", k::dice_grad_probs, labels, n, c, plane, scale, target, g, dP);
+inline void dice_loss_finish(const double* sums, std::int64_t pieces, std::int64_t c, float* loss, float* scale,
+                             float* target) {
+  detail::launch("dice_loss", k::dice_loss_finish, sums, pieces, c, loss, scale, target);
+}
+inline void dice_grad_probs(const float* labels, std::int64_t n, std::int64_t c, std::int64_t plane, const float* scale,
+                            const float* target, const float* dl, float* dP) {
+  detail::launch("dice_loss_backward", k::dice_grad_probs, labels, n, c, plane, scale, target, dl, dP);
 }
 }  // namespace dd::gpu
