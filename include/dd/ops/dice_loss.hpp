@@ -22,6 +22,15 @@ using DicePieceGather = std::function<std::vector<double>(const std::vector<doub
 
 namespace detail {
 
+// Every rank's piece sums (this rank's `mine` through `gather`), checked: whole pieces of 2C doubles.
+inline std::vector<double> gathered_sums(const DicePieceGather& gather, const std::vector<double>& mine,
+                                         std::size_t piece_doubles) {
+  std::vector<double> all = gather(mine);
+  DD_CHECK(!all.empty() && all.size() % piece_doubles == 0,
+           "dd::dice_loss: the ranks' pieces have different class counts");
+  return all;
+}
+
 // Adds one piece's per-class sums into inter / denom (host pieces).
 inline void dice_sums(const SoftmaxTargets& t, std::vector<double>& inter, std::vector<double>& denom) {
   const auto& [s, L, P] = t;
@@ -79,9 +88,7 @@ inline Var dice_loss_on_gpu(const std::vector<Var>& logits, const std::vector<So
   if (gather) {  // the ranks' sums meet on the host
     std::vector<double> mine(count * piece_doubles);
     cuda::copy_to_host(mine.data(), sums->data(), mine.size() * sizeof(double));
-    const std::vector<double> all = gather(mine);
-    DD_CHECK(!all.empty() && all.size() % piece_doubles == 0,
-             "dd::dice_loss: the ranks' pieces have different class counts");
+    const std::vector<double> all = gathered_sums(gather, mine, piece_doubles);
     count = all.size() / piece_doubles;
     sums = std::make_shared<Storage>(all.size() * sizeof(double), dev);
     cuda::copy_to_device(sums->data(), all.data(), all.size() * sizeof(double));
@@ -139,9 +146,7 @@ inline Var dice_loss(const std::vector<Var>& logits, const std::vector<Tensor>& 
     sums.insert(sums.end(), inter.begin(), inter.end());
     sums.insert(sums.end(), denom.begin(), denom.end());
   }
-  if (gather) sums = gather(sums);
-  DD_CHECK(!sums.empty() && sums.size() % (2 * uC) == 0,
-           "dd::dice_loss: the ranks' pieces have different class counts");
+  if (gather) sums = detail::gathered_sums(gather, sums, 2 * uC);
   std::vector<double> inter(uC, 0.0), denom(uC, 0.0);
   for (std::size_t at = 0; at < sums.size(); at += 2 * uC)
     for (std::size_t c = 0; c < uC; ++c) inter[c] += sums[at + c], denom[c] += sums[at + uC + c];

@@ -75,11 +75,6 @@ inline SoftmaxTargets softmax_targets(const Var& logits, const Tensor& labels, c
            device_name(X.device()));
   return {s, labels.contiguous().to(DType::f32), softmax_of(X)};
 }
-
-// Labels that are not class indices are an error, on every device.
-inline void check_labels(std::int64_t invalid, std::int64_t classes, const char* op) {
-  DD_CHECK(invalid == 0, "dd::{}: {} labels are not class indices in [0, {})", op, invalid, classes);
-}
 }  // namespace detail
 
 // Mean over pixels of -log softmax(logits)[label]. labels: [N,1,H,W] class indices as floats.
