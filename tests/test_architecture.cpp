@@ -63,7 +63,13 @@ TEST_CASE("bad inputs are rejected with messages that say what is wrong") {
   const dd::Var w(dd::Tensor::zeros({4, 3, 3, 3}));
   CHECK_THROWS_WITH_AS(dd::conv2d(x, w, dd::Var{}, {1, 1, 1}), doctest::Contains("input has 2 channels"), dd::Error);
   CHECK_THROWS_AS(dd::concat({x, dd::Var(dd::Tensor::zeros({1, 2, 4, 8}))}, 1), dd::Error);
-  CHECK_THROWS_AS(dd::cross_entropy(x, dd::Tensor::full({1, 1, 8, 8}, 5.0f)), dd::Error);
+  // A label that is not a class index: the message names the loss that read it.
+  CHECK_THROWS_WITH_AS(dd::cross_entropy(x, dd::Tensor::full({1, 1, 8, 8}, 5.0f)),
+                       doctest::Contains("dd::cross_entropy: label 5 at pixel 0 is not a class index in [0, 2)"),
+                       dd::Error);
+  CHECK_THROWS_WITH_AS(dd::dice_loss(x, dd::Tensor::full({1, 1, 8, 8}, 0.5f)),
+                       doctest::Contains("dd::dice_loss: label 0.5 at pixel 0 is not a class index in [0, 2)"),
+                       dd::Error);
 }
 
 TEST_CASE("same seed, same weights and outputs; another seed, other weights") {

@@ -256,3 +256,42 @@ TEST_CASE("eval without gradients: subimages stacked on the batch give each clon
   d.train();  // training never stacks (each clone normalises with its own batch statistics)
   CHECK(!d.stacks_eval(xr.shape()));
 }
+
+TEST_CASE("inference folds each batch norm into its convolution: the logits of the separate layers") {
+  // Trained a step first (running statistics away from 0 / 1); then eval with gradients recorded
+  // (the separate layers) and without (folded), typed and dynamic networks, both exchanges.
+  using Dynamic = dd::DomainDecomposed<dd::DynamicUNet, dd::DynamicCommNet>;
+  for (const dd::Exchange mode : {dd::Exchange::stitched, dd::Exchange::local}) {
+    CAPTURE(static_cast<int>(mode));
+    dd::DomainDecomposed<UNet3, dd::CommNet<8>> typed({2, 2}, mode, 40);
+    Dynamic dynamic(dd::DynamicUNet({3, 1, 3, 4}), dd::DynamicCommNet(8), {2, 2}, mode, 40);
+    const Tensor x = Tensor::randn({2, 1, 64, 64}, 41);
+    const Tensor labels = random_labels({2, 1, 64, 64}, 42);
+    dd::dice_loss(typed.forward(Var(x)), labels).backward();
+    dd::dice_loss(dynamic.forward(Var(x)), labels).backward();
+    typed.eval(), dynamic.eval();
+    std::vector<float> separate;
+    {
+      dd::Tape tape;  // what this forward records is dropped with it
+      dd::TapeScope scope(tape);
+      separate = typed.forward(Var(x)).value().to_vector();
+      CHECK(!tape.empty());  // gradients recorded: the separate layers ran
+    }
+    std::vector<float> folded, folded_dynamic;
+    {
+      dd::NoGrad ng;
+      folded = typed.forward(Var(x)).value().to_vector();
+      folded_dynamic = dynamic.forward(Var(x)).value().to_vector();
+    }
+    REQUIRE(folded.size() == separate.size());
+    double worst = 0, scale = 0;
+    for (std::size_t i = 0; i < separate.size(); ++i) {
+      worst = std::max(worst, double(std::fabs(folded[i] - separate[i])));
+      scale = std::max(scale, double(std::fabs(separate[i])));
+    }
+    CHECK(scale > 0.1);
+    CHECK(worst <= 1e-5 * scale);
+    CHECK(folded != separate);  // the folded path ran (it rounds differently somewhere)
+    CHECK(folded_dynamic == folded);
+  }
+}

@@ -18,6 +18,18 @@ Tensor away_from_zero(Shape s, std::uint64_t seed, float gap = 0.1f) {
   for (std::int64_t i = 0; i < t.numel(); ++i) t.data()[i] += t.data()[i] >= 0 ? gap : -gap;
   return t;
 }
+
+// Random [n, c, h, w] inputs of the parts' channel counts c (seeds seed, seed + 1, ...); cin: their sum.
+std::vector<Tensor> random_parts(const std::vector<std::int64_t>& channels, Shape s, std::uint64_t seed,
+                                 std::int64_t& cin) {
+  std::vector<Tensor> in;
+  cin = 0;
+  for (std::size_t i = 0; i < channels.size(); ++i) {
+    in.push_back(Tensor::randn({s.n, channels[i], s.h, s.w}, seed + i));
+    cin += channels[i];
+  }
+  return in;
+}
 }  // namespace
 
 TEST_CASE("conv2d backward matches finite differences") {
@@ -71,11 +83,7 @@ TEST_CASE("conv2d over channel parts: finite differences, and the same as over t
     CAPTURE(c.k);
     CAPTURE(c.stride);
     std::int64_t cin = 0;
-    std::vector<Tensor> in;
-    for (std::size_t i = 0; i < c.parts.size(); ++i) {
-      in.push_back(Tensor::randn({c.x.n, c.parts[i], c.x.h, c.x.w}, 30 + i));
-      cin += c.parts[i];
-    }
+    std::vector<Tensor> in = random_parts(c.parts, c.x, 30, cin);
     const std::size_t np = c.parts.size();
     in.push_back(Tensor::randn({c.cout, cin, c.k, c.k}, 40, 0.3f));
     in.push_back(Tensor::randn({c.cout, 1, 1, 1}, 41));
@@ -274,4 +282,64 @@ TEST_CASE("fused BatchNorm -> ReLU -> Dropout2d equals the three ops bit for bit
       CHECK(a == c);
       CHECK(s1 == s2);
     }
+}
+
+TEST_CASE("conv2d_batch_norm_relu (inference) equals conv2d -> eval batch_norm -> relu; refuses gradients") {
+  struct Case {
+    std::vector<std::int64_t> parts;  // input channels of each part
+    std::int64_t cout, k;
+    bool bias;
+  };
+  const Case cases[] = {{{3}, 4, 3, false}, {{2, 3}, 5, 3, false}, {{4}, 4, 5, true}, {{3, 1}, 2, 1, true}};
+  for (const auto& c : cases) {
+    CAPTURE(c.parts.size());
+    CAPTURE(c.k);
+    CAPTURE(c.bias);
+    std::int64_t cin = 0;
+    std::vector<Var> parts;
+    for (const Tensor& t : random_parts(c.parts, {2, 0, 9, 11}, 10, cin)) parts.emplace_back(t);
+    const Var w(Tensor::randn({c.cout, cin, c.k, c.k}, 20, 0.4f));
+    const Var b = c.bias ? Var(Tensor::randn({c.cout, 1, 1, 1}, 21)) : Var{};
+    const Var gamma(Tensor::randn({c.cout, 1, 1, 1}, 22)), beta(Tensor::randn({c.cout, 1, 1, 1}, 23));
+    Tensor mean = Tensor::randn({c.cout, 1, 1, 1}, 24), var = Tensor::randn({c.cout, 1, 1, 1}, 25);
+    for (std::int64_t i = 0; i < c.cout; ++i) var.data()[i] = 0.2f + var.data()[i] * var.data()[i];
+    const float eps = 1e-5f;
+    const dd::Conv2dOptions o{c.k / 2, 1, 1};
+
+    dd::NoGrad ng;
+    const std::vector<float> ref =
+        dd::relu(dd::batch_norm(dd::conv2d(parts, w, b, o), gamma, beta, mean, var, {false, 0.1f, eps}))
+            .value()
+            .to_vector();
+    const std::vector<float> got =
+        dd::conv2d_batch_norm_relu(parts, w, b, gamma, beta, mean, var, eps, o).value().to_vector();
+    REQUIRE(got.size() == ref.size());
+    double worst = 0, scale = 0;
+    std::size_t zeros = 0, zeros_ref = 0;
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      worst = std::max(worst, double(std::fabs(got[i] - ref[i])));
+      scale = std::max(scale, double(std::fabs(ref[i])));
+      zeros += got[i] == 0.0f, zeros_ref += ref[i] == 0.0f;
+    }
+    CHECK(scale > 0.5);
+    CHECK(worst <= 2e-6 * scale);    // the folded weights round once more
+    CHECK(zeros > ref.size() / 10);  // the ReLU ran
+    CHECK(std::abs(double(zeros) - double(zeros_ref)) <= 2);
+  }
+
+  // Gradients wanted: refused with a message naming the ops to use; bad statistics and shapes too.
+  const Var x(Tensor::randn({1, 2, 5, 5}, 30), true);
+  const Var w(Tensor::randn({3, 2, 3, 3}, 31)), g(Tensor::full({3, 1, 1, 1}, 1.0f)), be(Tensor::zeros({3, 1, 1, 1}));
+  const Tensor m = Tensor::zeros({3, 1, 1, 1}), v = Tensor::full({3, 1, 1, 1}, 1.0f);
+  CHECK_THROWS_WITH_AS(dd::conv2d_batch_norm_relu({x}, w, Var{}, g, be, m, v, 1e-5f, {1, 1, 1}),
+                       doctest::Contains("for inference only"), dd::Error);
+  CHECK_THROWS_WITH_AS(dd::conv2d(x, w, Var(Tensor::zeros({3, 1, 1, 1})), {1, 1, 1, true}),
+                       doctest::Contains("fused ReLU (Conv2dOptions::relu) is for inference"), dd::Error);
+  dd::NoGrad ng;
+  CHECK_THROWS_WITH_AS(dd::conv2d(x, w, Var{}, {1, 1, 1, true}), doctest::Contains("fused ReLU"), dd::Error);
+  CHECK_THROWS_WITH_AS(
+      dd::conv2d_batch_norm_relu({x}, w, Var{}, g, be, Tensor::zeros({2, 1, 1, 1}), v, 1e-5f, {1, 1, 1}),
+      doctest::Contains("a batch norm of 3 channels (2 running means"), dd::Error);
+  CHECK_THROWS_WITH_AS(dd::conv2d_batch_norm_relu({x}, w, Var{}, g, be, m, Tensor{}, 1e-5f, {1, 1, 1}),
+                       doctest::Contains("0 running variances"), dd::Error);
 }

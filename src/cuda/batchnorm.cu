@@ -19,6 +19,21 @@ __global__ void invstd_kernel(const float* var, i64 c, float eps, float* invstd)
     invstd[i] = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var[i], eps)));
 }
 
+// One thread per weight; the first thread of each output channel writes its bias. Explicitly rounded
+// ops: the CPU's float expressions, never contracted.
+__global__ void fold_kernel(const float* w, const float* b, const float* gamma, const float* beta, const float* mean,
+                            const float* var, i64 c, i64 per_output, float eps, float* w_out, float* b_out) {
+  for (i64 i = first_index(); i < c * per_output; i += grid_stride()) {
+    const i64 k = i / per_output;
+    const float scale = __fdiv_rn(gamma[k], __fsqrt_rn(__fadd_rn(var[k], eps)));
+    w_out[i] = __fmul_rn(w[i], scale);
+    if (i == k * per_output) {
+      const float shift = __fsub_rn(beta[k], __fmul_rn(mean[k], scale));
+      b_out[k] = b ? __fadd_rn(__fmul_rn(b[k], scale), shift) : shift;
+    }
+  }
+}
+
 // Grid (chunks, channels). Block (x, ch) visits its share of channel ch's count = n * plane values,
 // writes dx = (gamma * invstd) * dy when dx is given, and, when part is given, the partial sums
 // part[ch][x] = sum dy and part[c + ch][x] = sum dy * (x - mean) (x is read only if with_x).
@@ -67,6 +82,13 @@ __global__ void backward_eval_finish(const double* part, const float* invstd, i6
 }
 
 }  // namespace
+
+void fold_batchnorm(const float* w, const float* b, const float* gamma, const float* beta, const float* mean,
+                    const float* var, i64 c, i64 per_output, float eps, float* w_out, float* b_out, cudaStream_t s) {
+  const i64 n = c * per_output;
+  if (n > 0)
+    launch(fold_kernel, grid_for(n), kBlock, 0, s, w, b, gamma, beta, mean, var, c, per_output, eps, w_out, b_out);
+}
 
 void batchnorm_invstd(const float* var, i64 c, float eps, float* invstd, cudaStream_t s) {
   if (c > 0) launch(invstd_kernel, grid_for(c), kBlock, 0, s, var, c, eps, invstd);

@@ -149,9 +149,11 @@ __global__ void input_gradient(const T* x, GradIn<T> gin, const float* gamma, co
   }
 }
 template <class T, class I>
-__global__ void add_bias(const float* b, I c, I total, T* y) {
-  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride()))
-    store(load(y + i) + b[i % c], y + i);
+__global__ void add_bias(const float* b, I c, I total, bool relu, T* y) {
+  for (I i = static_cast<I>(first_index()); i < total; i += static_cast<I>(grid_stride())) {
+    const float v = load(y + i) + b[i % c];
+    store(relu ? (v > 0.0f ? v : 0.0f) : v, y + i);  // as dd::relu: NaN gives 0
+  }
 }
 
 template <Sum S, class T>
@@ -240,13 +242,13 @@ void bias_grad_nhwc(const void* dy, i64 rows, i64 c, float* db, DType t, cudaStr
   launch(finish_backward, channel_blocks(c), kBlock, 0, s, p, g.grid, c, 1.0, nullptr, nullptr, db, nullptr);
 }
 
-void add_bias_nhwc(const float* b, i64 rows, i64 c, void* y, DType t, cudaStream_t s) {
+void add_bias_nhwc(const float* b, i64 rows, i64 c, void* y, DType t, cudaStream_t s, bool relu) {
   const i64 total = rows * c;
   if (total <= 0) return;
   by_types(t, total, [&](auto element, auto index) {
     using T = decltype(element);
     using I = decltype(index);
-    launch(add_bias<T, I>, grid_for(total), kBlock, 0, s, b, I(c), I(total), static_cast<T*>(y));
+    launch(add_bias<T, I>, grid_for(total), kBlock, 0, s, b, I(c), I(total), relu, static_cast<T*>(y));
   });
 }
 

@@ -164,5 +164,22 @@ __device__ T block_sum(T v, T* sh) {
   return r;
 }
 
+// out[r] = sum of part[r * cols .. r * cols + cols), one block per row, in block_sum's fixed order:
+// the second pass of every two-pass reduction (per-block partials, then this).
+template <class T>
+__global__ void reduce_rows_kernel(const T* part, i64 rows, i64 cols, T* out) {
+  __shared__ T sh[kBlock];
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    T acc = 0;
+    for (i64 j = threadIdx.x; j < cols; j += kBlock) acc += part[r * cols + j];
+    acc = block_sum(acc, sh);
+    if (threadIdx.x == 0) out[r] = acc;
+  }
+}
+template <class T>
+void reduce_rows(const T* part, i64 rows, i64 cols, T* out, cudaStream_t s) {
+  launch(reduce_rows_kernel<T>, static_cast<unsigned>(std::min<i64>(rows, 65535)), kBlock, 0, s, part, rows, cols, out);
+}
+
 }  // namespace
 }  // namespace dd::cuda::kernels

@@ -44,14 +44,6 @@ __global__ void partials_kernel(const float* x, i64 n, F f, T* part) {
   acc = block_sum(acc, sh);
   if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
-template <class T>
-__global__ void finish_kernel(const T* part, i64 count, T* out) {
-  __shared__ T sh[kBlock];
-  T acc = 0;
-  for (i64 j = threadIdx.x; j < count; j += kBlock) acc += part[j];
-  acc = block_sum(acc, sh);
-  if (threadIdx.x == 0) *out = acc;
-}
 
 // Gradient-norm clipping with the norm read on the device (so the host never waits for it).
 __global__ void clip_kernel(float* x, i64 n, const double* sum_squares, double max_norm) {
@@ -71,7 +63,7 @@ template <class T, class F>
 void enqueue_sum(const float* x, i64 n, F f, T* part, cudaStream_t s) {
   const i64 blocks = partial_blocks(n);
   launch(partials_kernel<T, F>, static_cast<unsigned>(blocks), kBlock, 0, s, x, n, f, part);
-  launch(finish_kernel<T>, 1, kBlock, 0, s, part, blocks, part + blocks);
+  reduce_rows(part, 1, blocks, part + blocks, s);
 }
 
 // The same sum, waited for.

@@ -22,22 +22,6 @@ __device__ bool label_index(float v, i64 c, i64& k) {
   return static_cast<float>(k) == v && k < c;
 }
 
-// out[r] = sum of part[r * cols .. r * cols + cols), one block per row.
-template <class T>
-__global__ void reduce_rows_kernel(const T* part, i64 rows, i64 cols, T* out) {
-  __shared__ T sh[kBlock];
-  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
-    T acc = 0;
-    for (i64 j = threadIdx.x; j < cols; j += kBlock) acc += part[r * cols + j];
-    acc = block_sum(acc, sh);
-    if (threadIdx.x == 0) out[r] = acc;
-  }
-}
-template <class T>
-void reduce_rows(const T* part, i64 rows, i64 cols, T* out, cudaStream_t s) {
-  launch(reduce_rows_kernel<T>, static_cast<unsigned>(std::min<i64>(rows, 65535)), kBlock, 0, s, part, rows, cols, out);
-}
-
 // One thread per pixel, channels strided by plane (pixels are the contiguous axis: coalesced).
 // Same steps as the CPU: max (std::max semantics), exp, float sum in channel order, divide.
 __global__ void softmax_kernel(const float* x, i64 c, i64 plane, i64 pixels, float* p) {

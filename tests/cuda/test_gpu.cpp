@@ -741,6 +741,45 @@ TEST_CASE("half activations: every op keeps bf16 activations and matches the CPU
   CHECK(h.tile(2, 5, 3, 9).clone().to_vector() == x.to(DType::f16).tile(2, 5, 3, 9).clone().to_vector());
 }
 
+TEST_CASE("inference conv blocks (batch norm folded into the convolution) match the CPU: f32 and bf16 activations") {
+  if (no_gpu()) return;
+  // Two input parts (the decoder's [skip, up]), 8 outputs (our bias-ReLU kernel) and 1030 (cuDNN's
+  // bias addition, then the ReLU kernel), with and without a convolution bias.
+  const Tensor a = Tensor::randn({2, 5, 17, 20}, 110), c = Tensor::randn({2, 3, 17, 20}, 111);
+  for (const std::int64_t cout : {8, 1030})
+    for (const bool bias : {false, true}) {
+      CAPTURE(cout);
+      CAPTURE(bias);
+      const Tensor w = Tensor::randn({cout, 8, 3, 3}, 112, 0.2f), b = Tensor::randn({cout, 1, 1, 1}, 113);
+      const Tensor g = Tensor::randn({cout, 1, 1, 1}, 114), be = Tensor::randn({cout, 1, 1, 1}, 115);
+      const Tensor m = Tensor::randn({cout, 1, 1, 1}, 116, 0.3f), v = Tensor::full({cout, 1, 1, 1}, 1.3f);
+      // x0, x1: the parts on their device, in their type
+      const auto block = [&](const Tensor& x0, const Tensor& x1) {
+        NoGrad ng;
+        const Device d = x0.device();
+        return conv2d_batch_norm_relu({Var(x0), Var(x1)}, Var(w.to(d)), bias ? Var(b.to(d)) : Var{}, Var(g.to(d)),
+                                      Var(be.to(d)), m.to(d), v.to(d), 1e-5f, {1, 1, 1})
+            .value();
+      };
+      const Tensor want = block(a, c);
+      for_each_config([&](const GpuConfig&) {
+        ExactConvs exact;
+        const Tensor got = block(a.to(Device::cuda), c.to(Device::cuda));
+        CHECK(rel_error(got, want) < 1e-4);
+        CHECK(max_error(got, want) < 1e-4);
+      });
+      // bf16 activations: the same rounded inputs on both devices
+      HalfActivations half;
+      const Tensor ah = a.to(DType::bf16).to(DType::f32), ch = c.to(DType::bf16).to(DType::f32);
+      const Tensor got = block(ah.clone_as(MemoryFormat::nhwc).to(Device::cuda).to(DType::bf16),
+                               ch.clone_as(MemoryFormat::nhwc).to(Device::cuda).to(DType::bf16));
+      CHECK(got.dtype() == (cout <= 1024 ? DType::bf16 : DType::f32));
+      const Tensor ref = block(ah, ch);
+      CHECK(rel_error(got, ref) < 1e-2);
+      CHECK(max_error(got, ref) < 4e-2);
+    }
+}
+
 TEST_CASE("half activations: U-Net and DDU-Net training steps close to f32 activations, with less memory") {
   if (no_gpu()) return;
   for (const auto p : {cuda::Precision::bf16, cuda::Precision::fp16}) {

@@ -5,6 +5,7 @@
 #include <array>
 #include <cmath>
 
+#include "dd/kernels/cpu/batchnorm.hpp"
 #include "emulated.hpp"
 
 namespace dd::emulated_test {
@@ -163,7 +164,49 @@ TEST_CASE("emulated kernels: channels-last batch norm backward, the tail taken b
           std::vector<double> want_x(total);
           for (i64 i = 0; i < total; ++i) want_x[i] = static_cast<double>(xv[i]) + bv[i % c];
           CHECK(max_rel_error(x.values(), want_x) < tolerance(t));
+          // bias and ReLU in one pass (a folded batch norm's epilogue); NaN gives 0, as dd::relu
+          std::vector<float> zv0 = xv;
+          if (t == DType::f32) zv0[0] = std::nanf("");
+          Array z(zv0, t);
+          k::add_bias_nhwc(db.f(), rows, c, z.raw(), t, nullptr, true);
+          for (i64 i = 0; i < total; ++i) want_x[i] = std::max(want_x[i], 0.0);
+          if (t == DType::f32) want_x[0] = 0.0;
+          const auto zv = z.values();
+          CHECK(max_rel_error(zv, want_x) < tolerance(t));
+          if (t == DType::f32) CHECK(zv[0] == 0.0f);
         }
+}
+
+TEST_CASE("emulated kernels: a batch norm folded into the convolution before it, as the CPU folds it") {
+  GuardCheck guard;
+  std::mt19937 rng(23);
+  for (const i64 per_output : {1, 9, 25 * 3})
+    for (const bool bias : {false, true}) {
+      INFO("per output ", per_output, " bias ", bias);
+      const i64 c = 7, n = c * per_output;
+      const auto wv = random_values(rng, n, -1.0f, 1.0f), bv = random_values(rng, c, -1.0f, 1.0f);
+      const auto gv = random_values(rng, c, 0.5f, 1.5f), bev = random_values(rng, c, -1.0f, 1.0f);
+      const auto mv = random_values(rng, c, -0.5f, 0.5f), vv = random_values(rng, c, 0.1f, 2.0f);
+      Array w(wv, DType::f32), b(bv, DType::f32), g(gv, DType::f32), be(bev, DType::f32), m(mv, DType::f32),
+          v(vv, DType::f32), w_out(n, DType::f32), b_out(c, DType::f32);
+      k::fold_batchnorm(w.f(), bias ? b.f() : nullptr, g.f(), be.f(), m.f(), v.f(), c, per_output, 1e-5f, w_out.f(),
+                        b_out.f(), nullptr);
+      std::vector<float> want_w(n), want_b(c);
+      cpu::fold_batchnorm(wv.data(), bias ? bv.data() : nullptr, gv.data(), bev.data(), mv.data(), vv.data(), c,
+                          per_output, 1e-5f, want_w.data(), want_b.data());
+      // The same float operations; the host compiler may fuse a multiply-add (one rounding fewer).
+      CHECK(max_rel_error(w_out.values(), as_double(want_w)) < 1e-6);
+      CHECK(max_rel_error(b_out.values(), as_double(want_b)) < 1e-6);
+      // and against the definition, in double
+      std::vector<double> exact_w(n), exact_b(c);
+      for (i64 k = 0; k < c; ++k) {
+        const double scale = gv[k] / std::sqrt(double(vv[k]) + 1e-5);
+        for (i64 i = k * per_output; i < (k + 1) * per_output; ++i) exact_w[i] = wv[i] * scale;
+        exact_b[k] = (bias ? bv[k] * scale : 0.0) + bev[k] - mv[k] * scale;
+      }
+      CHECK(max_rel_error(w_out.values(), exact_w) < 1e-6);
+      CHECK(max_rel_error(b_out.values(), exact_b) < 1e-5);
+    }
 }
 
 }  // namespace dd::emulated_test

@@ -3,6 +3,7 @@
 #include "dd/layers/activation.hpp"
 #include "dd/layers/batchnorm.hpp"
 #include "dd/layers/conv.hpp"
+#include "dd/layers/conv_block.hpp"
 #include "dd/layers/dropout.hpp"
 #include "dd/layers/norm_activation.hpp"
 #include "dd/layers/pooling.hpp"
@@ -12,11 +13,11 @@
 
 namespace dd {
 
-// (Conv3x3 without bias -> BatchNorm -> ReLU -> Dropout2d) twice.
+// (Conv3x3 without bias -> BatchNorm -> ReLU -> Dropout2d) twice. In training BatchNorm -> ReLU ->
+// Dropout2d run as one fused layer (same results, half the kept activations); in inference the
+// batch norm is folded into the convolution (layers/conv_block.hpp).
 template <int In, int Out, float P = 0.1f>
-// BatchNorm -> ReLU -> Dropout2d run as one fused layer (same results, half the kept activations).
-struct DoubleConv : Seq<Conv<In, Out, 3, false>, BatchNormReLUDropout<Out, P>,  //
-                        Conv<Out, Out, 3, false>, BatchNormReLUDropout<Out, P>> {};
+struct DoubleConv : Seq<ConvBatchNormReLU<In, Out, 3, false, P>, ConvBatchNormReLU<Out, Out, 3, false, P>> {};
 
 // Encoder step: halve the size, then a DoubleConv.
 template <int In, int Out, float P = 0.1f>

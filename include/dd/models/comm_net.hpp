@@ -6,6 +6,7 @@
 #include "dd/layers/activation.hpp"
 #include "dd/layers/batchnorm.hpp"
 #include "dd/layers/conv.hpp"
+#include "dd/layers/conv_block.hpp"
 #include "dd/layers/dropout.hpp"
 #include "dd/layers/norm_activation.hpp"
 #include "dd/layers/seq.hpp"
@@ -13,7 +14,7 @@
 namespace dd {
 
 template <int F, int K, float P>
-struct CommLayer : Seq<Conv<F, F, K, true>, BatchNormReLUDropout<F, P>> {};
+struct CommLayer : ConvBatchNormReLU<F, F, K, true, P> {};
 
 namespace detail {
 template <int F, int K, float P, class Indices>

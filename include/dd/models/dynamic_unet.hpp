@@ -10,6 +10,7 @@
 #include "dd/models/unet.hpp"
 #include "dd/ops/batch_norm.hpp"
 #include "dd/ops/conv2d.hpp"
+#include "dd/ops/conv_batch_norm.hpp"
 #include "dd/ops/dropout.hpp"
 #include "dd/ops/max_pool.hpp"
 #include "dd/ops/relu.hpp"
@@ -52,6 +53,7 @@ struct ConvSpec {
 };
 
 struct BatchNormSpec {
+  static constexpr float momentum = BatchNorm<1>::momentum, eps = BatchNorm<1>::eps;  // the typed layer's
   int c = 0;
   std::size_t po = 0, bo = 0;
   void init(float* p, float* b) const {
@@ -61,7 +63,7 @@ struct BatchNormSpec {
   Var forward(Context& ctx, const Var& x, float p) const {
     return batch_norm_relu_dropout(x, ctx.param(po, {c, 1, 1, 1}), ctx.param(po + c, {c, 1, 1, 1}),
                                    ctx.buffer(bo, {c, 1, 1, 1}), ctx.buffer(bo + c, {c, 1, 1, 1}),
-                                   {ctx.training, 0.1f, 1e-5f}, p, ctx.training && p > 0.0f ? ctx.rng : nullptr);
+                                   {ctx.training, momentum, eps}, p, ctx.training && p > 0.0f ? ctx.rng : nullptr);
   }
   void slots(const std::string& name, std::vector<TensorSlot>& ps, std::vector<TensorSlot>& bs) const {
     ps.push_back({name + ".weight", po, {c, 1, 1, 1}});
@@ -93,14 +95,26 @@ struct ConvBlock {
   void init(Rng& rng, float* p, float* b) const {
     for (std::size_t i = 0; i < convs.size(); ++i) convs[i].init(rng, p), norms[i].init(p, b);
   }
-  // The first convolution takes the channel concatenation of `parts`.
+  // The first convolution takes the channel concatenation of `parts`. In inference each batch norm
+  // is folded into its convolution (dd::conv2d_batch_norm_relu), as in the typed networks.
   Var forward(Context& ctx, const std::vector<Var>& parts) const {
     Var x = parts.size() == 1 ? parts[0] : Var{};
-    for (std::size_t i = 0; i < convs.size(); ++i)
-      x = norms[i].forward(ctx, i == 0 ? convs[0].forward(ctx, parts) : convs[i].forward(ctx, x), dropout);
+    for (std::size_t i = 0; i < convs.size(); ++i) {
+      const std::vector<Var> in = i == 0 ? parts : std::vector<Var>{x};
+      x = folds_batch_norm(ctx) ? folded(ctx, i, in) : norms[i].forward(ctx, convs[i].forward(ctx, in), dropout);
+    }
     return x;
   }
   Var forward(Context& ctx, const Var& x) const { return forward(ctx, std::vector<Var>{x}); }
+  Var folded(Context& ctx, std::size_t i, const std::vector<Var>& in) const {
+    const ConvSpec& c = convs[i];
+    const BatchNormSpec& n = norms[i];
+    const std::size_t w = std::size_t(c.out) * c.in * c.k * c.k;
+    return conv2d_batch_norm_relu(
+        in, ctx.param(c.po, {c.out, c.in, c.k, c.k}), c.bias ? ctx.param(c.po + w, {c.out, 1, 1, 1}) : Var{},
+        ctx.param(n.po, {n.c, 1, 1, 1}), ctx.param(n.po + n.c, {n.c, 1, 1, 1}), ctx.buffer(n.bo, {n.c, 1, 1, 1}),
+        ctx.buffer(n.bo + n.c, {n.c, 1, 1, 1}), BatchNormSpec::eps, {c.k / 2, 1, 1});
+  }
   void slots(const std::string& name, std::vector<TensorSlot>& ps, std::vector<TensorSlot>& bs) const {
     for (std::size_t i = 0; i < convs.size(); ++i) {
       convs[i].slots(name + ".conv" + std::to_string(i + 1), ps);

@@ -12,6 +12,9 @@ namespace dd {
 
 struct Conv2dOptions {
   std::int64_t pad = 0, stride = 1, dilation = 1;
+  // y = max(0, conv(x, w) + b), the ReLU applied where the bias is added (no pass of its own). For
+  // inference (dd::conv2d_batch_norm_relu): a convolution that records gradients refuses it.
+  bool relu = false;
 };
 
 namespace detail {
@@ -23,23 +26,32 @@ inline cpu::Conv2dGeometry conv2d_geometry(const Shape& xs, std::int64_t cin, co
   DD_CHECK(cin == ws.c, "dd::conv2d: input has {} channels but the weight {} expects {}", cin, ws, ws.c);
   DD_CHECK(!b.defined() || b.shape().numel() == ws.n, "dd::conv2d: bias of shape {} for {} output channels",
            b.shape(), ws.n);
+  DD_CHECK(!o.relu || b.defined(), "dd::conv2d: the fused ReLU (Conv2dOptions::relu) needs a bias");
   const cpu::Conv2dGeometry g{xs.n, cin, xs.h, xs.w, ws.n, ws.h, o.pad, o.stride, o.dilation};
   DD_CHECK(g.out_h() > 0 && g.out_w() > 0, "dd::conv2d: a {}x{} kernel (pad {}, dilation {}) does not fit a {}x{} input",
            ws.h, ws.w, o.pad, o.dilation, xs.h, xs.w);
   return g;
 }
 
+// The fused ReLU has no backward: training runs the convolution and the activation as their own ops.
+inline void refuse_recorded_relu(bool relu, bool recorded) {
+  DD_CHECK(!relu || !recorded,
+           "dd::conv2d: the fused ReLU (Conv2dOptions::relu) is for inference; with gradients recorded use "
+           "conv2d and relu (or batch_norm_relu_dropout)");
+}
+
 // The CPU convolution of the channel concatenation of `xs` (contiguous values, one or more).
 inline Var conv2d_cpu(const std::vector<Var>& xs, const std::vector<Tensor>& X, const Var& w, const Var& b,
-                      const cpu::Conv2dGeometry& g) {
+                      const cpu::Conv2dGeometry& g, bool relu) {
+  bool rec = detail::should_record({&w, &b});
+  for (const Var& x : xs) rec = rec || detail::should_record({&x});
+  refuse_recorded_relu(relu, rec);
   cpu::InputParts in;
   for (const Tensor& t : X) in.add(t.data(), t.shape().c);
   Tensor Y = Tensor::empty({g.n, g.cout, g.out_h(), g.out_w()});
   const Tensor W = w.value().contiguous();
-  cpu::conv2d_forward(in, W.data(), b.defined() ? b.value().data() : nullptr, g, Y.data());
+  cpu::conv2d_forward(in, W.data(), b.defined() ? b.value().data() : nullptr, g, Y.data(), relu);
 
-  bool rec = detail::should_record({&w, &b});
-  for (const Var& x : xs) rec = rec || detail::should_record({&x});
   Var y(std::move(Y), rec);
   if (rec)
     Tape::current().record([xs, X, w, b, y, g, W, in] {
@@ -101,15 +113,16 @@ inline Var conv2d(const Var& x, const Var& w, const Var& b, Conv2dOptions o = {}
   const Tensor X = detail::conv_input(x.value(), f);
   detail::require_nonempty(X, "conv2d");
   const cpu::Conv2dGeometry g = detail::conv2d_geometry(X.shape(), X.shape().c, w, b, o);
-  if (!detail::on_gpu(X)) return detail::conv2d_cpu({x}, {X}, w, b, g);
+  if (!detail::on_gpu(X)) return detail::conv2d_cpu({x}, {X}, w, b, g, o.relu);
 
 #if DD_WITH_CUDA
   const bool nhwc = f == MemoryFormat::nhwc;
   Tensor Y = Tensor::empty({g.n, g.cout, g.out_h(), g.out_w()}, X.device(), f, detail::conv_output_dtype(X, g.cout));
   const Tensor W = w.value().contiguous();
-  DD_GPU(conv2d_forward(detail::device_array(X), W.data(), b.defined() ? b.value().data() : nullptr, g,
-                        detail::device_array(Y), nhwc));
   const bool rec = detail::should_record({&x, &w, &b});
+  detail::refuse_recorded_relu(o.relu, rec);
+  DD_GPU(conv2d_forward(detail::device_array(X), W.data(), b.defined() ? b.value().data() : nullptr, g,
+                        detail::device_array(Y), nhwc, o.relu));
   Var y(std::move(Y), rec);
   if (rec)
     Tape::current().record([x, w, b, y, g, X, W, f, nhwc] {
@@ -148,7 +161,7 @@ inline Var conv2d(const std::vector<Var>& parts, const Var& w, const Var& b, Con
              s0, s);
     cin += s.c;
   }
-  return detail::conv2d_cpu(parts, X, w, b, detail::conv2d_geometry(X.front().shape(), cin, w, b, o));
+  return detail::conv2d_cpu(parts, X, w, b, detail::conv2d_geometry(X.front().shape(), cin, w, b, o), o.relu);
 }
 
 }  // namespace dd

@@ -43,7 +43,7 @@ inline void dice_sums(const SoftmaxTargets& t, std::vector<double>& inter, std::
       denom[static_cast<std::size_t>(c)] += sp;
     }
     for (std::int64_t i = 0; i < plane; ++i) {
-      const std::int64_t k = label_at(L, b * plane + i, C);
+      const std::int64_t k = label_at(L, b * plane + i, C, "dice_loss");
       inter[static_cast<std::size_t>(k)] += P.data()[(b * C + k) * plane + i];
       denom[static_cast<std::size_t>(k)] += 1.0;
     }

@@ -51,12 +51,13 @@ inline Var softmax(const Var& x) {
 }
 
 namespace detail {
-// Class index of each pixel of an [N,1,H,W] label tensor, checked against the class count.
-inline std::int64_t label_at(const Tensor& labels, std::int64_t i, std::int64_t classes) {
+// Class index of each pixel of an [N,1,H,W] label tensor, checked against the class count (op: the
+// loss that reads it, for the message).
+inline std::int64_t label_at(const Tensor& labels, std::int64_t i, std::int64_t classes, const char* op) {
   const float v = labels.data()[i];
   const auto k = static_cast<std::int64_t>(v);
   DD_CHECK(static_cast<float>(k) == v && k >= 0 && k < classes,
-           "dd::cross_entropy: label {} at pixel {} is not a class index in [0, {})", v, i, classes);
+           "dd::{}: label {} at pixel {} is not a class index in [0, {})", op, v, i, classes);
   return k;
 }
 
@@ -92,7 +93,7 @@ inline Var cross_entropy(const Var& logits, const Tensor& labels) {
     double total = 0;
     for (std::int64_t b = 0; b < s.n; ++b)
       for (std::int64_t i = 0; i < plane; ++i) {
-        const std::int64_t k = detail::label_at(L, b * plane + i, s.c);
+        const std::int64_t k = detail::label_at(L, b * plane + i, s.c, "cross_entropy");
         total -= std::log(std::max(P.data()[(b * s.c + k) * plane + i], 1e-30f));
       }
     value = Tensor::full({1, 1, 1, 1}, static_cast<float>(total / static_cast<double>(pixels)));

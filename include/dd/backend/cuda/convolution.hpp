@@ -223,11 +223,11 @@ inline void require_f32(DType t, const char* who) {
            dtype_name(t));
 }
 
-// y[n, c, :, :] += b[c]
+// y[n, c, :, :] += b[c]; with relu, y = max(0, y + b) (NaN gives 0, as dd::relu).
 inline void add_channel_bias(const float* b, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
-                             DeviceArray y, bool nhwc = false) {
+                             DeviceArray y, bool nhwc = false, bool relu = false) {
   if (nhwc && kernels::channels_last_supported(c)) {
-    kernels::add_bias_nhwc(b, n * h * w, c, y.p, y.t, current_stream());
+    kernels::add_bias_nhwc(b, n * h * w, c, y.p, y.t, current_stream(), relu);
     DD_CUDA_CHECK(cudaGetLastError());
     return;
   }
@@ -236,6 +236,10 @@ inline void add_channel_bias(const float* b, std::int64_t n, std::int64_t c, std
   const float one = 1.0f;
   const AlignedFloats bias(b, c);  // realigned when b is a view
   DD_CUDNN_CHECK(cudnnAddTensor(cudnn_handle(), &one, bd, bias.get(), &one, yd, y.p));
+  if (relu) {  // elementwise: the memory order does not matter
+    kernels::relu_forward(y.p, n * c * h * w, y.p, y.t, current_stream());
+    DD_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 // db[c] += sum over n, h, w of dy[n, c, :, :]

@@ -79,6 +79,20 @@ inline void batchnorm_forward_eval(const float* x, const float* gamma, const flo
   });
 }
 
+// An eval-mode batch norm after a convolution folded into the convolution: with
+// scale = gamma / sqrt(var + eps) and shift = beta - mean * scale (batchnorm_forward_eval's floats),
+// w_out[k] = w[k] * scale[k] (each of the `per_output` weights of output channel k) and
+// b_out[k] = b[k] * scale[k] + shift[k] (b may be null: no convolution bias).
+inline void fold_batchnorm(const float* w, const float* b, const float* gamma, const float* beta, const float* mean,
+                           const float* var, std::int64_t c, std::int64_t per_output, float eps, float* w_out,
+                           float* b_out) {
+  for (std::int64_t k = 0; k < c; ++k) {
+    const float scale = gamma[k] / std::sqrt(var[k] + eps), shift = beta[k] - mean[k] * scale;
+    for (std::int64_t i = k * per_output; i < (k + 1) * per_output; ++i) w_out[i] = w[i] * scale;
+    b_out[k] = b ? b[k] * scale + shift : shift;
+  }
+}
+
 // Backward. mean/invstd are the statistics the forward used (batch ones in training, running ones
 // in eval). batch_stats says whether the statistics depend on x (training) or are constants (eval).
 // dx is written (may be null); dgamma/dbeta are accumulated.

@@ -156,25 +156,41 @@ inline void input_gradient_strided(const float* w, const float* dy, const Conv2d
   }
 }
 
-// conv(x, w) + b into y's parts; the forward pass and the stride-1 input gradient.
+// conv(x, w) + b into y's parts (then max(0, .) with relu); the forward pass and the stride-1 input
+// gradient. Bias and ReLU run on each row block right after its GEMM, while it is in cache.
 inline void conv2d_forward_parts(const InputParts& x, const float* w, const float* b, const Conv2dGeometry& g,
-                                 const OutputParts& y) {
+                                 const OutputParts& y, bool relu = false) {
   const std::int64_t Wo = g.out_w(), P = g.out_h() * Wo;
   const auto blocks = row_blocks(g);
   parallel_for(blocks.count(), [&](std::int64_t i) {
     const auto it = blocks[i];
     gemm_into_parts(w, patches(x, g, it, false), g, y, it);
-    if (b)
-      for (std::int64_t co = 0; co < g.cout; ++co)
-        for (float *q = y.plane(it.image, co, P) + it.row0 * Wo, *e = q + it.rows * Wo; q < e; ++q) *q += b[co];
+    if (!b && !relu) return;
+    for (std::int64_t co = 0; co < g.cout; ++co) {
+      const float bc = b ? b[co] : 0.0f;
+      float* q = y.plane(it.image, co, P) + it.row0 * Wo;
+      const std::int64_t m = it.rows * Wo;
+      if (relu) {
+#pragma omp simd
+        for (std::int64_t j = 0; j < m; ++j) {
+          const float v = q[j] + bc;
+          q[j] = v > 0.0f ? v : 0.0f;  // as dd::relu: NaN gives 0
+        }
+      } else {
+#pragma omp simd
+        for (std::int64_t j = 0; j < m; ++j) q[j] += bc;
+      }
+    }
   });
 }
 
 }  // namespace detail
 
 // y[n, Cout, Ho, Wo] = conv(x, w) + b, x the channel concatenation of its parts. b may be null.
-inline void conv2d_forward(const InputParts& x, const float* w, const float* b, const Conv2dGeometry& g, float* y) {
-  detail::conv2d_forward_parts(x, w, b, g, OutputParts(y, g.cout));
+// relu: y = max(0, conv(x, w) + b) (a batch norm folded into w and b, dd::conv2d_batch_norm_relu).
+inline void conv2d_forward(const InputParts& x, const float* w, const float* b, const Conv2dGeometry& g, float* y,
+                           bool relu = false) {
+  detail::conv2d_forward_parts(x, w, b, g, OutputParts(y, g.cout), relu);
 }
 inline void conv2d_forward(const float* x, const float* w, const float* b, const Conv2dGeometry& g, float* y) {
   conv2d_forward(InputParts(x, g.cin), w, b, g, y);

@@ -103,6 +103,11 @@ void dice_grad_probs(const float* labels, std::int64_t n, std::int64_t c, std::i
 // ---- batch norm pieces cuDNN does not cover ----
 // invstd[c] = 1 / sqrt(var[c] + eps)
 void batchnorm_invstd(const float* var, std::int64_t c, float eps, float* invstd, cudaStream_t s);
+// dd::cpu::fold_batchnorm's float arithmetic (an eval-mode batch norm folded into the convolution
+// before it): w_out = w * scale per output channel, b_out = b * scale + shift (b may be null).
+void fold_batchnorm(const float* w, const float* b, const float* gamma, const float* beta, const float* mean,
+                    const float* var, std::int64_t c, std::int64_t per_output, float eps, float* w_out, float* b_out,
+                    cudaStream_t s);
 // Backward with constant statistics (eval mode): dx = dy * gamma * invstd (dx may be null);
 // dgamma += sum dy * (x - mean) * invstd, dbeta += sum dy (each may be null), per channel.
 // channels_last: x, dy, dx are NHWC.
@@ -138,7 +143,9 @@ void batchnorm_nhwc_backward(const void* x, const void* dy, const float* gamma, 
                              float* dgamma, float* dbeta, const ReluTail& tail, DType t, cudaStream_t s);
 void bias_grad_nhwc(const void* dy, std::int64_t rows, std::int64_t c, float* db, DType t,
                     cudaStream_t s);                                                            // db += sum dy
-void add_bias_nhwc(const float* b, std::int64_t rows, std::int64_t c, void* y, DType t, cudaStream_t s);  // y += b
+// y += b; with relu y = max(0, y + b) (NaN gives 0, as dd::relu)
+void add_bias_nhwc(const float* b, std::int64_t rows, std::int64_t c, void* y, DType t, cudaStream_t s,
+                   bool relu = false);
 
 // ---- optimizer and reductions ----
 // Adam with bias corrections folded in: g' = g + wd * p; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;

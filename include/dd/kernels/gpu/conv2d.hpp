@@ -32,8 +32,10 @@ inline DType activation_dtype(std::int64_t channels) {
 }
 
 // y[n, Cout, Ho, Wo] = conv(x, w) + b. b may be null. nhwc: x and y channels-last.
+// relu (needs b): y = max(0, conv(x, w) + b), a batch norm folded into w and b.
 inline void conv2d_forward(cuda::DeviceArray x, const float* w, const float* b, const cpu::Conv2dGeometry& g,
-                           cuda::DeviceArray y, bool nhwc = false) {
+                           cuda::DeviceArray y, bool nhwc = false, bool relu = false) {
+  DD_CHECK(!relu || b, "dd::gpu::conv2d_forward: the fused ReLU needs a bias");
   const cuda::ConvProblem p = detail::conv2d_problem(g, nhwc);
   const std::int64_t Ho = p.out_h(), Wo = p.out_w();
   if (g.n <= 0 || g.cout <= 0 || Ho <= 0 || Wo <= 0) return;
@@ -45,7 +47,7 @@ inline void conv2d_forward(cuda::DeviceArray x, const float* w, const float* b, 
     const cuda::ConvOperand xo = conv.operand(x, p.input_count()), wo = conv.filter(w);
     conv.forward(xo.get(), wo.get(), y);
   }
-  if (b) cuda::add_channel_bias(b, g.n, g.cout, Ho, Wo, y, nhwc);
+  if (b) cuda::add_channel_bias(b, g.n, g.cout, Ho, Wo, y, nhwc, relu);
 }
 
 // dx (may be null) is written with dL/dx; dw and db (may be null) are ACCUMULATED into.

@@ -128,6 +128,12 @@ inline std::int64_t count_nonfinite(const float* x, std::int64_t n) {
 inline void batchnorm_invstd(const float* var, std::int64_t c, float eps, float* invstd) {
   detail::launch("batchnorm_invstd", k::batchnorm_invstd, var, c, eps, invstd);
 }
+// An eval-mode batch norm folded into the convolution before it (dd::cpu::fold_batchnorm).
+inline void fold_batchnorm(const float* w, const float* b, const float* gamma, const float* beta, const float* mean,
+                           const float* var, std::int64_t c, std::int64_t per_output, float eps, float* w_out,
+                           float* b_out) {
+  detail::launch("fold_batchnorm", k::fold_batchnorm, w, b, gamma, beta, mean, var, c, per_output, eps, w_out, b_out);
+}
 // Scales x so its L2 norm is at most max_norm, the norm never leaving the device.
 inline void clip_by_norm(float* x, std::int64_t n, double max_norm) {
   if (n > 0) detail::launch("clip_by_norm", k::clip_by_norm, x, n, max_norm);
