@@ -295,3 +295,27 @@ TEST_CASE("inference folds each batch norm into its convolution: the logits of t
     CHECK(folded_dynamic == folded);
   }
 }
+
+TEST_CASE("a backward pass that reaches a destroyed or moved DDU-Net is an error, not a crash") {
+  const Tensor x = Tensor::randn({1, 1, 32, 32}, 50);
+  dd::Tape tape;
+  dd::TapeScope scope(tape);
+  {
+    dd::DomainDecomposed<dd::UNet<2, 1, 3, 4>, dd::CommNet<4>> m({2, 2}, dd::Exchange::stitched, 51);
+    (void)m.forward(Var(x));  // recorded, never backpropagated
+  }
+  CHECK_THROWS_WITH_AS(tape.backward(), doctest::Contains("dd::DomainDecomposed: a backward pass replayed"), dd::Error);
+  CHECK(tape.empty());  // forgotten even though it threw
+
+  using Small = dd::DomainDecomposed<dd::UNet<2, 1, 3, 4>, dd::CommNet<4>>;
+  Small a({2, 2}, dd::Exchange::stitched, 52);
+  const Var y = a.forward(Var(x));
+  Small b(std::move(a));  // the recording belongs to the moved-from object
+  CHECK_THROWS_WITH_AS(tape.backward(), doctest::Contains("destroyed or moved"), dd::Error);
+  // The new object records and backpropagates as usual.
+  dd::dice_loss(b.forward(Var(x)), random_labels({1, 1, 32, 32}, 53)).backward();
+  CHECK(tape.empty());
+  double g = 0;
+  for (float v : b.gradients().to_vector()) g += std::fabs(v);
+  CHECK(g > 0);
+}

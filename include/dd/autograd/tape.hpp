@@ -15,14 +15,18 @@ class Tape {
   std::size_t size() const { return entries_.size(); }
   bool empty() const { return entries_.empty(); }
 
-  // Runs every entry newest first, then forgets them all.
+  // Runs every entry newest first, then forgets them all (also when one throws: the tape is
+  // then half replayed, and nothing of it can run again).
   void backward() {
+    struct Forget {
+      std::vector<Entry>& entries;
+      ~Forget() { entries.clear(); }
+    } forget{entries_};
     for (auto it = entries_.rbegin(); it != entries_.rend(); ++it) {
       Entry e = std::move(*it);
       *it = nullptr;
       e();
     }
-    entries_.clear();
   }
   // Drops what was recorded without running it (e.g. after a validation pass with grad on).
   void clear() { entries_.clear(); }

@@ -17,6 +17,7 @@
 #include <memory>
 #include <vector>
 
+#include "dd/autograd/liveness.hpp"
 #include "dd/decomposition/distribution.hpp"
 #include "dd/decomposition/exchange.hpp"
 #include "dd/decomposition/workers.hpp"
@@ -203,7 +204,8 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
       features[static_cast<std::size_t>(i)] = net_.encode(ctx, tiles[static_cast<std::size_t>(i)]);
     });
     if (record)  // replayed last: the encoders' backward, then the clone gradients are summed
-      Tape::current().record([this, enc_tapes, L] {
+      Tape::current().record([this, alive = alive_.watch(), enc_tapes, L] {
+        alive.require("dd::DomainDecomposed");
         run_clones(L, [&](std::int64_t i) { (*enc_tapes)[static_cast<std::size_t>(i)].backward(); });
         reduce_clone_gradients();
       });
@@ -223,7 +225,8 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
       logits[static_cast<std::size_t>(i)] = net_.decode(ctx, features[static_cast<std::size_t>(i)]);
     });
     if (record)
-      Tape::current().record([this, dec_tapes, L] {
+      Tape::current().record([this, alive = alive_.watch(), dec_tapes, L] {
+        alive.require("dd::DomainDecomposed");
         run_clones(L, [&](std::int64_t i) { (*dec_tapes)[static_cast<std::size_t>(i)].backward(); });
       });
     merge_clone_buffers(K);
@@ -444,6 +447,7 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   EvalTiles eval_tiles_ = EvalTiles::automatic;
   std::int64_t eval_stack_limit_ = std::numeric_limits<int>::max();
   std::shared_ptr<Distribution> dist_;
+  Liveness alive_;  // checked by the closures this object records (they capture `this`)
 };
 
 }  // namespace dd
