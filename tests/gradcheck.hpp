@@ -1,11 +1,11 @@
 #pragma once
 // Central finite differences against the tape's gradients. The loss for the differences is
 // computed in double from float outputs, so rounding noise stays far below the tolerance.
+#include <algorithm>
 #include <cmath>
+#include <dd/ddunet.hpp>
 #include <functional>
 #include <vector>
-
-#include <dd/ddunet.hpp>
 
 namespace ddtest {
 
@@ -35,6 +35,20 @@ inline std::vector<std::int64_t> spread(std::int64_t numel, std::int64_t count) 
   const std::int64_t n = std::min(numel, count);
   for (std::int64_t i = 0; i < n; ++i) idx.push_back(i * numel / n);
   return idx;
+}
+
+// max |a[i] - b[i]| over two results of the same size.
+inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+  return worst;
+}
+// max |a[i]|
+inline double max_abs(const std::vector<float>& a) {
+  double m = 0;
+  for (const float v : a) m = std::max(m, double(std::fabs(v)));
+  return m;
 }
 
 inline double dot(const dd::Tensor& a, const dd::Tensor& b) {

@@ -208,10 +208,7 @@ TEST_CASE("eval without gradients: subimages stacked on the batch give each clon
     m.set_eval_tiles(dd::EvalTiles::stacked);
     CHECK(m.stacks_eval(x.shape()));
     const std::vector<float> stacked = m.forward(Var(x)).value().to_vector();
-    REQUIRE(stacked.size() == clones.size());
-    double worst = 0;
-    for (std::size_t i = 0; i < clones.size(); ++i) worst = std::max(worst, double(std::fabs(stacked[i] - clones[i])));
-    CHECK(worst <= 1e-5);
+    CHECK(ddtest::max_abs_diff(stacked, clones) <= 1e-5);
     // Unequal subimages (40 = 24 + 16 rows): one stack per shape (two of two here), same logits.
     m.set_grid({2, 2});
     const Tensor y = Tensor::randn({1, 1, 40, 64}, 33);
@@ -219,20 +216,14 @@ TEST_CASE("eval without gradients: subimages stacked on the batch give each clon
     const std::vector<float> uneven = m.forward(Var(y)).value().to_vector();
     m.set_eval_tiles(dd::EvalTiles::per_clone);
     const std::vector<float> uneven_clones = m.forward(Var(y)).value().to_vector();
-    REQUIRE(uneven.size() == uneven_clones.size());
-    worst = 0;
-    for (std::size_t i = 0; i < uneven.size(); ++i)
-      worst = std::max(worst, double(std::fabs(uneven[i] - uneven_clones[i])));
-    CHECK(worst <= 1e-5);
+    CHECK(ddtest::max_abs_diff(uneven, uneven_clones) <= 1e-5);
     // Stacks held to a limit of values (2 images x 8 channels (the concatenation) x 32 x 32 = 16384 per
     // subimage, a limit of 40000: stacks of two), same logits.
     m.set_eval_tiles(dd::EvalTiles::stacked);
     m.set_eval_stack_limit(40000);
     CHECK(m.stacks_eval(x.shape()));
     const std::vector<float> chunked = m.forward(Var(x)).value().to_vector();
-    worst = 0;
-    for (std::size_t i = 0; i < clones.size(); ++i) worst = std::max(worst, double(std::fabs(chunked[i] - clones[i])));
-    CHECK(worst <= 1e-5);
+    CHECK(ddtest::max_abs_diff(chunked, clones) <= 1e-5);
     CHECK_THROWS_AS(m.set_eval_stack_limit(0), dd::Error);
     // No two subimages alike (a 1x2 grid of 24 = 16 + 8 columns): per clone even when asked to stack.
     m.set_eval_tiles(dd::EvalTiles::stacked);
@@ -249,9 +240,7 @@ TEST_CASE("eval without gradients: subimages stacked on the batch give each clon
   d.set_eval_tiles(dd::EvalTiles::stacked);
   CHECK(d.stacks_eval(xr.shape()));
   const std::vector<float> b = d.forward(Var(xr)).value().to_vector();
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
-  CHECK(worst <= 1e-5);
+  CHECK(ddtest::max_abs_diff(a, b) <= 1e-5);
   CHECK(d.eval_tiles() == dd::EvalTiles::stacked);
   d.train();  // training never stacks (each clone normalises with its own batch statistics)
   CHECK(!d.stacks_eval(xr.shape()));
@@ -283,14 +272,9 @@ TEST_CASE("inference folds each batch norm into its convolution: the logits of t
       folded = typed.forward(Var(x)).value().to_vector();
       folded_dynamic = dynamic.forward(Var(x)).value().to_vector();
     }
-    REQUIRE(folded.size() == separate.size());
-    double worst = 0, scale = 0;
-    for (std::size_t i = 0; i < separate.size(); ++i) {
-      worst = std::max(worst, double(std::fabs(folded[i] - separate[i])));
-      scale = std::max(scale, double(std::fabs(separate[i])));
-    }
+    const double scale = ddtest::max_abs(separate);
     CHECK(scale > 0.1);
-    CHECK(worst <= 1e-5 * scale);
+    CHECK(ddtest::max_abs_diff(folded, separate) <= 1e-5 * scale);
     CHECK(folded != separate);  // the folded path ran (it rounds differently somewhere)
     CHECK(folded_dynamic == folded);
   }

@@ -215,7 +215,8 @@ void dice_sums(const float* p, const float* labels, i64 n, i64 c, i64 plane, dou
   const i64 pixels = n * plane;
   *invalid_labels = c <= 0 ? std::max<i64>(pixels, 0) : 0;  // (the ops never pass c <= 0)
   if (c <= 0) return;
-  if (n <= 0 || plane <= 0) return check(cudaMemsetAsync(sums, 0, static_cast<std::size_t>(2 * c) * 8, s), who);
+  if (n <= 0 || plane <= 0)
+    return check(cudaMemsetAsync(sums, 0, static_cast<std::size_t>(2 * c) * sizeof(double), s), who);
   // About 2 * kPartials blocks in all, fewer when the pixels run out; fixed by the sizes alone.
   const i64 chunks = std::min<i64>((pixels + kBlock - 1) / kBlock, std::max<i64>(1, 2 * kPartials / c));
   const i64 rows_d = 2 * c, rows_l = c + 1;

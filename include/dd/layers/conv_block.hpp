@@ -5,12 +5,18 @@
 // gradients off) runs dd::conv2d_batch_norm_relu, the batch norm folded into the convolution.
 #include <vector>
 
+#include "dd/layers/context.hpp"
 #include "dd/layers/conv.hpp"
 #include "dd/layers/norm_activation.hpp"
 #include "dd/layers/seq.hpp"
 #include "dd/ops/conv_batch_norm.hpp"
 
 namespace dd {
+
+// Whether a model's forward may fold its batch norms: eval mode without gradient recording.
+inline bool folds_batch_norm(const Context& ctx) {
+  return !ctx.training && !GradMode::enabled();
+}
 
 template <int In, int Out, int K = 3, bool Bias = false, float P = 0.1f>
 struct ConvBatchNormReLU : Seq<Conv<In, Out, K, Bias>, BatchNormReLUDropout<Out, P>> {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "dd/layers/conv_block.hpp"
 #include "dd/models/unet.hpp"
 #include "dd/ops/batch_norm.hpp"
 #include "dd/ops/conv2d.hpp"

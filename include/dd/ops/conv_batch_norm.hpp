@@ -5,19 +5,13 @@
 // where the separate ops pass over it again (the GPU's fused batch-norm tail) or twice (the CPU's
 // normalisation, then ReLU). Equal to them within float rounding (the folded weights are rounded
 // once more). Records nothing: training, or a forward whose gradients are wanted, runs the separate
-// ops (models choose with folds_batch_norm).
+// ops (layers choose with folds_batch_norm, layers/conv_block.hpp).
 #include <vector>
 
 #include "dd/kernels/cpu/batchnorm.hpp"
-#include "dd/layers/context.hpp"
 #include "dd/ops/conv2d.hpp"
 
 namespace dd {
-
-// Whether a model's forward may fold its batch norms: eval mode without gradient recording.
-inline bool folds_batch_norm(const Context& ctx) {
-  return !ctx.training && !GradMode::enabled();
-}
 
 // max(0, batch_norm_eval(conv(concat(parts), w) + b)); b may be undefined (no convolution bias).
 inline Var conv2d_batch_norm_relu(const std::vector<Var>& parts, const Var& w, const Var& b, const Var& gamma,
