@@ -4,8 +4,10 @@
 # and PyTorch (whose pip packages provide cuDNN, cuBLAS and NCCL) but no package manager: carry the
 # header-only dependencies there in .deps/ (scripts/stage-gpu-deps.sh makes it).
 #   usage: scripts/gpu-check.sh [LOGDIR]      (DD_GPU_CHECK_PARTS="tests bench circles cli" to choose;
-#          part "profile" lists the kernels of a U-Net training step by time, ours and PyTorch's,
-#          with Nsight Compute, and logs cuDNN's algorithm candidates)
+#          part "profile" lists the kernels of a U-Net training step and of a DDU-Net inference by
+#          time, ours and PyTorch's, with Nsight Compute, and logs cuDNN's algorithm candidates;
+#          DD_PROFILE_CASES="unet_train ddu_infer" chooses the cases it profiles; part "sanitize"
+#          runs the op cases under compute-sanitizer's memcheck and racecheck)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 LOG=${1:-gpu-check-logs}
@@ -76,10 +78,11 @@ if [[ " $PARTS " == *" bench "* ]]; then
   ./build-gpu/bench/gpu/bench_copies 2>&1 | tee "$LOG/copies.log" | grep -v "^{" || status=1
 fi
 if [[ " $PARTS " == *" profile "* ]]; then
-  # Where the time of one U-Net(4) training step goes, per kernel, ours and PyTorch's (Nsight Compute
-  # on the timed step only: both benchmarks bracket it with cudaProfilerStart/Stop, so the warm-up
-  # with cuDNN's algorithm search stays out), our step in both activation layouts, and the
-  # convolution algorithms cuDNN offered and we chose (DD_CUDNN_LOG, in cudnn_choices.log).
+  # Where the time of one U-Net(4) training step and one DDU-Net(4, 64, Y) inference goes, per
+  # kernel, ours (both convolution APIs) and PyTorch's (Nsight Compute on the timed step only: both
+  # benchmarks bracket it with cudaProfilerStart/Stop, so the warm-up with cuDNN's algorithm search
+  # stays out), and the convolution algorithms cuDNN offered and we chose (DD_CUDNN_LOG, in
+  # cudnn_choices_<case>.log and cudnn_graph_choices_<case>.log).
   stamp "profile"
   # c:d:cl:g:h = case, dtype, channels-last, graph-API convolutions (cudnn_graph.hpp), half activations
   # (part bench runs the default: legacy algorithms, fp32 activations; these are the alternatives)
@@ -97,11 +100,6 @@ for line in sys.stdin:
               "(enqueue %(enqueue_ms).2f ms), peak %(mib).0f MiB, graph plans %(graph_plans)s / fallbacks "
               "%(graph_fallbacks)s" % dict(r, mib=r["peak_mem_bytes"] / 2**20))'
   done
-  DD_CUDNN_LOG=1 ./build-gpu/bench/gpu/bench_gpu --case unet_train --iters 1 --warmup 1 \
-    >/dev/null 2>"$LOG/cudnn_choices.log"
-  DD_CUDNN_LOG=1 ./build-gpu/bench/gpu/bench_gpu --case unet_train --iters 1 --warmup 1 --graph yes \
-    >/dev/null 2>"$LOG/cudnn_graph_choices.log"
-  grep -c "^dd::cudnn" "$LOG/cudnn_choices.log" "$LOG/cudnn_graph_choices.log"
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   profile() {  # name, command...: per-kernel times of the profiled range, largest first
     local name=$1; shift
@@ -109,9 +107,31 @@ for line in sys.stdin:
       >"$LOG/ncu_$name.csv" 2>"$LOG/ncu_$name.err" || tail -5 "$LOG/ncu_$name.err"
     echo "== $name"; $PY bench/gpu/ncu_top.py "$LOG/ncu_$name.csv"
   }
-  profile ours ./build-gpu/bench/gpu/bench_gpu --case unet_train --iters 1 --warmup 2 ${DD_PROFILE_ARGS:-}
-  profile ours_graph ./build-gpu/bench/gpu/bench_gpu --case unet_train --iters 1 --warmup 2 --graph yes
-  profile pytorch $PY bench/gpu/torch_reference.py --case unet_train --dtype fp32 --iters 1 --warmup 2
+  for c in ${DD_PROFILE_CASES:-unet_train ddu_infer}; do
+    DD_CUDNN_LOG=1 ./build-gpu/bench/gpu/bench_gpu --case "$c" --iters 1 --warmup 1 \
+      >/dev/null 2>"$LOG/cudnn_choices_$c.log"
+    DD_CUDNN_LOG=1 ./build-gpu/bench/gpu/bench_gpu --case "$c" --iters 1 --warmup 1 --graph yes \
+      >/dev/null 2>"$LOG/cudnn_graph_choices_$c.log"
+    grep -c "^dd::cudnn" "$LOG/cudnn_choices_$c.log" "$LOG/cudnn_graph_choices_$c.log"
+    profile "ours_$c" ./build-gpu/bench/gpu/bench_gpu --case "$c" --iters 1 --warmup 2 ${DD_PROFILE_ARGS:-}
+    profile "ours_graph_$c" ./build-gpu/bench/gpu/bench_gpu --case "$c" --iters 1 --warmup 2 --graph yes
+    profile "pytorch_$c" $PY bench/gpu/torch_reference.py --case "$c" --dtype fp32 --iters 1 --warmup 2
+  done
+fi
+if [[ " $PARTS " == *" sanitize "* ]]; then
+  # The op cases under compute-sanitizer: memcheck (out-of-bounds and misaligned accesses) and
+  # racecheck (shared-memory hazards), what the emulated GPU (one block at a time) cannot show.
+  stamp "compute-sanitizer"
+  SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  cases='GPU ops match the CPU*,half activations: every op*,GPU strided copies*'
+  for tool in memcheck racecheck; do
+    timeout 300 "$SAN" --tool $tool --error-exitcode 3 ./build-gpu/tests/dd_cuda_tests -tc="$cases" \
+      >"$LOG/sanitize_$tool.log" 2>&1
+    rc=$?
+    echo "sanitize $tool: exit $rc ($(grep -cE "^========= (Invalid|Race|Error)" "$LOG/sanitize_$tool.log") reports)"
+    grep -E "^========= (Invalid|Race|Error)|ERROR SUMMARY|RACECHECK SUMMARY" "$LOG/sanitize_$tool.log" | head -12
+    [ "$rc" = 0 ] || status=1
+  done
 fi
 if [[ " $PARTS " == *" circles "* ]]; then
   stamp "circles main job on the GPU"

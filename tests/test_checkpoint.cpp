@@ -55,7 +55,12 @@ TEST_CASE("checkpoint: --resume continues with the same losses as an uninterrupt
   const dd::ModelSpec spec = small_spec();
   const auto train = dd::make_circles(32, 3, {.subimages = 2});
   const auto val = dd::make_circles(8, 4, {.subimages = 2});
-  const dd::TrainOptions o{.epochs = 4, .batch = 8, .lr = 0.01f, .lr_patience = 0, .min_epochs = 4, .shuffle_seed = 5};
+  dd::TrainOptions o{.epochs = 4, .batch = 8, .lr = 0.01f, .lr_patience = 0, .min_epochs = 4, .shuffle_seed = 5};
+  SUBCASE("fp32") {}
+  SUBCASE("loss-scaled (fp16 training): the scale resumes too") {
+    o.loss_scaling = true;
+    o.loss_scaler = {.initial_scale = 1024.0f, .growth_interval = 3};  // it grows during the run
+  }
 
   dd::DDUNet straight = dd::make_model(spec, 7);
   dd::Trainer<dd::DDUNet> t1(straight, 3, o);
@@ -79,6 +84,11 @@ TEST_CASE("checkpoint: --resume continues with the same losses as an uninterrupt
   while (!t3.done()) got.push_back(t3.run_epoch(train, val).train_loss);
   CHECK(got == expected);
   CHECK(resumed.parameters().to_vector() == straight.parameters().to_vector());
+  const dd::LossScaleState a = t1.loss_scaler().state(), b = t3.loss_scaler().state();
+  CHECK(b.scale == a.scale);
+  CHECK(b.clean_steps == a.clean_steps);
+  CHECK(b.skipped == a.skipped);
+  if (o.loss_scaling) CHECK(a.scale == 32768.0f);  // 16 clean steps: 1024 * 2^5
   fs::remove(path);
 }
 

@@ -1,6 +1,8 @@
 // The training stack: losses, optimizer, schedules, metrics, and the circles data.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 #include <set>
 
@@ -127,4 +129,38 @@ TEST_CASE("dynamic loss scaling: scaled backward, exact unscale, overflow skips 
   const Tensor nan = Tensor::from({1, 1, 1, 1}, {std::numeric_limits<float>::quiet_NaN()});
   CHECK_FALSE(scaler.unscale(nan));
   CHECK(scaler.scale() == 512.0f);
+  CHECK_THROWS_WITH_AS(LossScaler({.backoff = 1.5f}), doctest::Contains("0 < backoff < 1"), dd::Error);
+}
+
+TEST_CASE("loss scaling gates Adam: an overflowed step changes nothing, the step count included") {
+  using namespace dd;
+  const Tensor p0 = Tensor::from({1, 1, 1, 3}, {0.5f, -1.0f, 2.0f});
+  // Two optimizers on copies of the same parameters: one steps ungated on the clean gradients only,
+  // the other gated on every step, overflowed ones included.
+  Tensor pa = p0.clone(), ga = Tensor::zeros(p0.shape()), pb = p0.clone(), gb = Tensor::zeros(p0.shape());
+  Adam a(pa, ga, {0.1f}), b(pb, gb, {0.1f});
+  LossScaler scaler({.initial_scale = 8.0f, .growth_interval = 1000});
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<std::vector<float>> grads = {{1, 2, 3}, {inf, 0, 1}, {-1, 0.5f, 2}, {0, 0, 0}, {1, -1, 1}};
+  for (const auto& g : grads) {
+    const bool finite = std::all_of(g.begin(), g.end(), [](float v) { return std::isfinite(v); });
+    std::vector<float> scaled = g;
+    for (auto& v : scaled) v *= scaler.scale();
+    gb.copy_from(Tensor::from(p0.shape(), scaled));
+    const Tensor gate = scaler.unscale_gate(gb);
+    CHECK(gate.numel() == 1);
+    CHECK(gate.item() == (finite ? 1.0f : 0.0f));
+    b.step(gate);
+    if (finite) {
+      ga.copy_from(Tensor::from(p0.shape(), g));
+      a.step();
+    }
+    CHECK(pb.to_vector() == pa.to_vector());
+    CHECK(b.steps() == a.steps());
+  }
+  CHECK(a.steps() == 4);
+  CHECK(scaler.skipped_steps() == 1);
+  CHECK(scaler.scale() == 4.0f);
+  CHECK(pa.to_vector() != p0.to_vector());
+  CHECK_THROWS_WITH_AS(b.step(Tensor::full({1, 1, 1, 2}, 1.0f)), doctest::Contains("one f32 value"), dd::Error);
 }

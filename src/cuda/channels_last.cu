@@ -44,9 +44,11 @@ struct GradIn {
   }
 };
 
-// part[block][k][ch] for k = 0, 1: the block's sums for channel ch.
+// part[block][k][ch] for k = 0, 1: the block's sums for channel ch. Blocks of up to 1024 threads
+// (one per channel up to 1024): the bound keeps the compiler within the registers that allows.
 template <Sum S, class T>
-__global__ void partial_sums(const T* x, GradIn<T> gin, const float* mean, i64 c, i64 total, double* part) {
+__global__ void __launch_bounds__(1024)
+    partial_sums(const T* x, GradIn<T> gin, const float* mean, i64 c, i64 total, double* part) {
   double* sh = dynamic_shared<double>(2 * blockDim.x);
   const i64 stride = static_cast<i64>(gridDim.x) * blockDim.x;
   const i64 first = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;

@@ -33,11 +33,13 @@
 #undef __host__
 #undef __shared__
 #undef __forceinline__
+#undef __launch_bounds__
 #define __global__
 #define __device__
 #define __host__
 #define __shared__ static  // one block at a time: a function's static array is its block's
 #define __forceinline__ inline
+#define __launch_bounds__(...)  // a register budget for the GPU compiler
 
 // The builtin variables (set by the launcher for the thread that runs).
 inline thread_local uint3 threadIdx;

@@ -158,7 +158,7 @@ __global__ void dice_grad_kernel(const float* labels, i64 c, i64 plane, i64 tota
     // The CPU stores g * scale first, then adds g * target (two statements).
     float v = __fmul_rn(g, scale[ch]);
     i64 label;
-    if (label_index(labels[b * plane + i], c, label) && label == ch) v += g * target[ch];
+    if (label_index(labels[b * plane + i], c, label) && label == ch) v = __fadd_rn(v, __fmul_rn(g, target[ch]));
     dP[e] = v;
   }
 }

@@ -554,6 +554,41 @@ TEST_CASE("reduced precision: bf16/fp16/tf32 convolutions stay close to fp32; fp
   CHECK(hist.back().train_loss < hist.front().train_loss);
 }
 
+TEST_CASE("loss scaling on the GPU: the CPU's scales, skipped steps and Adam steps, with the state on the device") {
+  if (no_gpu()) return;
+  const LossScalerOptions so{.initial_scale = 1024.0f, .growth = 2.0f, .backoff = 0.5f, .growth_interval = 2};
+  LossScaler on_cpu(so), on_gpu(so);
+  // The scaled backward: d(sum w x)/dx = scale * w on both devices.
+  const Tensor w = Tensor::from({1, 1, 1, 3}, {0.5f, -2.0f, 3.0f});
+  const Var xc(Tensor::zeros({1, 1, 1, 3}), true), xg(Tensor::zeros({1, 1, 1, 3}).to(Device::cuda), true);
+  on_cpu.backward(weighted_sum(xc, w));
+  on_gpu.backward(weighted_sum(xg, w.to(Device::cuda)));
+  CHECK(xg.grad().to_vector() == xc.grad().to_vector());
+  CHECK(xc.grad().to_vector() == std::vector<float>{512.0f, -2048.0f, 3072.0f});
+
+  const std::int64_t n = 70001;
+  const Tensor p0 = Tensor::randn({1, 1, 1, n}, 71);
+  Tensor pc = p0.clone(), gc = Tensor::zeros(p0.shape());
+  Tensor pg = p0.to(Device::cuda), gg = Tensor::zeros(p0.shape(), Device::cuda);
+  Adam ac(pc, gc, {1e-2f}), ag(pg, gg, {1e-2f});
+  for (int step = 0; step < 8; ++step) {
+    CAPTURE(step);
+    std::vector<float> g = Tensor::randn(p0.shape(), 100 + step).to_vector();
+    if (step == 2 || step == 5 || step == 6) g[static_cast<std::size_t>(97 * step)] = step == 5 ? NAN : INFINITY;
+    for (auto& v : g) v *= on_cpu.scale();
+    gc.copy_from(Tensor::from(p0.shape(), g));
+    gg.copy_from(gc);
+    ac.step(on_cpu.unscale_gate(gc));
+    ag.step(on_gpu.unscale_gate(gg));
+    CHECK(on_gpu.scale() == on_cpu.scale());
+    CHECK(on_gpu.skipped_steps() == on_cpu.skipped_steps());
+    CHECK(ag.steps() == ac.steps());
+    CHECK(max_error(pg.to(Device::cpu), pc) < 1e-6);
+  }
+  CHECK(on_cpu.skipped_steps() == 3);
+  CHECK(ac.steps() == 5);
+}
+
 TEST_CASE("tiled prediction on the GPU gives the CPU model's logits; eval stacks the tiles") {
   if (no_gpu()) return;
   ExactConvs exact;

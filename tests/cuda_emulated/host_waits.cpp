@@ -74,6 +74,29 @@ TEST_CASE("emulated GPU: a DDU-Net training step (2x2 grid, exchange, Dice) neve
   check_step_never_waits(m, Tensor::randn({1, 3, 32, 32}, 4), class_labels(1, 32, 32, 3, 5), with_dice);
 }
 
+TEST_CASE("emulated GPU: a loss-scaled step (fp16 training's) never waits: the overflow check gates Adam on the GPU") {
+  Model<UNet<2, 3, 3, 8>> m(1);
+  m.to(Device::cuda);
+  Adam adam(m.parameters(), m.gradients(), {1e-3f});
+  LossScaler scaler({.initial_scale = 1024.0f});
+  const Tensor x = Tensor::randn({2, 3, 32, 32}, 2).to(Device::cuda),
+               labels = class_labels(2, 32, 32, 3, 3).to(Device::cuda);
+  const auto step = [&] {
+    m.zero_grad();
+    scaler.backward(dice_loss(m.forward(Var(x)), labels));
+    const Tensor gate = scaler.unscale_gate(m.gradients());
+    clip_gradients(m.gradients(), 1.0);
+    adam.step(gate);
+  };
+  step();
+  CHECK(waits_of(step) == 0);
+  CHECK(waits_of(step) == 0);
+  // Read afterwards (waits): three clean steps, nothing skipped, the scale unchanged (growth after 2000).
+  CHECK(adam.steps() == 3);
+  CHECK(scaler.skipped_steps() == 0);
+  CHECK(scaler.scale() == 1024.0f);
+}
+
 TEST_CASE("emulated GPU: the trainer waits once per batch, to read the loss of the batch before") {
   Model<UNet<2, 1, 2, 8>> m(1);
   m.to(Device::cuda);
@@ -81,6 +104,10 @@ TEST_CASE("emulated GPU: the trainer waits once per batch, to read the loss of t
   TrainOptions o;
   o.batch = 2;
   o.epochs = 3;
+  SUBCASE("without loss scaling") {}
+  SUBCASE("with loss scaling (fp16 training)") {
+    o.loss_scaling = true;
+  }
   Trainer<Model<UNet<2, 1, 2, 8>>> trainer(m, 2, o);
   (void)trainer.run_epoch(train, none);  // first allocations, algorithm searches
   std::vector<std::int64_t> reported, steps_then;
@@ -91,11 +118,13 @@ TEST_CASE("emulated GPU: the trainer waits once per batch, to read the loss of t
       CHECK(batches == 3);
       CHECK(std::isfinite(loss));
       reported.push_back(b);
-      steps_then.push_back(trainer.optimizer().steps() - steps_before);
+      // (With loss scaling the step count is on the GPU: reading it would wait.)
+      if (!o.loss_scaling) steps_then.push_back(trainer.optimizer().steps() - steps_before);
     });
   });
   // Each batch's loss was read once the next batch's step was enqueued (the last one's at the end).
-  CHECK(steps_then == std::vector<std::int64_t>{2, 3, 3});
+  if (!o.loss_scaling) CHECK(steps_then == std::vector<std::int64_t>{2, 3, 3});
+  CHECK(trainer.optimizer().steps() - steps_before == 3);  // no overflow: every step taken
   // As many waits as three reads of a loss: mutations (Dice's sums or the clipping norm read on the
   // host) add waits.
   const Tensor scalar = Tensor::full({1, 1, 1, 1}, 1.0f, Device::cuda);

@@ -367,7 +367,7 @@ TEST_CASE("emulated kernels: dice_loss_finish adds the pieces in order and is dd
   }
 }
 
-TEST_CASE("emulated kernels: adam_step is dd::Adam's float arithmetic, bit for bit") {
+TEST_CASE("emulated kernels: adam_step_counted is dd::Adam's float arithmetic, bit for bit; a zero gate skips") {
   GuardCheck guard;
   std::mt19937 rng(106);
   const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.01f, lr = 3e-3f;
@@ -376,24 +376,94 @@ TEST_CASE("emulated kernels: adam_step is dd::Adam's float arithmetic, bit for b
     auto pv = random_values(rng, n, -1.0f, 1.0f), mv = random_values(rng, n, -0.1f, 0.1f);
     auto vv = random_values(rng, n, 0.0f, 0.01f);
     Array p(pv, DType::f32), m(mv, DType::f32), v(vv, DType::f32), g(n, DType::f32);
-    for (int t = 1; t <= 3; ++t) {  // a few steps: the moments carry over
+    Array counter(sizeof(AdamCounter) / sizeof(float), DType::f32), gate(1, DType::f32);
+    const auto count = [&] {
+      AdamCounter c;
+      std::memcpy(&c, counter.raw(), sizeof c);
+      return c;
+    };
+    std::memset(counter.raw(), 0, sizeof(AdamCounter));
+    int t = 0;
+    // Steps with and without a gate; the gated-off ones (2 and 5) change nothing, the count included.
+    for (int call = 1; call <= 6; ++call) {
+      const bool skip = call == 2 || call == 5;
+      const bool gated = call >= 2;
+      gate.put(0, skip ? 0.0f : 1.0f);
       const auto gv = random_values(rng, n, -1.0f, 1.0f);
       g.set(gv);
-      const double bc1 = 1.0 - std::pow(double(b1), t), bc2 = 1.0 - std::pow(double(b2), t);
-      const float step = static_cast<float>(lr / bc1), inv_bc2 = static_cast<float>(1.0 / bc2);
-      k::adam_step(p.f(), g.f(), m.f(), v.f(), n, step, b1, b2, eps, wd, inv_bc2, nullptr);
-      for (std::size_t i = 0; i < pv.size(); ++i) {  // dd::Adam::step's CPU loop
-        const float gi = gv[i] + wd * pv[i];
-        mv[i] = b1 * mv[i] + (1.0f - b1) * gi;
-        vv[i] = b2 * vv[i] + (1.0f - b2) * gi * gi;
-        pv[i] -= step * mv[i] / (std::sqrt(vv[i] * inv_bc2) + eps);
+      k::adam_step_counted(p.f(), g.f(), m.f(), v.f(), n, static_cast<AdamCounter*>(counter.raw()),
+                           gated ? gate.f() : nullptr, double(lr), b1, b2, eps, wd, nullptr);
+      CAPTURE(call);
+      CHECK(count().skip == (skip ? 1 : 0));
+      if (!skip) {
+        ++t;
+        const double bc1 = 1.0 - std::pow(double(b1), t), bc2 = 1.0 - std::pow(double(b2), t);
+        const float step = static_cast<float>(lr / bc1), inv_bc2 = static_cast<float>(1.0 / bc2);
+        CHECK(bits(count().step) == bits(step));
+        CHECK(bits(count().inv_bc2) == bits(inv_bc2));
+        for (std::size_t i = 0; i < pv.size(); ++i) {  // dd::Adam::step's CPU loop
+          const float gi = gv[i] + wd * pv[i];
+          mv[i] = b1 * mv[i] + (1.0f - b1) * gi;
+          vv[i] = b2 * vv[i] + (1.0f - b2) * gi * gi;
+          pv[i] -= step * mv[i] / (std::sqrt(vv[i] * inv_bc2) + eps);
+        }
       }
-      CAPTURE(t);
+      CHECK(count().t == t);
       CHECK(bit_patterns(m.values()) == bit_patterns(mv));
       CHECK(bit_patterns(v.values()) == bit_patterns(vv));
       CHECK(bit_patterns(p.values()) == bit_patterns(pv));
     }
   }
+}
+
+TEST_CASE("emulated kernels: loss scaling on the device is dd::LossScaler's arithmetic") {
+  GuardCheck guard;
+  std::mt19937 rng(112);
+  const LossScalerOptions o{
+      .initial_scale = 1024.0f, .growth = 2.0f, .backoff = 0.5f, .growth_interval = 3, .min_scale = 256.0f};
+  Array state(sizeof(LossScaleState) / sizeof(float), DType::f32);
+  const auto read = [&] {
+    LossScaleState st;
+    std::memcpy(&st, state.raw(), sizeof st);
+    return st;
+  };
+  LossScaleState init;
+  init.scale = o.initial_scale;
+  std::memcpy(state.raw(), &init, sizeof init);
+  // The host's reference: the scale, clean steps and skips as dd::LossScaler updates them.
+  float scale = o.initial_scale;
+  int clean = 0;
+  std::int64_t skipped = 0;
+  const i64 n = 263000;  // several partial blocks
+  for (int step = 0; step < 12; ++step) {
+    CAPTURE(step);
+    auto gv = random_values(rng, n, -3.0f, 3.0f);
+    const bool overflow = step == 4 || step == 7 || step == 8 || step == 9;
+    if (overflow) gv[static_cast<std::size_t>(step * 1000)] = step == 7 ? kNaN : kInf;
+    Array g(gv, DType::f32);
+    Array seed(5, DType::f32);
+    k::loss_scale_fill(seed.f(), 5, static_cast<const LossScaleState*>(state.raw()), nullptr);
+    CHECK(seed.values() == std::vector<float>(5, scale));
+    k::loss_scale_unscale(g.f(), n, static_cast<LossScaleState*>(state.raw()), o, nullptr);
+    std::vector<float> want = gv;
+    if (overflow) {
+      scale = std::max(o.min_scale, scale * o.backoff);
+      clean = 0;
+      ++skipped;
+    } else {
+      for (auto& x : want) x *= 1.0f / scale;
+      if (++clean >= o.growth_interval) scale *= o.growth, clean = 0;
+    }
+    CHECK(bit_patterns(g.values()) == bit_patterns(want));  // an overflowed step's gradients are left
+    CHECK(read().gate == (overflow ? 0.0f : 1.0f));
+    CHECK(read().scale == scale);
+    CHECK(read().clean_steps == clean);
+    CHECK(read().skipped == skipped);
+  }
+  CHECK(scale == 256.0f);  // three overflows in a row from 2048 stop at min_scale
+  Array none(1, DType::f32);
+  k::loss_scale_unscale(none.f(), 0, static_cast<LossScaleState*>(state.raw()), o, nullptr);  // no gradients: clean
+  CHECK(read().gate == 1.0f);
 }
 
 TEST_CASE("emulated kernels: sum_squares and count_nonfinite") {

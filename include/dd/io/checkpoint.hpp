@@ -159,6 +159,10 @@ inline void save_checkpoint(const std::string& path, const ModelSpec& spec, cons
     f.metadata["stop_since_best"] = std::to_string(st.since_best);
     f.metadata["stop_best"] = detail::num(st.best);
     f.metadata["dropout_rng"] = model.dropout_state();
+    const LossScaleState ls = trainer->loss_scaler().state();
+    f.metadata["loss_scale"] = detail::num(ls.scale);
+    f.metadata["loss_scale_clean_steps"] = std::to_string(ls.clean_steps);
+    f.metadata["loss_scale_skipped"] = std::to_string(ls.skipped);
     for (const auto& [s, buffer] : slots) {
       if (buffer) {
         detail::put(f, "best." + s.name, best_buffers.data() + s.offset, s.shape);
@@ -209,6 +213,17 @@ inline void load_training_state(const safetensors::File& f, DDUNet& model, Train
                                detail::meta_number<int>(f, "stop_since_best", path),
                                detail::meta_number<double>(f, "stop_best", path)});
   trainer.set_epochs_done(detail::meta_number<int>(f, "epoch", path));
+  if (f.metadata.count("loss_scale")) {  // checkpoints from before 2026-11-28 hold none: the initial scale
+    LossScaleState ls;
+    ls.scale = detail::meta_number<float>(f, "loss_scale", path);
+    ls.clean_steps = detail::meta_number<std::int32_t>(f, "loss_scale_clean_steps", path);
+    ls.skipped = detail::meta_number<std::int64_t>(f, "loss_scale_skipped", path);
+    try {
+      trainer.loss_scaler().set_state(ls);
+    } catch (const dd::Error& e) {
+      fail("checkpoint {}: {}", path, e.what());
+    }
+  }
   try {
     model.set_dropout_state(detail::meta_string(f, "dropout_rng", path));
   } catch (const std::invalid_argument& e) {

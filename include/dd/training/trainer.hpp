@@ -32,6 +32,7 @@ struct TrainOptions {
   std::uint64_t shuffle_seed = 0;
   LossKind loss = LossKind::dice;
   bool loss_scaling = false;  // dynamic loss scaling, for fp16 compute on the GPU
+  LossScalerOptions loss_scaler{};
 };
 
 struct EpochStats {
@@ -159,7 +160,8 @@ class Trainer {
         plateau_(o.lr_factor, o.lr_patience),
         stopper_(o.stop_patience, o.min_epochs),
         best_params_(model.parameters().clone()),
-        best_buffers_(model.buffers().clone()) {
+        best_buffers_(model.buffers().clone()),
+        scaler_(o.loss_scaler) {
     DD_CHECK(o.batch > 0 && o.epochs > 0, "dd::Trainer: batch {} and epochs {} must be positive", o.batch, o.epochs);
   }
 
@@ -201,10 +203,11 @@ class Trainer {
       const Var loss = detail::batch_loss(model_, batch, o_.loss);
       if (o_.loss_scaling) {
         scaler_.backward(loss);
-        if (scaler_.unscale(model_.gradients())) {  // else: overflow, step skipped
-          if (o_.clip_norm > 0) clip_gradients(model_.gradients(), o_.clip_norm);
-          adam_.step();
-        }
+        // An overflow (gate 0) skips Adam's step; clipping gradients that are not finite then
+        // changes nothing that is used (they are zeroed before the next backward).
+        const Tensor gate = scaler_.unscale_gate(model_.gradients());
+        if (o_.clip_norm > 0) clip_gradients(model_.gradients(), o_.clip_norm);
+        adam_.step(gate);
       } else {
         loss.backward();
         if (o_.clip_norm > 0) clip_gradients(model_.gradients(), o_.clip_norm);
@@ -246,6 +249,7 @@ class Trainer {
   int epochs_done() const { return epoch_; }
   void set_epochs_done(int e) { epoch_ = e; }
   Adam& optimizer() { return adam_; }
+  LossScaler& loss_scaler() { return scaler_; }
   const LossScaler& loss_scaler() const { return scaler_; }
   ReduceLROnPlateau& plateau() { return plateau_; }
   EarlyStopping& stopper() { return stopper_; }

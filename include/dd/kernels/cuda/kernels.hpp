@@ -15,6 +15,7 @@
 
 #include "dd/core/dtype.hpp"
 #include "dd/kernels/cuda/copy_plan.hpp"
+#include "dd/training/step_state.hpp"
 
 namespace dd::cuda::kernels {
 
@@ -148,10 +149,17 @@ void add_bias_nhwc(const float* b, std::int64_t rows, std::int64_t c, void* y, D
                    bool relu = false);
 
 // ---- optimizer and reductions ----
-// Adam with bias corrections folded in: g' = g + wd * p; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
-// p -= step * m / (sqrt(v * inv_bc2) + eps)   (same float arithmetic as dd::Adam on the CPU).
-void adam_step(float* p, const float* g, float* m, float* v, std::int64_t n, float step, float beta1, float beta2,
-               float eps, float weight_decay, float inv_bc2, cudaStream_t s);
+// One Adam step with its counter on the device: unless gate (may be null) reads 0, t += 1 and, with
+// the bias corrections of t folded in, g' = g + wd * p; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
+// p -= step * m / (sqrt(v * inv_bc2) + eps) (dd::Adam's CPU float arithmetic); else nothing changes.
+void adam_step_counted(float* p, const float* g, float* m, float* v, std::int64_t n, AdamCounter* counter,
+                       const float* gate, double lr, float beta1, float beta2, float eps, float weight_decay,
+                       cudaStream_t s);
+// dst[i] = state->scale for i < n (the seed gradient of a scaled backward pass).
+void loss_scale_fill(float* dst, std::int64_t n, const LossScaleState* state, cudaStream_t s);
+// dd::LossScaler::unscale without waiting: when sqrt(sum g^2) is finite, g *= 1 / scale and the
+// scale grows after growth_interval such steps; else g is left, the scale backs off and gate = 0.
+void loss_scale_unscale(float* g, std::int64_t n, LossScaleState* state, const LossScalerOptions& o, cudaStream_t s);
 double sum_squares(const float* x, std::int64_t n, cudaStream_t s);        // waits; deterministic
 // Enqueues, without waiting: norm = sqrt(sum_squares(x)); when norm > max_norm (and > 0),
 // x *= float(max_norm / (norm + 1e-6)) (dd::clip_grad_norm's arithmetic).

@@ -138,6 +138,16 @@ inline void fold_batchnorm(const float* w, const float* b, const float* gamma, c
 inline void clip_by_norm(float* x, std::int64_t n, double max_norm) {
   if (n > 0) detail::launch("clip_by_norm", k::clip_by_norm, x, n, max_norm);
 }
+inline void adam_step_counted(float* p, const float* g, float* m, float* v, std::int64_t n, AdamCounter* counter,
+                              const float* gate, double lr, float beta1, float beta2, float eps, float weight_decay) {
+  detail::launch("adam_step", k::adam_step_counted, p, g, m, v, n, counter, gate, lr, beta1, beta2, eps, weight_decay);
+}
+inline void loss_scale_fill(float* dst, std::int64_t n, const LossScaleState* state) {
+  if (n > 0) detail::launch("loss_scale_fill", k::loss_scale_fill, dst, n, state);
+}
+inline void loss_scale_unscale(float* g, std::int64_t n, LossScaleState* state, const LossScalerOptions& o) {
+  detail::launch("loss_scale_unscale", k::loss_scale_unscale, g, n, state, o);
+}
 
 namespace detail {
 // Runs enqueue(invalid) with `invalid` a pinned counter of labels that are not class indices in
