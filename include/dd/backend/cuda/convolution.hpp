@@ -102,7 +102,7 @@ class Convolution {
   // y = conv(x, w), written.
   void forward(const void* x, const void* w, DeviceArray y) {
     Output out(*this, y, p_.output_count());
-    if (run_plan(ConvDirection::forward, x, w, out.get(), false)) return out.finish();
+    if (run_plan(ConvDirection::forward, x, w, out.get())) return out.finish();
     const ConvAlgorithm a = prepare(ConvDirection::forward);
     DeviceScratch ws(a.workspace);
     const float one = 1.0f, zero = 0.0f;
@@ -115,7 +115,7 @@ class Convolution {
   // dx = conv_backward_data(w, dy), written.
   void backward_data(const void* w, const void* dy, DeviceArray dx) {
     Output out(*this, dx, p_.input_count());
-    if (run_plan(ConvDirection::backward_data, out.get(), w, dy, false)) return out.finish();
+    if (run_plan(ConvDirection::backward_data, out.get(), w, dy)) return out.finish();
     const ConvAlgorithm a = prepare(ConvDirection::backward_data);
     DeviceScratch ws(a.workspace);
     const float one = 1.0f, zero = 0.0f;
@@ -125,17 +125,18 @@ class Convolution {
     out.finish();
   }
 
-  // dw += conv_backward_filter(x, dy), dw in KCRS memory. cuDNN accumulates into dw itself when it
-  // can (fp32, the filter's order is ours, dw aligned); otherwise the gradient goes to scratch in the
-  // compute type and the filter order of the problem, and one kernel widens, reorders and adds it.
+  // dw += conv_backward_filter(x, dy), dw in KCRS memory. The legacy call accumulates into dw itself
+  // when it can (fp32, the filter's order is ours, dw aligned); otherwise (and always through the
+  // graph API, whose plans write their output) the gradient goes to scratch in the compute type and
+  // the filter order of the problem, and one kernel widens, reorders and adds it.
   void backward_filter(const void* x, const void* dy, float* dw) {
-    if (!is_half(s_.precision) && !reorders_filter() && is_vector_aligned(dw)) {
-      if (!run_plan(ConvDirection::backward_filter, x, dw, dy, true)) legacy_backward_filter(x, dy, dw, 1.0f);
+    if (!s_.graph_api && !is_half(s_.precision) && !reorders_filter() && is_vector_aligned(dw)) {
+      legacy_backward_filter(x, dy, dw, 1.0f);
       return;
     }
     const DType ct = compute_dtype(s_.precision);
     DeviceScratch g(static_cast<std::size_t>(p_.filter_count()) * dtype_size(ct));
-    if (!run_plan(ConvDirection::backward_filter, x, g.get(), dy, false)) legacy_backward_filter(x, dy, g.get(), 0.0f);
+    if (!run_plan(ConvDirection::backward_filter, x, g.get(), dy)) legacy_backward_filter(x, dy, g.get(), 0.0f);
     const StridedCopy order =
         reorders_filter() ? kernels::filter_order(p_.k, p_.c, p_.r, p_.s, false) : dense_copy(p_.filter_count());
     kernels::add_strided(dw, DType::f32, g.get(), ct, order, stream_);
@@ -169,16 +170,16 @@ class Convolution {
   bool reorders_filter() const { return p_.nhwc && p_.r * p_.s > 1 && p_.c > 1; }
   // The direction through a graph-API execution plan (conv_settings().graph_api) on (x-shaped,
   // filter-shaped, y-shaped) pointers; false when that is off or no plan exists for the problem.
-  bool run_plan(ConvDirection dir, const void* x, const void* w, const void* y, bool accumulate) {
+  bool run_plan(ConvDirection dir, const void* x, const void* w, const void* y) {
     if (!s_.graph_api) return false;
-    const auto plan = graph::plan_for(h_, stream_, p_, dir, s_, accumulate, x, w, y);
+    const auto plan = graph::plan_for(h_, stream_, p_, dir, s_, x, w, y);
     if (!plan) return false;
     try {
       plan->execute(h_, x, w, y);
     } catch (const dd::Error& e) {
       // It ran in the search; now it fails before writing (cuDNN checks, or its workspace does not
       // fit): the legacy call runs the problem, now and from now on. A broken context fails there too.
-      graph::forget_plan(h_, p_, dir, s_, accumulate, e.what());
+      graph::forget_plan(h_, p_, dir, s_, e.what());
       detail::discard_cudnn_error();
       (void)cudaGetLastError();
       return false;

@@ -10,7 +10,9 @@
 // One plan per problem, direction, settings and cuDNN handle (plans are built against a handle),
 // searched once: the first configuration in heuristic order that passes the filters and runs, or
 // with `benchmark` the fastest of the first kMaxTimed; candidates run on the call's own inputs with
-// the output in scratch (so an accumulating filter gradient is not disturbed).
+// the output in scratch. Plans always write their output (beta = 0, as PyTorch's and cudnn-frontend's
+// graphs do: an engine's handling of beta = 1 is little exercised, and a search on zeroed scratch
+// could not tell whether it adds); the runner adds a filter gradient to the one it accumulates.
 #include <cudnn.h>
 
 #include <algorithm>
@@ -119,13 +121,12 @@ struct Plan {
 
 struct PlanKey {
   ConvAlgorithmKey algorithm;  // problem, direction, precision, determinism, search mode, workspace, device
-  bool accumulate;             // beta = 1 (the output is added to): part of the operation
   std::uintptr_t handle;
   bool operator==(const PlanKey&) const = default;
 };
 struct PlanKeyHash {
   std::size_t operator()(const PlanKey& k) const {
-    return hash_fields({k.accumulate, static_cast<std::int64_t>(k.handle)}, ConvAlgorithmKeyHash{}(k.algorithm));
+    return hash_fields({static_cast<std::int64_t>(k.handle)}, ConvAlgorithmKeyHash{}(k.algorithm));
   }
 };
 
@@ -150,7 +151,7 @@ namespace detail {
 
 // The operation graph of one convolution direction; its descriptors are appended to `parts`.
 inline const Descriptor& operation_graph(cudnnHandle_t h, const ConvProblem& p, ConvDirection dir, Precision prec,
-                                         bool accumulate, std::vector<Descriptor>& parts) {
+                                         std::vector<Descriptor>& parts) {
   parts.reserve(parts.size() + 6);
   const cudnnDataType_t t = conv_data_type(prec);
   const Descriptor& x = parts.emplace_back(tensor(kX, t, p.n, p.c, p.h, p.w, p.nhwc));
@@ -191,7 +192,7 @@ inline const Descriptor& operation_graph(cudnnHandle_t h, const ConvProblem& p, 
                   CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW,
                   CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC,
                   CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA};
-  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  const float alpha = 1.0f, beta = 0.0f;
   const Descriptor* op = &parts.emplace_back(a.type);
   op->set(a.x, x);
   op->set(a.w, w);
@@ -306,63 +307,20 @@ inline float time_plan(cudnnHandle_t h, cudaStream_t stream, const Plan& plan, c
 
 inline constexpr int kMaxTimed = 12;  // configurations timed per problem with `benchmark` (PyTorch: 10)
 
-// The plan for a direction of problem p on handle h (searched and cached on first use), or null
-// when no configuration passes or the graph itself is not supported. x, w, y: the call's device
-// pointers in the problem's data type; the search runs candidates on the inputs among them, with
-// the output in scratch (so an accumulating filter gradient is not disturbed). Without `benchmark`
-// the first candidate that finalises AND runs is taken (a plan that fails at execution is never
-// cached); with it, the fastest of the first kMaxTimed.
 namespace detail {
-inline PlanKey plan_key(cudnnHandle_t h, const ConvProblem& p, ConvDirection dir, const ConvSettings& s,
-                        bool accumulate) {
+inline PlanKey plan_key(cudnnHandle_t h, const ConvProblem& p, ConvDirection dir, const ConvSettings& s) {
   int device = 0;
   DD_CUDA_CHECK(cudaGetDevice(&device));
   return {{p, dir, s.precision, s.deterministic, s.benchmark, s.workspace_limit, device},
-          accumulate,
           reinterpret_cast<std::uintptr_t>(h)};
 }
-}  // namespace detail
 
-// A plan that ran in its search but failed later (its workspace no longer fits, say): the problem
-// runs the legacy algorithms from now on.
-inline void forget_plan(cudnnHandle_t h, const ConvProblem& p, ConvDirection dir, const ConvSettings& s,
-                        bool accumulate, const char* why) {
-  if (::dd::cuda::detail::log_algorithm_choices())
-    std::fprintf(stderr, "dd::cudnn graph %s: the plan failed (%s); the legacy algorithms run this problem\n",
-                 direction_name(dir), why);
-  PlanCache::instance().replace(detail::plan_key(h, p, dir, s, accumulate), nullptr);
-}
-
-inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream, const ConvProblem& p,
-                                            ConvDirection dir, const ConvSettings& s, bool accumulate, const void* x,
-                                            const void* w, const void* y) {
-  const PlanKey key = detail::plan_key(h, p, dir, s, accumulate);
-  auto& cache = PlanCache::instance();
-  if (auto hit = cache.find(key)) return *hit;
-  // Earlier work on the stream must have succeeded: its error would otherwise fail every candidate.
-  DD_CUDA_CHECK(cudaStreamSynchronize(stream));
-
-  const bool log = ::dd::cuda::detail::log_algorithm_choices();
-  if (log)
-    std::fprintf(stderr, "dd::cudnn graph %s %s [%lld %lld %lld %lld] filter [%lld %lld %lld %lld] pad %lld stride %lld "
-                 "dilation %lld, %s%s:\n", direction_name(dir), p.nhwc ? "NHWC" : "NCHW", (long long)p.n,
-                 (long long)p.c, (long long)p.h, (long long)p.w, (long long)p.k, (long long)p.c, (long long)p.r,
-                 (long long)p.s, (long long)p.pad, (long long)p.stride, (long long)p.dilation,
-                 precision_name(s.precision), s.benchmark ? ", timed" : "");
-  std::vector<Descriptor> parts, configs;
-  std::size_t first_fallback = 0;  // configs[first_fallback..]: the fallback list
-  try {
-    const Descriptor& graph = detail::operation_graph(h, p, dir, s.precision, accumulate, parts);
-    configs = detail::engine_configs(graph, CUDNN_HEUR_MODE_A);
-    first_fallback = configs.size();
-    for (auto& c : detail::engine_configs(graph, CUDNN_HEUR_MODE_FALLBACK)) configs.push_back(std::move(c));
-  } catch (const dd::Error& e) {  // a graph cuDNN does not support: the legacy calls run it
-    if (log) std::fprintf(stderr, "  no graph: %s\n  -> none: the legacy algorithms run this problem\n", e.what());
-    cuda::detail::discard_cudnn_error();
-    return cache.insert(key, nullptr);
-  }
-
-  // The output slot points at scratch while candidates run.
+// The best of `configs` (configs[first_fallback..]: the fallback list) for the problem, or null.
+// Candidates run on the inputs among x, w, y with the output slot in zeroed scratch.
+inline std::shared_ptr<Plan> best_plan(cudnnHandle_t h, cudaStream_t stream, const ConvProblem& p, ConvDirection dir,
+                                       const ConvSettings& s, const std::vector<Descriptor>& configs,
+                                       std::size_t first_fallback, const void* x, const void* w, const void* y,
+                                       bool log) {
   const std::size_t elem = dtype_size(compute_dtype(s.precision));
   const std::int64_t out_count = dir == ConvDirection::forward         ? p.output_count()
                                  : dir == ConvDirection::backward_data ? p.input_count()
@@ -380,16 +338,20 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
   // of an engine whose listed configuration failed may have other settings: it is tried.)
   std::vector<std::int64_t> seen;
   for (std::size_t i = 0; i < configs.size(); ++i) {
-    const detail::EngineInfo info = detail::engine_info(configs[i]);
+    const EngineInfo info = engine_info(configs[i]);
     const char* why = info.known ? excluded(info.notes, info.behavior, s) : "notes unreadable";
     if (!why && i >= first_fallback && info.index >= 0 && std::find(seen.begin(), seen.end(), info.index) != seen.end())
       why = "listed by the heuristics already";
     auto plan = std::make_unique<Descriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
     std::int64_t ws = 0, n = 0;
     if (!why) {
-      plan->set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, &h);
-      plan->set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, configs[i]);
-      if (plan->try_finalize() != CUDNN_STATUS_SUCCESS) why = "does not finalise";
+      try {
+        plan->set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, &h);
+        plan->set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, configs[i]);
+        if (plan->try_finalize() != CUDNN_STATUS_SUCCESS) why = "does not finalise";
+      } catch (const dd::Error&) {
+        why = "refuses the plan's attributes";
+      }
     }
     if (!why && cudnnBackendGetAttribute(plan->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
                                          &ws) != CUDNN_STATUS_SUCCESS)
@@ -402,7 +364,7 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
       candidate->plan = std::move(plan);
       candidate->workspace = static_cast<std::size_t>(ws);
       candidate->engine = info.index;
-      ms = detail::time_plan(h, stream, *candidate, tx, tw, ty);
+      ms = time_plan(h, stream, *candidate, tx, tw, ty);
       if (ms < 0.0f) why = "fails to run";
     }
     if (why) {
@@ -414,6 +376,66 @@ inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream
                           double(ws) / 1048576.0);
     if (!best || ms < best_ms) best = std::move(candidate), best_ms = ms;
     if (!s.benchmark || ++timed >= kMaxTimed) break;  // heuristics: the first that runs
+  }
+  return best;
+}
+}  // namespace detail
+
+// A plan that ran in its search but failed later (its workspace no longer fits, say): the problem
+// runs the legacy algorithms from now on.
+inline void forget_plan(cudnnHandle_t h, const ConvProblem& p, ConvDirection dir, const ConvSettings& s,
+                        const char* why) {
+  if (::dd::cuda::detail::log_algorithm_choices())
+    std::fprintf(stderr, "dd::cudnn graph %s: the plan failed (%s); the legacy algorithms run this problem\n",
+                 direction_name(dir), why);
+  PlanCache::instance().replace(detail::plan_key(h, p, dir, s), nullptr);
+}
+
+// The plan for a direction of problem p on handle h (searched and cached on first use), or null
+// when no configuration passes, the graph itself is not supported, or the search fails (no memory
+// for its scratch output, say): the legacy calls then run the problem. x, w, y: the call's device
+// pointers in the problem's data type; the search runs candidates on the inputs among them, with
+// the output in scratch. Without `benchmark` the first candidate that finalises AND runs is taken
+// (a plan that fails at execution is never cached); with it, the fastest of the first kMaxTimed.
+inline std::shared_ptr<const Plan> plan_for(cudnnHandle_t h, cudaStream_t stream, const ConvProblem& p,
+                                            ConvDirection dir, const ConvSettings& s, const void* x, const void* w,
+                                            const void* y) {
+  const PlanKey key = detail::plan_key(h, p, dir, s);
+  auto& cache = PlanCache::instance();
+  if (auto hit = cache.find(key)) return *hit;
+  // Earlier work on the stream must have succeeded: its error would otherwise fail every candidate.
+  DD_CUDA_CHECK(cudaStreamSynchronize(stream));
+
+  const bool log = ::dd::cuda::detail::log_algorithm_choices();
+  if (log)
+    std::fprintf(stderr,
+                 "dd::cudnn graph %s %s [%lld %lld %lld %lld] filter [%lld %lld %lld %lld] pad %lld stride %lld "
+                 "dilation %lld, %s%s:\n",
+                 direction_name(dir), p.nhwc ? "NHWC" : "NCHW", (long long)p.n, (long long)p.c, (long long)p.h,
+                 (long long)p.w, (long long)p.k, (long long)p.c, (long long)p.r, (long long)p.s, (long long)p.pad,
+                 (long long)p.stride, (long long)p.dilation, precision_name(s.precision), s.benchmark ? ", timed" : "");
+  std::vector<Descriptor> parts, configs;
+  std::shared_ptr<Plan> best;
+  try {
+    std::size_t first_fallback = 0;
+    try {
+      const Descriptor& graph = detail::operation_graph(h, p, dir, s.precision, parts);
+      configs = detail::engine_configs(graph, CUDNN_HEUR_MODE_A);
+      first_fallback = configs.size();
+      for (auto& c : detail::engine_configs(graph, CUDNN_HEUR_MODE_FALLBACK)) configs.push_back(std::move(c));
+    } catch (const dd::Error& e) {  // a graph cuDNN does not support: the legacy calls run it
+      if (log) std::fprintf(stderr, "  no graph: %s\n", e.what());
+      configs.clear();
+    }
+    if (!configs.empty()) best = detail::best_plan(h, stream, p, dir, s, configs, first_fallback, x, w, y, log);
+  } catch (const dd::Error& e) {
+    // The search itself failed. A broken stream (an illegal address, say) breaks everything after
+    // it too: that error goes up. Anything else leaves the problem to the legacy calls.
+    const cudaError_t q = cudaStreamQuery(stream);
+    if (q != cudaSuccess && q != cudaErrorNotReady) throw;
+    (void)cudaGetLastError();
+    if (log) std::fprintf(stderr, "  the search failed: %s\n", e.what());
+    best = nullptr;
   }
   if (best) {
     // The plan keeps the graph and every configuration alive (its engine configuration is one).
