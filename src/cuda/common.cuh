@@ -29,8 +29,7 @@ constexpr int kBlock = 256;  // threads per block; a power of two (block_sum)
 template <class... P, class... A>
 void launch(void (*kernel)(P...), dim3 grid, dim3 block, std::size_t shared, cudaStream_t s, A&&... args) {
 #ifdef DD_CUDA_EMULATION
-  (void)s;
-  emulation::launch(kernel, grid, block, shared, std::forward<A>(args)...);
+  emulation::launch(s, kernel, grid, block, shared, std::forward<A>(args)...);
 #else
   kernel<<<grid, block, shared, s>>>(std::forward<A>(args)...);
 #endif

@@ -77,12 +77,16 @@ void run_grid(dim3 grid, dim3 block, std::size_t shared, const std::function<voi
 void barrier();                                  // __syncthreads
 void* dynamic_shared_memory(std::size_t bytes);  // throws if the launch gave fewer bytes
 
-// Runs kernel(args...) on every thread of the grid; args are converted to the kernel's parameter
-// types once, as a launch copies its arguments.
+// Enqueues run_grid(grid, block, shared, body) on stream s (tests/cuda_emulated/runtime.cpp: at
+// once, or when the stream is drained); a launch shape CUDA refuses throws here, at the launch.
+void enqueue_grid(cudaStream_t s, dim3 grid, dim3 block, std::size_t shared, std::function<void()> body);
+
+// Runs kernel(args...) on every thread of the grid, in stream order on s; args are converted to the
+// kernel's parameter types once, when launched, as a launch copies its arguments.
 template <class... P, class... A>
-void launch(void (*kernel)(P...), dim3 grid, dim3 block, std::size_t shared, A&&... args) {
+void launch(cudaStream_t s, void (*kernel)(P...), dim3 grid, dim3 block, std::size_t shared, A&&... args) {
   std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
-  run_grid(grid, block, shared, [&] { std::apply([&](auto... p) { kernel(p...); }, params); });
+  enqueue_grid(s, grid, block, shared, [kernel, params] { std::apply([&](auto... p) { kernel(p...); }, params); });
 }
 
 template <class T>

@@ -455,6 +455,37 @@ TEST_CASE("DDU-Net(3, 32, Y) on a 2x2 grid on the GPU (one stream per clone) mat
   });
 }
 
+// The clones' work forks from the caller's stream and joins back into it, also when a clone's work
+// throws (out of memory, say): the caller goes on to free and reuse what the clones were using. On
+// the emulated GPU, whose streams run only when waited for, a missing join shows: the caller reads
+// the buffers before the clones wrote them.
+TEST_CASE("clone streams: the caller waits for every forked clone, also when a clone's work throws") {
+  if (no_gpu()) return;
+  std::vector<Tensor> bufs;
+  for (int k = 0; k < 3; ++k) bufs.push_back(Tensor::zeros({1, 1, 1, 64}, Device::cuda));
+  const auto forked = [&](bool throws) {
+    cuda::StreamFork fork;
+    for (std::size_t k = 0; k < bufs.size(); ++k) {
+      cuda::StreamScope scope(fork.fork(k));
+      if (throws && k == 2) fail("clone {} failed", k);
+      bufs[k].fill(float(k + 1));
+    }
+    fork.join();
+  };
+  for (const bool throws : {false, true}) {
+    CAPTURE(throws);
+    for (const Tensor& b : bufs) b.fill(0.0f);
+    if (throws)
+      CHECK_THROWS_WITH_AS(forked(true), doctest::Contains("clone 2 failed"), Error);
+    else
+      forked(false);
+    for (std::size_t k = 0; k < bufs.size(); ++k) {
+      const float want = throws && k == 2 ? 0.0f : float(k + 1);
+      for (const float v : bufs[k].to_vector()) REQUIRE(v == want);
+    }
+  }
+}
+
 TEST_CASE("Adam on the GPU takes the CPU's step; the trainer runs there") {
   if (no_gpu()) return;
   const Tensor p0 = Tensor::randn({1000, 1, 1, 1}, 1), g0 = Tensor::randn({1000, 1, 1, 1}, 2);

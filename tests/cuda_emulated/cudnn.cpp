@@ -1,6 +1,8 @@
 // The cuDNN 9 functions the CUDA backend calls (include/dd/backend/cuda, include/dd/kernels/gpu), on
-// host memory, for the emulated GPU test suite: "device" pointers are host pointers and streams are
-// synchronous, so every call has its result in place when it returns. Plain loops in double, each
+// host memory, for the emulated GPU test suite: "device" pointers are host pointers; a call checks its
+// arguments when made and computes in its stream's order (dd::cuda::emulation::enqueue: at once, or
+// when the stream is drained), with copies of its descriptors and scaling factors, as cuDNN reads
+// them when called. Plain loops in double, each
 // result rounded once when stored; descriptors are real structs behind cuDNN's opaque handles, and
 // arguments are checked as cuDNN documents, with the statuses it documents, so that a call real cuDNN
 // rejects fails here too. The graph (backend) API is not emulated: cudnnBackendCreateDescriptor
@@ -24,7 +26,7 @@
 #include "emulated_runtime.hpp"
 
 struct cudnnContext {
-  cudaStream_t stream = nullptr;  // kept for cudnnGetStream; work runs when called
+  cudaStream_t stream = nullptr;  // where the handle's work is enqueued
 };
 // 4-d tensor [n, c, h, w] with element strides (any layout).
 struct cudnnTensorStruct {
@@ -293,12 +295,12 @@ cudnnStatus_t check_algo(const char* fn, const Algo (&table)[2], int count, int 
 }
 
 // The workspace an execution call gets must hold what the algorithm asked for. The emulation does
-// not need it, but writes all of it, as a kernel might: a short allocation shows in the guard bytes.
-cudnnStatus_t use_workspace(const char* fn, const Algo& a, void* ws, std::size_t bytes) {
+// not need it, but writes all of it when it runs, as a kernel might: a short allocation shows in
+// the guard bytes, one released before the work ran in the results.
+cudnnStatus_t check_workspace(const char* fn, const Algo& a, void* ws, std::size_t bytes) {
   if (a.workspace > 0 && (!ws || bytes < a.workspace))
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "workspace of %zu bytes at %p, algorithm %d needs %zu", bytes, ws, a.algo,
                 a.workspace);
-  if (a.workspace > 0) std::memset(ws, 0x5A, a.workspace);
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -396,13 +398,13 @@ vector<double> inv_std(const vector<double>& var, double epsilon) {
 // y = gamma * (x - mean) * invstd + beta, blended into y.
 void bn_apply(const BnGeometry& g, const cudnnTensorStruct& xd, const cudnnTensorStruct& yd, void* y,
               const vector<double>& xv, const vector<double>& gamma, const vector<double>& beta,
-              const vector<double>& mean, const vector<double>& invstd, const void* alpha, const void* blend_beta) {
+              const vector<double>& mean, const vector<double>& invstd, double alpha, double blend_beta) {
   vector<double> out(xv.size());
   for (std::size_t i = 0; i < xv.size(); ++i) {
     const std::size_t p = g.param_of(i64(i));
     out[i] = gamma[p] * (xv[i] - mean[p]) * invstd[p] + beta[p];
   }
-  blend(view(yd), y, out, scaling(alpha, xd.type), scaling(blend_beta, xd.type));
+  blend(view(yd), y, out, alpha, blend_beta);
 }
 
 // The graph API's calls on a descriptor: none can exist (cudnnBackendCreateDescriptor makes none).
@@ -434,29 +436,33 @@ cudnnStatus_t convolve(const char* fn, cudnnHandle_t h, const void* alpha, const
                        const void* xp, const cudnnFilterStruct* w, const void* wp, const cudnnConvolutionStruct* c,
                        const cudnnTensorStruct* y, const void* yp, void* out,
                        cudnnStatus_t spatial_status = CUDNN_STATUS_BAD_PARAM) {
-  dd::cuda::emulation::DeviceWork work;  // reads and writes device memory
   if (!alpha || !beta || !xp || !wp || !yp) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null data or scaling pointer");
   if (cudnnStatus_t st = check_conv(fn, h, x, w, c, y, spatial_status)) return st;
   const Algo* a = nullptr;
   if (cudnnStatus_t st = check_algo(fn, table, count, algo, &a)) return st;
-  if (cudnnStatus_t st = use_workspace(fn, *a, workspace, workspace_bytes)) return st;
+  if (cudnnStatus_t st = check_workspace(fn, *a, workspace, workspace_bytes)) return st;
+  const std::size_t scribble = a->workspace;
   const View vx = view(*x), vw = view(*w), vy = view(*y);
   for (auto [v, p] : {std::pair{vx, xp}, {vw, wp}, {vy, yp}})
     if (cudnnStatus_t st = check_aligned(fn, v, p)) return st;
-  const auto input = [](Operand o, const View& v, const void* p) { return O == o ? vector<double>() : gather(v, p); };
-  const vector<double> X = input(Operand::x, vx, xp), W = input(Operand::w, vw, wp), Y = input(Operand::y, vy, yp);
-  const View& vo = O == Operand::x ? vx : O == Operand::w ? vw : vy;
-  vector<double> sum(static_cast<std::size_t>(vo.count()), 0.0);
-  const auto at = [](i64 i) { return static_cast<std::size_t>(i); };
-  ConvGeometry(*x, *w, *c, *y).each([&](i64 xi, i64 wi, i64 yi) {
-    if constexpr (O == Operand::y)
-      sum[at(yi)] += X[at(xi)] * W[at(wi)];
-    else if constexpr (O == Operand::x)
-      sum[at(xi)] += Y[at(yi)] * W[at(wi)];
-    else
-      sum[at(wi)] += Y[at(yi)] * X[at(xi)];
+  const double sa = scaling(alpha, x->type), sb = scaling(beta, x->type);
+  dd::cuda::emulation::enqueue(h->stream, [=, xd = *x, wd = *w, cd = *c, yd = *y] {
+    if (scribble > 0) std::memset(workspace, 0x5A, scribble);
+    const auto input = [](Operand o, const View& v, const void* p) { return O == o ? vector<double>() : gather(v, p); };
+    const vector<double> X = input(Operand::x, vx, xp), W = input(Operand::w, vw, wp), Y = input(Operand::y, vy, yp);
+    const View& vo = O == Operand::x ? vx : O == Operand::w ? vw : vy;
+    vector<double> sum(static_cast<std::size_t>(vo.count()), 0.0);
+    const auto at = [](i64 i) { return static_cast<std::size_t>(i); };
+    ConvGeometry(xd, wd, cd, yd).each([&](i64 xi, i64 wi, i64 yi) {
+      if constexpr (O == Operand::y)
+        sum[at(yi)] += X[at(xi)] * W[at(wi)];
+      else if constexpr (O == Operand::x)
+        sum[at(xi)] += Y[at(yi)] * W[at(wi)];
+      else
+        sum[at(wi)] += Y[at(yi)] * X[at(xi)];
+    });
+    blend(vo, out, sum, sa, sb);
   });
-  blend(vo, out, sum, scaling(alpha, x->type), scaling(beta, x->type));
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -828,7 +834,6 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void* alpha,
 cudnnStatus_t cudnnConvolutionBackwardBias(cudnnHandle_t h, const void* alpha, const cudnnTensorDescriptor_t dyDesc,
                                            const void* dy, const void* beta, const cudnnTensorDescriptor_t dbDesc,
                                            void* db) {
-  dd::cuda::emulation::DeviceWork work;  // reads and writes device memory
   const char* fn = "cudnnConvolutionBackwardBias";
   if (!h || !alpha || !beta || !dy || !db || !dyDesc || !dbDesc)
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "null handle, descriptor or pointer");
@@ -837,19 +842,21 @@ cudnnStatus_t cudnnConvolutionBackwardBias(cudnnHandle_t h, const void* alpha, c
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "db must be [1, %lld, 1, 1]", (long long)dyDesc->dim[1]);
   if (dbDesc->type != dyDesc->type) return fail(CUDNN_STATUS_BAD_PARAM, fn, "dy and db data types differ");
   if (!computable(dyDesc->type)) return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "data type %d", dyDesc->type);
-  const View v = view(*dyDesc);
-  const vector<double> DY = gather(v, dy);
-  vector<double> DB(static_cast<std::size_t>(v.d[1]), 0.0);
-  for (std::size_t i = 0; i < DY.size(); ++i)
-    DB[static_cast<std::size_t>((i64(i) / (v.d[2] * v.d[3])) % v.d[1])] += DY[i];
-  blend(view(*dbDesc), db, DB, scaling(alpha, dyDesc->type), scaling(beta, dyDesc->type));
+  const View v = view(*dyDesc), vb = view(*dbDesc);
+  const double a = scaling(alpha, dyDesc->type), b = scaling(beta, dyDesc->type);
+  dd::cuda::emulation::enqueue(h->stream, [=] {
+    const vector<double> DY = gather(v, dy);
+    vector<double> DB(static_cast<std::size_t>(v.d[1]), 0.0);
+    for (std::size_t i = 0; i < DY.size(); ++i)
+      DB[static_cast<std::size_t>((i64(i) / (v.d[2] * v.d[3])) % v.d[1])] += DY[i];
+    blend(vb, db, DB, a, b);
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
 // C = alpha * A + beta * C, each dim of A C's or 1 (broadcast).
 cudnnStatus_t cudnnAddTensor(cudnnHandle_t h, const void* alpha, const cudnnTensorDescriptor_t aDesc, const void* A,
                              const void* beta, const cudnnTensorDescriptor_t cDesc, void* C) {
-  dd::cuda::emulation::DeviceWork work;  // reads and writes device memory
   const char* fn = "cudnnAddTensor";
   if (!h || !alpha || !beta || !A || !C || !aDesc || !cDesc)
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "null handle, descriptor or pointer");
@@ -861,15 +868,18 @@ cudnnStatus_t cudnnAddTensor(cudnnHandle_t h, const void* alpha, const cudnnTens
   if (aDesc->type != cDesc->type) return fail(CUDNN_STATUS_BAD_PARAM, fn, "A and C data types differ");
   if (!computable(cDesc->type)) return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "data type %d", cDesc->type);
   const View a = view(*aDesc), c = view(*cDesc);
-  vector<double> values(static_cast<std::size_t>(c.count()));
-  i64 i = 0;
-  for (i64 n = 0; n < c.d[0]; ++n)
-    for (i64 ch = 0; ch < c.d[1]; ++ch)
-      for (i64 y = 0; y < c.d[2]; ++y)
-        for (i64 x = 0; x < c.d[3]; ++x)  // a broadcast dim (size 1) reads index 0
-          values[static_cast<std::size_t>(i++)] =
-              load(A, a.type, a.at(a.d[0] > 1 ? n : 0, a.d[1] > 1 ? ch : 0, a.d[2] > 1 ? y : 0, a.d[3] > 1 ? x : 0));
-  blend(c, C, values, scaling(alpha, cDesc->type), scaling(beta, cDesc->type));
+  const double sa = scaling(alpha, cDesc->type), sb = scaling(beta, cDesc->type);
+  dd::cuda::emulation::enqueue(h->stream, [=] {
+    vector<double> values(static_cast<std::size_t>(c.count()));
+    i64 i = 0;
+    for (i64 n = 0; n < c.d[0]; ++n)
+      for (i64 ch = 0; ch < c.d[1]; ++ch)
+        for (i64 y = 0; y < c.d[2]; ++y)
+          for (i64 x = 0; x < c.d[3]; ++x)  // a broadcast dim (size 1) reads index 0
+            values[static_cast<std::size_t>(i++)] =
+                load(A, a.type, a.at(a.d[0] > 1 ? n : 0, a.d[1] > 1 ? ch : 0, a.d[2] > 1 ? y : 0, a.d[3] > 1 ? x : 0));
+    blend(c, C, values, sa, sb);
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -897,7 +907,6 @@ cudnnStatus_t cudnnBatchNormalizationForwardTraining(cudnnHandle_t h, cudnnBatch
                                                      const void* bnBias, double factor, void* runningMean,
                                                      void* runningVariance, double epsilon, void* saveMean,
                                                      void* saveInvVariance) {
-  dd::cuda::emulation::DeviceWork work;  // reads and writes device memory
   const char* fn = "cudnnBatchNormalizationForwardTraining";
   if (!alpha || !beta || !x || !y || !bnScale || !bnBias)
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "null data, parameter or scaling pointer");
@@ -906,23 +915,26 @@ cudnnStatus_t cudnnBatchNormalizationForwardTraining(cudnnHandle_t h, cudnnBatch
   if (!runningMean != !runningVariance)
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "exactly one of the running statistics is null");
   if (cudnnStatus_t st = check_bn(fn, h, mode, xDesc, {yDesc}, pDesc, epsilon)) return st;
-  const BnGeometry g(*xDesc, mode);
-  const View pv = view(*pDesc);
-  const vector<double> X = gather(view(*xDesc), x), gamma = gather(pv, bnScale), bias = gather(pv, bnBias);
-  vector<double> mean, var;
-  batch_stats(g, X, mean, var);
-  const vector<double> invstd = inv_std(var, epsilon);
-  bn_apply(g, *xDesc, *yDesc, y, X, gamma, bias, mean, invstd, alpha, beta);
-  if (saveMean) write(pv, saveMean, mean), write(pv, saveInvVariance, invstd);
-  if (runningMean) {
-    // running = (1 - f) running + f batch; with f = 1 (cuDNN: "MUST use factor=1 in the very first
-    // call") the old values are not read, so uninitialised memory does not leak in.
-    const double unbias = g.M > 1 ? double(g.M) / double(g.M - 1) : 1.0;  // M = 1: the biased 0 (assumed)
-    vector<double> unbiased = var;
-    for (double& v : unbiased) v *= unbias;
-    blend(pv, runningMean, mean, factor, 1.0 - factor);
-    blend(pv, runningVariance, unbiased, factor, 1.0 - factor);
-  }
+  const double a = scaling(alpha, xDesc->type), b = scaling(beta, xDesc->type);
+  dd::cuda::emulation::enqueue(h->stream, [=, xd = *xDesc, yd = *yDesc, pd = *pDesc] {
+    const BnGeometry g(xd, mode);
+    const View pv = view(pd);
+    const vector<double> X = gather(view(xd), x), gamma = gather(pv, bnScale), bias = gather(pv, bnBias);
+    vector<double> mean, var;
+    batch_stats(g, X, mean, var);
+    const vector<double> invstd = inv_std(var, epsilon);
+    bn_apply(g, xd, yd, y, X, gamma, bias, mean, invstd, a, b);
+    if (saveMean) write(pv, saveMean, mean), write(pv, saveInvVariance, invstd);
+    if (runningMean) {
+      // running = (1 - f) running + f batch; with f = 1 (cuDNN: "MUST use factor=1 in the very first
+      // call") the old values are not read, so uninitialised memory does not leak in.
+      const double unbias = g.M > 1 ? double(g.M) / double(g.M - 1) : 1.0;  // M = 1: the biased 0 (assumed)
+      vector<double> unbiased = var;
+      for (double& v : unbiased) v *= unbias;
+      blend(pv, runningMean, mean, factor, 1.0 - factor);
+      blend(pv, runningVariance, unbiased, factor, 1.0 - factor);
+    }
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -933,16 +945,18 @@ cudnnStatus_t cudnnBatchNormalizationForwardInference(cudnnHandle_t h, cudnnBatc
                                                       const cudnnTensorDescriptor_t pDesc, const void* bnScale,
                                                       const void* bnBias, const void* estimatedMean,
                                                       const void* estimatedVariance, double epsilon) {
-  dd::cuda::emulation::DeviceWork work;  // reads and writes device memory
   const char* fn = "cudnnBatchNormalizationForwardInference";
   if (!alpha || !beta || !x || !y || !bnScale || !bnBias || !estimatedMean || !estimatedVariance)
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "null data, parameter, statistics or scaling pointer");
   if (cudnnStatus_t st = check_bn(fn, h, mode, xDesc, {yDesc}, pDesc, epsilon)) return st;
-  const BnGeometry g(*xDesc, mode);
-  const View pv = view(*pDesc);
-  const vector<double> X = gather(view(*xDesc), x), gamma = gather(pv, bnScale), bias = gather(pv, bnBias);
-  bn_apply(g, *xDesc, *yDesc, y, X, gamma, bias, gather(pv, estimatedMean),
-           inv_std(gather(pv, estimatedVariance), epsilon), alpha, beta);
+  const double a = scaling(alpha, xDesc->type), b = scaling(beta, xDesc->type);
+  dd::cuda::emulation::enqueue(h->stream, [=, xd = *xDesc, yd = *yDesc, pd = *pDesc] {
+    const BnGeometry g(xd, mode);
+    const View pv = view(pd);
+    const vector<double> X = gather(view(xd), x), gamma = gather(pv, bnScale), bias = gather(pv, bnBias);
+    bn_apply(g, xd, yd, y, X, gamma, bias, gather(pv, estimatedMean), inv_std(gather(pv, estimatedVariance), epsilon),
+             a, b);
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -958,7 +972,6 @@ cudnnStatus_t cudnnBatchNormalizationBackward(cudnnHandle_t h, cudnnBatchNormMod
                                               const cudnnTensorDescriptor_t pDesc, const void* bnScale,
                                               void* dBnScaleResult, void* dBnBiasResult, double epsilon,
                                               const void* savedMean, const void* savedInvVariance) {
-  dd::cuda::emulation::DeviceWork work;  // reads and writes device memory
   const char* fn = "cudnnBatchNormalizationBackward";
   if (!alphaDataDiff || !betaDataDiff || !alphaParamDiff || !betaParamDiff || !x || !dy || !dx || !bnScale ||
       !dBnScaleResult || !dBnBiasResult)
@@ -966,34 +979,38 @@ cudnnStatus_t cudnnBatchNormalizationBackward(cudnnHandle_t h, cudnnBatchNormMod
   if (!savedMean != !savedInvVariance)
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "exactly one of the saved statistics is null");
   if (cudnnStatus_t st = check_bn(fn, h, mode, xDesc, {dyDesc, dxDesc}, pDesc, epsilon)) return st;
-  const BnGeometry g(*xDesc, mode);
-  const View pv = view(*pDesc);
-  const vector<double> X = gather(view(*xDesc), x), DY = gather(view(*dyDesc), dy), gamma = gather(pv, bnScale);
-  vector<double> mean, invstd;
-  if (savedMean) {
-    mean = gather(pv, savedMean), invstd = gather(pv, savedInvVariance);
-  } else {
-    vector<double> var;
-    batch_stats(g, X, mean, var);
-    invstd = inv_std(var, epsilon);
-  }
-  vector<double> dgamma(static_cast<std::size_t>(g.P), 0.0), dbeta(static_cast<std::size_t>(g.P), 0.0);
-  for (std::size_t i = 0; i < X.size(); ++i) {
-    const std::size_t p = g.param_of(i64(i));
-    dbeta[p] += DY[i];
-    dgamma[p] += DY[i] * (X[i] - mean[p]) * invstd[p];
-  }
-  vector<double> DX(X.size());
-  const double M = double(g.M);
-  for (std::size_t i = 0; i < X.size(); ++i) {
-    const std::size_t p = g.param_of(i64(i));
-    const double xhat = (X[i] - mean[p]) * invstd[p];
-    DX[i] = gamma[p] * invstd[p] * (DY[i] - dbeta[p] / M - xhat * dgamma[p] / M);
-  }
   const cudnnDataType_t t = xDesc->type;
-  blend(view(*dxDesc), dx, DX, scaling(alphaDataDiff, t), scaling(betaDataDiff, t));
-  blend(pv, dBnScaleResult, dgamma, scaling(alphaParamDiff, t), scaling(betaParamDiff, t));
-  blend(pv, dBnBiasResult, dbeta, scaling(alphaParamDiff, t), scaling(betaParamDiff, t));
+  const double ad = scaling(alphaDataDiff, t), bd = scaling(betaDataDiff, t), ap = scaling(alphaParamDiff, t),
+               bp = scaling(betaParamDiff, t);
+  dd::cuda::emulation::enqueue(h->stream, [=, xd = *xDesc, dyd = *dyDesc, dxd = *dxDesc, pd = *pDesc] {
+    const BnGeometry g(xd, mode);
+    const View pv = view(pd);
+    const vector<double> X = gather(view(xd), x), DY = gather(view(dyd), dy), gamma = gather(pv, bnScale);
+    vector<double> mean, invstd;
+    if (savedMean) {
+      mean = gather(pv, savedMean), invstd = gather(pv, savedInvVariance);
+    } else {
+      vector<double> var;
+      batch_stats(g, X, mean, var);
+      invstd = inv_std(var, epsilon);
+    }
+    vector<double> dgamma(static_cast<std::size_t>(g.P), 0.0), dbeta(static_cast<std::size_t>(g.P), 0.0);
+    for (std::size_t i = 0; i < X.size(); ++i) {
+      const std::size_t p = g.param_of(i64(i));
+      dbeta[p] += DY[i];
+      dgamma[p] += DY[i] * (X[i] - mean[p]) * invstd[p];
+    }
+    vector<double> DX(X.size());
+    const double M = double(g.M);
+    for (std::size_t i = 0; i < X.size(); ++i) {
+      const std::size_t p = g.param_of(i64(i));
+      const double xhat = (X[i] - mean[p]) * invstd[p];
+      DX[i] = gamma[p] * invstd[p] * (DY[i] - dbeta[p] / M - xhat * dgamma[p] / M);
+    }
+    blend(view(dxd), dx, DX, ad, bd);
+    blend(pv, dBnScaleResult, dgamma, ap, bp);
+    blend(pv, dBnBiasResult, dbeta, ap, bp);
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 

@@ -165,6 +165,11 @@ void run_grid(dim3 grid, dim3 block, std::size_t shared, const std::function<voi
   if (s.error) std::rethrow_exception(std::exchange(s.error, nullptr));
 }
 
+void enqueue_grid(cudaStream_t st, dim3 grid, dim3 block, std::size_t shared, std::function<void()> body) {
+  check_launch(grid, block, shared);
+  enqueue(st, [grid, block, shared, body = std::move(body)] { run_grid(grid, block, shared, body); });
+}
+
 void barrier() {
   if (!s.in_fibers) throw std::logic_error(kDivergentBarrier);
   if (s.current == 0) s.took_barrier = true;

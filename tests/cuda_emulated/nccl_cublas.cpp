@@ -33,11 +33,13 @@ std::size_t nccl_size(ncclDataType_t t) {
       return 8;
   }
 }
-ncclResult_t copy(const void* send, void* recv, std::size_t count, ncclDataType_t t, ncclComm_t comm) {
+// A collective of one rank, in the stream's order.
+ncclResult_t copy(const void* send, void* recv, std::size_t count, ncclDataType_t t, ncclComm_t comm,
+                  cudaStream_t stream) {
   if (!comm || comm->aborted || !send || !recv) return ncclInvalidArgument;
   if (comm->nranks != 1) return ncclInvalidUsage;  // never initialised (see above)
-  dd::cuda::emulation::DeviceWork work;
-  if (send != recv) std::memmove(recv, send, count * nccl_size(t));
+  const std::size_t bytes = count * nccl_size(t);
+  if (send != recv) dd::cuda::emulation::enqueue(stream, [=] { std::memmove(recv, send, bytes); });
   return ncclSuccess;
 }
 }  // namespace
@@ -96,17 +98,17 @@ ncclResult_t ncclGroupEnd() {
   return ncclSuccess;
 }
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t t, ncclRedOp_t, ncclComm_t comm,
-                           cudaStream_t) {
-  return copy(send, recv, count, t, comm);  // the sum over one rank
+                           cudaStream_t stream) {
+  return copy(send, recv, count, t, comm, stream);  // the sum over one rank
 }
 ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, ncclDataType_t t, ncclComm_t comm,
-                           cudaStream_t) {
-  return copy(send, recv, count, t, comm);
+                           cudaStream_t stream) {
+  return copy(send, recv, count, t, comm, stream);
 }
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t t, int root, ncclComm_t comm,
-                           cudaStream_t) {
+                           cudaStream_t stream) {
   if (root != 0) return ncclInvalidArgument;
-  return copy(send, recv, count, t, comm);
+  return copy(send, recv, count, t, comm, stream);
 }
 
 cublasStatus_t cublasCreate_v2(cublasHandle_t* h) {

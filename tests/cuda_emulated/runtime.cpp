@@ -1,6 +1,8 @@
 // The CUDA runtime on host memory, for the emulated GPU (src/cuda/emulation.cuh): "device" memory is
-// mapped host pages (the kernel tests read it directly), streams are in-order by construction
-// (every launch and copy runs when it is made), events hold a host time. One device with 16 GiB.
+// mapped host pages (the kernel tests read it directly); streams are queues run in order, eagerly
+// (every launch and copy runs when it is made) or deferred until something waits for them
+// (defer_streams: the GPU test suite), so that missing stream waits change results; events mark a
+// place in a stream and hold a host time. One device with 16 GiB.
 // Every allocation sits between inaccessible pages with guard bytes in the slack, checked when it is
 // freed and by the tests; with forbid_host_access() it is open only during device work (kernels,
 // copies, cuDNN and NCCL calls), so host code that dereferences a device pointer faults.
@@ -17,15 +19,33 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 #include "emulated_runtime.hpp"
 
-struct CUstream_st {};
+// A stream: its work not yet run, in order, and how many items were enqueued and have run. An item
+// is work, or a wait for another stream's first `upto` items (cudaStreamWaitEvent).
+struct CUstream_st {
+  struct Item {
+    std::function<void()> work;
+    CUstream_st* source = nullptr;
+    std::uint64_t upto = 0;
+  };
+  std::deque<Item> queue;
+  std::uint64_t enqueued = 0, done = 0;
+  bool destroyed = false;  // kept: events recorded on it may still be waited for
+};
+// An event: the place in a stream where it was recorded (null stream: nothing to wait for).
 struct CUevent_st {
   std::chrono::steady_clock::time_point t;
+  bool timing = true;
+  CUstream_st* stream = nullptr;
+  std::uint64_t upto = 0;
 };
 struct CUmemPoolHandle_st {
   std::uint64_t release_threshold = 0;
@@ -145,6 +165,50 @@ void copy_bytes(void* dst, const void* src, std::size_t bytes) {
   emu::DeviceWork work;
   if (bytes) std::memmove(dst, src, bytes);
 }
+
+// ---- stream queues ----
+struct Queues {
+  std::recursive_mutex m;  // every queue, and the work run from them
+  bool deferred = false;
+  CUstream_st legacy;                                 // never holds work: it runs at once
+  std::vector<std::unique_ptr<CUstream_st>> streams;  // every stream created (destroyed ones stay)
+};
+Queues& queues() {  // (built on first use: the programs' static initialisers call defer_streams)
+  static Queues q;
+  return q;
+}
+
+CUstream_st* stream_of(cudaStream_t s) {
+  return s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread ? &queues().legacy : s;
+}
+// Runs s's work until its first `upto` items have run; a wait item first runs its source's.
+void drain(CUstream_st* s, std::uint64_t upto) {
+  while (s->done < upto && !s->queue.empty()) {
+    CUstream_st::Item item = std::move(s->queue.front());
+    s->queue.pop_front();
+    ++s->done;  // (an item that throws has run: the stream goes on with the next)
+    if (item.source) {
+      drain(item.source, item.upto);
+    } else {
+      emu::DeviceWork work;
+      item.work();
+    }
+  }
+}
+void drain(CUstream_st* s) {
+  drain(s, s->enqueued);
+}
+void drain_all() {
+  for (auto& s : queues().streams) drain(s.get());
+}
+// Runs work after everything enqueued so far on s (the host waits for it).
+void run_in_order(cudaStream_t st, const std::function<void()>& work) {
+  std::lock_guard lock(queues().m);
+  if (stream_of(st) == &queues().legacy) drain_all();
+  drain(stream_of(st));
+  emu::DeviceWork device;
+  work();
+}
 }  // namespace
 
 namespace dd::cuda::emulation {
@@ -219,6 +283,39 @@ bool forbid_host_access() {
   open_device_memory(device_depth > 0);
   return true;
 }
+bool defer_streams() {
+  const char* eager = std::getenv("DD_EMULATED_EAGER");
+  if (eager && *eager && std::strcmp(eager, "0") != 0) return false;
+  std::lock_guard lock(queues().m);
+  queues().deferred = true;
+  return true;
+}
+bool streams_deferred() {
+  return queues().deferred;
+}
+void enqueue(cudaStream_t st, std::function<void()> work) {
+  CUstream_st* s = stream_of(st);
+  if (!queues().deferred) {
+    DeviceWork device;
+    work();
+    return;
+  }
+  std::lock_guard lock(queues().m);
+  if (s == &queues().legacy) {  // the legacy stream waits for every (blocking) stream: conservatively, all
+    drain_all();
+    DeviceWork device;
+    work();
+    return;
+  }
+  s->queue.push_back({std::move(work)});
+  ++s->enqueued;
+}
+std::int64_t pending_work() {
+  std::lock_guard lock(queues().m);
+  std::int64_t n = 0;
+  for (auto& s : queues().streams) n += static_cast<std::int64_t>(s->queue.size());
+  return n;
+}
 DeviceWork::DeviceWork() {
   if (device_depth++ == 0) open_device_memory(true);
 }
@@ -280,6 +377,8 @@ cudaError_t cudaSetDevice(int device) {
 }
 cudaError_t cudaDeviceSynchronize(void) {
   ++waits;
+  std::lock_guard lock(queues().m);
+  drain_all();
   return cudaSuccess;
 }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
@@ -308,34 +407,65 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = emu::device_alloc(bytes);
   return result(*p ? cudaSuccess : cudaErrorMemoryAllocation);
 }
-cudaError_t cudaFree(void* p) {
+cudaError_t cudaFree(void* p) {  // synchronises the device first, as CUDA's does
+  {
+    std::lock_guard lock(queues().m);
+    drain_all();
+  }
   emu::device_free(p);
   return cudaSuccess;
 }
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
-  return cudaMalloc(p, bytes);
+  *p = emu::device_alloc(bytes);
+  return result(*p ? cudaSuccess : cudaErrorMemoryAllocation);
 }
-cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
-  return cudaFree(p);
-}
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
-  count_copy_wait(dst, src);
-  copy_bytes(dst, src, bytes);
+cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {  // in stream order
+  emu::enqueue(s, [p] { emu::device_free(p); });
   return cudaSuccess;
 }
+// An asynchronous copy: from pageable host memory the bytes are staged when it is made (the call
+// returns once they are); into pageable host memory it returns when done; otherwise (device memory,
+// pinned host memory) it runs in stream order, reading and writing when it gets there.
+cudaError_t copy_async(void* dst, const void* src, size_t width, size_t height, size_t dpitch, size_t spitch,
+                       cudaStream_t s) {
+  count_copy_wait(dst, src);
+  const bool to_device = emu::is_device_memory(dst), from_device = emu::is_device_memory(src);
+  auto rows = [=](const void* from, size_t from_pitch) {
+    return [=] {
+      for (size_t r = 0; r < height; ++r)
+        std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(from) + r * from_pitch, width);
+    };
+  };
+  if (!to_device && !from_device) {
+    run_in_order(s, rows(src, spitch));
+  } else if (to_device && !from_device && !is_pinned(src)) {
+    auto staged = std::make_shared<std::vector<char>>(width * height);
+    for (size_t r = 0; r < height; ++r)
+      std::memcpy(staged->data() + r * width, static_cast<const char*>(src) + r * spitch, width);
+    emu::enqueue(s, [staged, f = rows(staged->data(), width)] { f(); });
+  } else if (from_device && !to_device && !is_pinned(dst)) {
+    run_in_order(s, rows(src, spitch));
+  } else {
+    emu::enqueue(s, rows(src, spitch));
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t s) {
+  if (bytes == 0) return cudaSuccess;
+  return copy_async(dst, src, bytes, 1, bytes, bytes, s);
+}
+// On the legacy stream, which the library's (non-blocking) streams do not wait for, nor it for them:
+// the copy runs now, whatever they still have to do.
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
   ++waits;  // synchronous: one wait, whatever the memory
   copy_bytes(dst, src, bytes);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
-                              cudaMemcpyKind, cudaStream_t) {
+                              cudaMemcpyKind, cudaStream_t s) {
   if (width > dpitch || width > spitch) return result(cudaErrorInvalidValue);
-  count_copy_wait(dst, src);
-  emu::DeviceWork work;
-  for (size_t r = 0; r < height; ++r)
-    std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
-  return cudaSuccess;
+  if (width == 0 || height == 0) return cudaSuccess;
+  return copy_async(dst, src, width, height, dpitch, spitch, s);
 }
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) {
   *p = std::aligned_alloc(kAlign, (std::max<size_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign);
@@ -347,15 +477,18 @@ cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) {
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
   return cudaHostAlloc(p, bytes, 0);
 }
-cudaError_t cudaFreeHost(void* p) {
+cudaError_t cudaFreeHost(void* p) {  // synchronises the device first, as CUDA's does
+  {
+    std::lock_guard lock(queues().m);
+    drain_all();
+  }
   std::lock_guard lock(pinned_mutex);
   if (p && !pinned.erase(reinterpret_cast<std::uintptr_t>(p))) return result(cudaErrorInvalidValue);
   std::free(p);
   return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
-  emu::DeviceWork work;
-  std::memset(p, value, bytes);
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
+  emu::enqueue(s, [=] { std::memset(p, value, bytes); });
   return cudaSuccess;
 }
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void* p) {
@@ -380,50 +513,81 @@ cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t p, cudaMemPoolAttr attr, void*
   return cudaSuccess;
 }
 
-// ---- streams and events: work runs when enqueued, so every stream is always idle ----
+// ---- streams and events ----
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
-  *s = new CUstream_st;
+  std::lock_guard lock(queues().m);
+  queues().streams.push_back(std::make_unique<CUstream_st>());
+  *s = queues().streams.back().get();
   return cudaSuccess;
 }
 cudaError_t cudaStreamCreate(cudaStream_t* s) {
   return cudaStreamCreateWithFlags(s, 0);
 }
-cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  delete s;
+cudaError_t cudaStreamDestroy(cudaStream_t s) {  // its work still runs (here: now)
+  if (!s) return result(cudaErrorInvalidValue);
+  std::lock_guard lock(queues().m);
+  drain(s);
+  s->destroyed = true;
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) {
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   ++waits;
+  std::lock_guard lock(queues().m);
+  if (stream_of(s) == &queues().legacy) drain_all();
+  drain(stream_of(s));
   return cudaSuccess;
 }
-cudaError_t cudaStreamQuery(cudaStream_t) {
+cudaError_t cudaStreamQuery(cudaStream_t s) {  // "done", having run its work (a poll must end)
+  std::lock_guard lock(queues().m);
+  drain(stream_of(s));
   return cudaSuccess;
 }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned) {
-  return result(e ? cudaSuccess : cudaErrorInvalidValue);
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  if (!e) return result(cudaErrorInvalidValue);
+  std::lock_guard lock(queues().m);
+  CUstream_st* waiter = stream_of(s);
+  if (!e->stream || e->stream == waiter) return cudaSuccess;
+  if (!queues().deferred || waiter == &queues().legacy) {
+    drain(e->stream, e->upto);
+    return cudaSuccess;
+  }
+  waiter->queue.push_back({{}, e->stream, e->upto});
+  ++waiter->enqueued;
+  return cudaSuccess;
 }
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
-  *e = new CUevent_st{std::chrono::steady_clock::now()};
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags) {
+  *e = new CUevent_st{std::chrono::steady_clock::now(), (flags & cudaEventDisableTiming) == 0};
   return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t* e) {
   return cudaEventCreateWithFlags(e, 0);
 }
-cudaError_t cudaEventDestroy(cudaEvent_t e) {
+cudaError_t cudaEventDestroy(cudaEvent_t e) {  // waits made on it keep their place
   delete e;
   return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   if (!e) return result(cudaErrorInvalidValue);
+  std::lock_guard lock(queues().m);
+  CUstream_st* st = stream_of(s);
+  if (st == &queues().legacy) drain_all();
+  e->stream = st == &queues().legacy ? nullptr : st;
+  e->upto = st->enqueued;
+  if (e->timing && e->stream) drain(e->stream);  // a timing event: the work before it runs now
   e->t = std::chrono::steady_clock::now();
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   ++waits;
-  return result(e ? cudaSuccess : cudaErrorInvalidValue);
+  if (!e) return result(cudaErrorInvalidValue);
+  std::lock_guard lock(queues().m);
+  if (e->stream) drain(e->stream, e->upto);
+  return cudaSuccess;
 }
-cudaError_t cudaEventQuery(cudaEvent_t e) {  // work ran when it was enqueued
-  return result(e ? cudaSuccess : cudaErrorInvalidValue);
+cudaError_t cudaEventQuery(cudaEvent_t e) {  // a question only: the work before the event is not run
+  if (!e) return result(cudaErrorInvalidValue);
+  std::lock_guard lock(queues().m);
+  return e->stream && e->stream->done < e->upto ? cudaErrorNotReady : cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   if (!start || !end) return result(cudaErrorInvalidValue);

@@ -306,7 +306,8 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
   }
 
   // Runs task(i) for every local clone i: on the CPU workers, or on the GPU with clone i's work
-  // enqueued on stream i, forked from and joined back into the caller's stream.
+  // enqueued on stream i, forked from and joined back into the caller's stream (also when a task
+  // throws: the caller's stream must not run ahead of clone work still using its memory).
   void run_clones(std::int64_t n, const std::function<void(std::int64_t)>& task) {
     if (!on_gpu()) {
       workers_.run(n, task);
@@ -317,14 +318,12 @@ class DomainDecomposed : public detail::TypedDDUFacts<Net, Comm>, public ModelSt
       task(0);
       return;
     }
-    const cudaStream_t caller = cuda::current_stream();
+    cuda::StreamFork fork;
     for (std::int64_t k = 0; k < n; ++k) {
-      const cudaStream_t s = cuda::clone_stream(static_cast<std::size_t>(k));
-      cuda::stream_wait(s, caller);
-      cuda::StreamScope scope(s);
+      cuda::StreamScope scope(fork.fork(static_cast<std::size_t>(k)));
       task(k);
     }
-    for (std::int64_t k = 0; k < n; ++k) cuda::stream_wait(caller, cuda::clone_stream(static_cast<std::size_t>(k)));
+    fork.join();
 #else
     detail::no_cuda();
 #endif

@@ -89,6 +89,48 @@ inline void stream_wait(cudaStream_t waiter, cudaStream_t source) {
   DD_CUDA_CHECK(cudaEventDestroy(e));  // released once the wait has been satisfied
 }
 
+// stream_wait that reports failure instead of throwing (for destructors).
+inline bool try_stream_wait(cudaStream_t waiter, cudaStream_t source) noexcept {
+  if (waiter == source) return true;
+  cudaEvent_t e = nullptr;
+  if (cudaEventCreateWithFlags(&e, cudaEventDisableTiming) != cudaSuccess) return false;
+  const bool ok = cudaEventRecord(e, source) == cudaSuccess && cudaStreamWaitEvent(waiter, e, 0) == cudaSuccess;
+  (void)cudaEventDestroy(e);
+  return ok;
+}
+
+// Work of the current stream forked onto clone streams and joined back. fork(k): clone stream k,
+// after the caller's work so far. join(), and the destructor when a clone's work threw: the caller
+// waits for every forked stream, so nothing it does next overtakes clone work; in particular a block
+// a clone still reads or writes is not handed out again from the caller's pool (allocator.hpp).
+class StreamFork {
+ public:
+  StreamFork() : caller_(current_stream()) {}
+  StreamFork(const StreamFork&) = delete;
+  StreamFork& operator=(const StreamFork&) = delete;
+  ~StreamFork() {
+    for (cudaStream_t s : forked_)  // a wait that cannot be enqueued becomes a host wait
+      if (!try_stream_wait(caller_, s)) (void)cudaStreamSynchronize(s);
+  }
+
+  cudaStream_t fork(std::size_t k) {
+    const cudaStream_t s = clone_stream(k);
+    stream_wait(s, caller_);
+    if (s != caller_) forked_.push_back(s);
+    return s;
+  }
+  void join() {
+    while (!forked_.empty()) {
+      stream_wait(caller_, forked_.back());
+      forked_.pop_back();
+    }
+  }
+
+ private:
+  cudaStream_t caller_;
+  std::vector<cudaStream_t> forked_;
+};
+
 // Waits for all work on the current stream (and reports asynchronous kernel errors, and failed
 // checks of earlier work: PinnedStaging).
 inline void synchronize() {
