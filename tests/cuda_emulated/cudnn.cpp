@@ -2,11 +2,11 @@
 // host memory, for the emulated GPU test suite: "device" pointers are host pointers; a call checks its
 // arguments when made and computes in its stream's order (dd::cuda::emulation::enqueue: at once, or
 // when the stream is drained), with copies of its descriptors and scaling factors, as cuDNN reads
-// them when called. Plain loops in double, each
-// result rounded once when stored; descriptors are real structs behind cuDNN's opaque handles, and
-// arguments are checked as cuDNN documents, with the statuses it documents, so that a call real cuDNN
-// rejects fails here too. The graph (backend) API is not emulated: cudnnBackendCreateDescriptor
-// answers CUDNN_STATUS_NOT_SUPPORTED, and the library runs the legacy calls instead (cudnn_graph.hpp).
+// them when called. Plain loops in double, each result rounded once when stored; descriptors are
+// real structs behind cuDNN's opaque handles, and arguments are checked as cuDNN documents, with the
+// statuses it documents, so that a call real cuDNN rejects fails here too. The graph (backend) API
+// is not emulated: cudnnBackendCreateDescriptor answers CUDNN_STATUS_NOT_SUPPORTED, and the library
+// runs the legacy calls instead (cudnn_graph.hpp).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cudnn.h>

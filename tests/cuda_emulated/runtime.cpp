@@ -38,7 +38,6 @@ struct CUstream_st {
   };
   std::deque<Item> queue;
   std::uint64_t enqueued = 0, done = 0;
-  bool destroyed = false;  // kept: events recorded on it may still be waited for
 };
 // An event: the place in a stream where it was recorded (null stream: nothing to wait for).
 struct CUevent_st {
@@ -170,8 +169,9 @@ void copy_bytes(void* dst, const void* src, std::size_t bytes) {
 struct Queues {
   std::recursive_mutex m;  // every queue, and the work run from them
   bool deferred = false;
-  CUstream_st legacy;                                 // never holds work: it runs at once
-  std::vector<std::unique_ptr<CUstream_st>> streams;  // every stream created (destroyed ones stay)
+  CUstream_st legacy;  // never holds work: it runs at once
+  // Every stream created; destroyed ones stay (events recorded on them may still be waited for).
+  std::vector<std::unique_ptr<CUstream_st>> streams;
 };
 Queues& queues() {  // (built on first use: the programs' static initialisers call defer_streams)
   static Queues q;
@@ -195,16 +195,24 @@ void drain(CUstream_st* s, std::uint64_t upto) {
     }
   }
 }
-void drain(CUstream_st* s) {
-  drain(s, s->enqueued);
-}
 void drain_all() {
-  for (auto& s : queues().streams) drain(s.get());
+  for (auto& s : queues().streams) drain(s.get(), s->enqueued);
+}
+// Runs everything enqueued on s so far; the legacy stream waits for every stream (conservatively:
+// the library's streams are non-blocking, which the legacy stream would not wait for).
+void drain(CUstream_st* s) {
+  if (s == &queues().legacy)
+    drain_all();
+  else
+    drain(s, s->enqueued);
+}
+void synchronize_device() {
+  std::lock_guard lock(queues().m);
+  drain_all();
 }
 // Runs work after everything enqueued so far on s (the host waits for it).
 void run_in_order(cudaStream_t st, const std::function<void()>& work) {
   std::lock_guard lock(queues().m);
-  if (stream_of(st) == &queues().legacy) drain_all();
   drain(stream_of(st));
   emu::DeviceWork device;
   work();
@@ -295,18 +303,11 @@ bool streams_deferred() {
 }
 void enqueue(cudaStream_t st, std::function<void()> work) {
   CUstream_st* s = stream_of(st);
-  if (!queues().deferred) {
-    DeviceWork device;
-    work();
+  if (!queues().deferred || s == &queues().legacy) {
+    run_in_order(st, work);
     return;
   }
   std::lock_guard lock(queues().m);
-  if (s == &queues().legacy) {  // the legacy stream waits for every (blocking) stream: conservatively, all
-    drain_all();
-    DeviceWork device;
-    work();
-    return;
-  }
   s->queue.push_back({std::move(work)});
   ++s->enqueued;
 }
@@ -377,8 +378,7 @@ cudaError_t cudaSetDevice(int device) {
 }
 cudaError_t cudaDeviceSynchronize(void) {
   ++waits;
-  std::lock_guard lock(queues().m);
-  drain_all();
+  synchronize_device();
   return cudaSuccess;
 }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
@@ -408,16 +408,12 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   return result(*p ? cudaSuccess : cudaErrorMemoryAllocation);
 }
 cudaError_t cudaFree(void* p) {  // synchronises the device first, as CUDA's does
-  {
-    std::lock_guard lock(queues().m);
-    drain_all();
-  }
+  synchronize_device();
   emu::device_free(p);
   return cudaSuccess;
 }
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
-  *p = emu::device_alloc(bytes);
-  return result(*p ? cudaSuccess : cudaErrorMemoryAllocation);
+  return cudaMalloc(p, bytes);
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {  // in stream order
   emu::enqueue(s, [p] { emu::device_free(p); });
@@ -436,15 +432,13 @@ cudaError_t copy_async(void* dst, const void* src, size_t width, size_t height, 
         std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(from) + r * from_pitch, width);
     };
   };
-  if (!to_device && !from_device) {
+  if (!to_device && (!from_device || !is_pinned(dst))) {  // into host memory the host waits for
     run_in_order(s, rows(src, spitch));
   } else if (to_device && !from_device && !is_pinned(src)) {
     auto staged = std::make_shared<std::vector<char>>(width * height);
     for (size_t r = 0; r < height; ++r)
       std::memcpy(staged->data() + r * width, static_cast<const char*>(src) + r * spitch, width);
     emu::enqueue(s, [staged, f = rows(staged->data(), width)] { f(); });
-  } else if (from_device && !to_device && !is_pinned(dst)) {
-    run_in_order(s, rows(src, spitch));
   } else {
     emu::enqueue(s, rows(src, spitch));
   }
@@ -478,10 +472,7 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) {
   return cudaHostAlloc(p, bytes, 0);
 }
 cudaError_t cudaFreeHost(void* p) {  // synchronises the device first, as CUDA's does
-  {
-    std::lock_guard lock(queues().m);
-    drain_all();
-  }
+  synchronize_device();
   std::lock_guard lock(pinned_mutex);
   if (p && !pinned.erase(reinterpret_cast<std::uintptr_t>(p))) return result(cudaErrorInvalidValue);
   std::free(p);
@@ -527,13 +518,11 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {  // its work still runs (here: n
   if (!s) return result(cudaErrorInvalidValue);
   std::lock_guard lock(queues().m);
   drain(s);
-  s->destroyed = true;
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   ++waits;
   std::lock_guard lock(queues().m);
-  if (stream_of(s) == &queues().legacy) drain_all();
   drain(stream_of(s));
   return cudaSuccess;
 }
@@ -570,10 +559,10 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   if (!e) return result(cudaErrorInvalidValue);
   std::lock_guard lock(queues().m);
   CUstream_st* st = stream_of(s);
-  if (st == &queues().legacy) drain_all();
-  e->stream = st == &queues().legacy ? nullptr : st;
+  const bool legacy = st == &queues().legacy;
+  if (e->timing || legacy) drain(st);  // timing: the work before it runs now; legacy: all work before it
+  e->stream = legacy ? nullptr : st;
   e->upto = st->enqueued;
-  if (e->timing && e->stream) drain(e->stream);  // a timing event: the work before it runs now
   e->t = std::chrono::steady_clock::now();
   return cudaSuccess;
 }

@@ -89,16 +89,6 @@ inline void stream_wait(cudaStream_t waiter, cudaStream_t source) {
   DD_CUDA_CHECK(cudaEventDestroy(e));  // released once the wait has been satisfied
 }
 
-// stream_wait that reports failure instead of throwing (for destructors).
-inline bool try_stream_wait(cudaStream_t waiter, cudaStream_t source) noexcept {
-  if (waiter == source) return true;
-  cudaEvent_t e = nullptr;
-  if (cudaEventCreateWithFlags(&e, cudaEventDisableTiming) != cudaSuccess) return false;
-  const bool ok = cudaEventRecord(e, source) == cudaSuccess && cudaStreamWaitEvent(waiter, e, 0) == cudaSuccess;
-  (void)cudaEventDestroy(e);
-  return ok;
-}
-
 // Work of the current stream forked onto clone streams and joined back. fork(k): clone stream k,
 // after the caller's work so far. join(), and the destructor when a clone's work threw: the caller
 // waits for every forked stream, so nothing it does next overtakes clone work; in particular a block
@@ -109,8 +99,13 @@ class StreamFork {
   StreamFork(const StreamFork&) = delete;
   StreamFork& operator=(const StreamFork&) = delete;
   ~StreamFork() {
-    for (cudaStream_t s : forked_)  // a wait that cannot be enqueued becomes a host wait
-      if (!try_stream_wait(caller_, s)) (void)cudaStreamSynchronize(s);
+    for (cudaStream_t s : forked_) {
+      try {
+        stream_wait(caller_, s);
+      } catch (...) {  // a wait that cannot be enqueued becomes a host wait
+        (void)cudaStreamSynchronize(s);
+      }
+    }
   }
 
   cudaStream_t fork(std::size_t k) {
